@@ -1,0 +1,51 @@
+# ucpcl: one-command setup. Every target creates the environment it needs from nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ucpcl-installed
+# The CUDA build of torch that also runs on the CPU; asked for first, in one pip call,
+# so that nothing later pulls another build.
+TORCH := torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+DEMO_OUT ?= report
+DEMO_ARGS ?=
+
+.PHONY: help env test check demo lab export readme
+
+help:
+	@echo "make test   create .venv if needed, check notebooks and library are in sync, run all tests"
+	@echo "make demo   train on the embedded cardiac phantom (CPU), print a results table, write $(DEMO_OUT)/"
+	@echo "make lab    open JupyterLab on nbs/"
+
+env: $(STAMP)
+
+# Re-created only when pyproject.toml changes; an existing environment is not reinstalled.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+# The library is generated from the notebooks: exporting must change nothing, and the
+# committed notebooks must already be clean (nbdev-clean leaves them unchanged).
+check: $(STAMP)
+	$(BIN)/python tools/check_nbs.py
+
+test: check
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+export: $(STAMP)
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
+
+demo: $(STAMP)
+	$(BIN)/ucpcl demo --out $(DEMO_OUT) $(DEMO_ARGS)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab nbs/
+
+
+readme: $(STAMP)
+	$(BIN)/python tools/readme.py

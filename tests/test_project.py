@@ -1,0 +1,102 @@
+"""The project's own machinery: the nbdev and papermill traps, the environment, the README."""
+import subprocess, sys, time, tomllib
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbrun import KERNEL, NBS, ROOT, NotebookFailed, notebooks, run_notebook
+
+BIN = Path(sys.executable).parent
+
+
+def _nb(*sources, tags=None, **meta):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    if tags: nb.cells[0].metadata["tags"] = tags
+    nb.metadata.update(meta)
+    return nb
+
+
+def _cfg(): return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["nbdev"]
+
+
+def test_parameters_tag_and_widget_state_survive_nbdev_clean(tmp_path):
+    nb = _nb("x = 1", "print(x)", tags=["parameters"], widgets={"application/vnd.jupyter.widget-state+json": {"state": {}}})
+    nb.cells[1].execution_count = 7
+    nb.cells[1].metadata["collapsed"] = True
+    f = tmp_path / "t.ipynb"; nbformat.write(nb, f)
+    subprocess.run([BIN / "nbdev-clean", "--fname", str(f)], cwd=ROOT, check=True, capture_output=True)
+    out = nbformat.read(f, as_version=4)
+    assert out.cells[0].metadata.get("tags") == ["parameters"]
+    assert "widgets" in out.metadata
+    assert out.cells[1].execution_count is None and "collapsed" not in out.cells[1].metadata
+
+
+def test_a_raising_notebook_names_the_notebook_and_cell(tmp_path):
+    f = tmp_path / "broken.ipynb"
+    nbformat.write(_nb("a = 1", "raise ValueError('boom in the second cell')"), f)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(NotebookFailed) as e: run_notebook(f, tmp_path / "out")
+    msg = str(e.value)
+    assert "broken.ipynb: cell 1 raised ValueError: boom in the second cell" in msg
+    assert "raise ValueError" in msg and "\x1b[" not in msg
+
+
+def test_a_hanging_cell_times_out_instead_of_stalling(tmp_path):
+    f = tmp_path / "hang.ipynb"
+    nbformat.write(_nb("import time", "time.sleep(120)"), f)
+    (tmp_path / "out").mkdir()
+    t = time.time()
+    with pytest.raises(NotebookFailed) as e: run_notebook(f, tmp_path / "out", cell_timeout=3)
+    assert time.time() - t < 60
+    assert "hang.ipynb" in str(e.value) and "time.sleep(120)" in str(e.value)
+
+
+def test_kernel_is_explicit_and_is_this_environment(tmp_path):
+    "A notebook naming a kernel that does not exist still runs, in this interpreter, with IN_TEST set."
+    f = tmp_path / "k.ipynb"
+    nb = _nb("import sys, os; print(sys.executable); print(os.environ['IN_TEST'])",
+             kernelspec={"name": "no-such-kernel", "display_name": "x", "language": "python"})
+    nbformat.write(nb, f); (tmp_path / "out").mkdir()
+    out, _ = run_notebook(f, tmp_path / "out")
+    text = nbformat.read(out, as_version=4).cells[0].outputs[0]["text"].split()
+    assert Path(text[0]).resolve().parent == Path(sys.executable).resolve().parent and text[1] == "1"
+    assert KERNEL == "python3"
+
+
+def test_parameters_given_to_a_notebook_without_a_parameters_cell_are_an_error(tmp_path):
+    f = tmp_path / "p.ipynb"; nbformat.write(_nb("x = 1"), f)
+    with pytest.raises(ValueError, match="no cell tagged 'parameters'"): run_notebook(f, tmp_path, {"x": 2})
+
+
+def test_config_keeps_papermill_and_widget_metadata_and_skips_flagged_cells():
+    cfg = _cfg()
+    assert cfg["allowed_cell_metadata_keys"] == ["tags"] and cfg["allowed_metadata_keys"] == ["widgets"]
+    assert {"slow", "gpu"} <= set(cfg["tst_flags"].split())
+
+
+def test_flagged_cells_are_skipped_by_nbdev_test(tmp_path):
+    "A `#| gpu` cell is left out by nbdev-test (its flag is in tst_flags); papermill runs it with small defaults."
+    from nbdev.test import nb_test_cells
+    f = tmp_path / "flags.ipynb"
+    nbformat.write(_nb("a = 1", "#| gpu\nb = 2", "#| slow\nc = 3"), f)
+    kept = nb_test_cells(f, skip_flags=_cfg()["tst_flags"].split())
+    assert [c.source for c in kept] == ["a = 1"]
+
+
+def test_every_notebook_is_in_reading_order_with_one_default_exp():
+    names = [p.name for p in notebooks()]
+    assert names[0] == "00_core.ipynb" and names == sorted(names)
+    for p in notebooks():
+        nb = nbformat.read(p, as_version=4)
+        exps = [c for c in nb.cells if c.cell_type == "code" and c.source.lstrip().startswith("#| default_exp")]
+        assert len(exps) <= 1, f"{p.name} has {len(exps)} default_exp cells"
+        assert nb.metadata.get("kernelspec", {}).get("name") == KERNEL, f"{p.name}: kernelspec is not python3"
+
+
+def test_existing_environment_is_not_reinstalled():
+    "The install stamp is newer than pyproject.toml, so `make` has nothing to do for the environment."
+    stamp = ROOT / ".venv" / ".ucpcl-installed"
+    if not stamp.exists(): pytest.skip("environment not created by make")
+    r = subprocess.run(["make", "-q", ".venv/.ucpcl-installed"], cwd=ROOT)
+    assert r.returncode == 0, "make would reinstall the environment although it exists"
