@@ -25,10 +25,12 @@ def _finish(nb):
 def from_md(src: Path):
     dst = ROOT / "nbs" / (src.stem + ".ipynb")
     nb = _finish(jupytext.read(src, fmt="md"))
-    if dst.exists():  # keep outputs of unchanged cells until the notebook is run again
-        old = {c.source: c for c in nbformat.read(dst, as_version=4).cells if c.cell_type == "code"}
+    if dst.exists():  # unchanged cells keep their ids (stable diffs) and outputs (until the next run)
+        old = {(c.cell_type, c.source): c for c in nbformat.read(dst, as_version=4).cells}
         for c in nb.cells:
-            if c.cell_type == "code" and c.source in old: c.outputs = old[c.source].outputs
+            if (prev := old.get((c.cell_type, c.source))) is None: continue
+            if "id" in prev: c["id"] = prev["id"]
+            if c.cell_type == "code": c.outputs = prev.outputs
     nbformat.write(nb, dst)
     print(f"wrote {dst.relative_to(ROOT)}")
 
