@@ -336,7 +336,7 @@ def _pack(image: Tensor, label: Tensor | None, name: str, transform: Callable | 
     if transform is not None: image, label = transform(image, label)
     return dict(image=image, label=label if has else torch.full_like(label, -1), name=name, has_label=has)
 
-# %% ../nbs/08_data.ipynb #08105ca0
+# %% ../nbs/08_data.ipynb #415af946
 class ACDCSlices(Dataset):
     "ACDC 2D slices ROOT/data/slices/NAME.h5 as dict(image (1, H, W), label (H, W), name, has_label)."
     def __init__(self, root: str | Path, # preprocessed ACDC root
@@ -356,9 +356,11 @@ class ACDCSlices(Dataset):
 
     def __len__(self): return len(self.paths)
 
-    def __getitem__(self, i: int) -> dict:
-        image, label, _ = read_h5(self.paths[i], 2, self.labels, self.num_classes)  # opened here, in the worker
-        return _pack(torch.from_numpy(image)[None], None if label is None else torch.from_numpy(label), self.names[i], self.transform)
+# %% ../nbs/08_data.ipynb #ec53a2d6
+@patch
+def __getitem__(self: ACDCSlices, i: int) -> dict:
+    image, label, _ = read_h5(self.paths[i], 2, self.labels, self.num_classes)
+    return _pack(torch.from_numpy(image)[None], None if label is None else torch.from_numpy(label), self.names[i], self.transform)
 
 # %% ../nbs/08_data.ipynb #24f3ab75
 class ACDCVolumes(Dataset):
@@ -422,7 +424,7 @@ def read_binary_mask(path: Path, shape: Sequence[int]) -> Tensor:
     if ((m != 0) & (m != m.max())).any(): raise DataError(f"{path}: mask has more than two values ({m.unique()[:5].tolist()}...); ISIC masks are binary, 0 and 255")
     return (m > 0).long()
 
-# %% ../nbs/08_data.ipynb #aae5712e
+# %% ../nbs/08_data.ipynb #290143a2
 class ISICImages(Dataset):
     "ISIC 2018 images and lesion masks: dict(image (3, H, W) in [0, 1], label (H, W) in {0, 1} or all -1, name, has_label)."
     def __init__(self, root: str | Path, # ISIC root (see `isic_index`)
@@ -441,11 +443,13 @@ class ISICImages(Dataset):
 
     def __len__(self): return len(self.items)
 
-    def __getitem__(self, i: int) -> dict:
-        name, img, mask = self.items[i]
-        image = read_image(img).float().div_(255)  # (3, H, W) in [0, 1]
-        label = read_binary_mask(mask, image.shape[-2:]) if self.with_labels and mask is not None else None
-        return _pack(image, label, name, self.transform)
+# %% ../nbs/08_data.ipynb #3594a9b3
+@patch
+def __getitem__(self: ISICImages, i: int) -> dict:
+    name, img, mask = self.items[i]
+    image = read_image(img).float().div_(255)  # (3, H, W) in [0, 1]
+    label = read_binary_mask(mask, image.shape[-2:]) if self.with_labels and mask is not None else None
+    return _pack(image, label, name, self.transform)
 
 # %% ../nbs/08_data.ipynb #e9bd78da
 def isic_val_count(n: int) -> int:
@@ -598,7 +602,22 @@ def train_loader(self: SemiSupervisedData, batch_size: int = 16, labeled_bs: int
     return DataLoader(self.train, batch_sampler=sampler, num_workers=num_workers, worker_init_fn=seed_worker,
                       generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0, **kw)
 
-# %% ../nbs/08_data.ipynb #5be22b18
+# %% ../nbs/08_data.ipynb #06e8919b
+def _acdc_sets(root: Path, size: int, labeled: int, verify: bool, monitor: bool) -> tuple[SemiSupervisedSet, Dataset, Dataset]:
+    "ACDC: `labeled` whole patients from the top of train_slices.list, the rest unlabeled; val/test volumes."
+    if isinstance(labeled, bool) or not isinstance(labeled, int): raise ValueError(f"for ACDC, labeled is a number of patients (an int: 3 -> 68 slices, 7 -> 136), got {labeled!r}")
+    lab = acdc_labeled_names(root, labeled_patients=labeled); unl = acdc_splits(root)["train_slices"][len(lab):]
+    tf = train_transform(size, rgb=False)
+    train = SemiSupervisedSet(ACDCSlices(root, lab, tf, verify=verify), ACDCSlices(root, unl, tf, with_labels=monitor, optional_labels=True, verify=False))
+    return train, ACDCVolumes(root, "val", verify=False), ACDCVolumes(root, "test", verify=False)
+
+def _isic_sets(root: Path, size: int, labeled: int | float, seed: int, monitor: bool) -> tuple[SemiSupervisedSet, Dataset, Dataset]:
+    "ISIC: the seeded split files; labeled images need masks, unlabeled ones may lack them."
+    sp, tf, ev = isic_split(root, seed, labeled), train_transform(size, rgb=True), eval_transform(size)
+    train = SemiSupervisedSet(ISICImages(root, sp["labeled"], tf), ISICImages(root, sp["unlabeled"], tf, with_labels=monitor, optional_labels=True))
+    return train, ISICImages(root, sp["val"], ev), ISICImages(root, sp["test"], ev)
+
+# %% ../nbs/08_data.ipynb #6be08a5d
 DATASETS = ("acdc", "isic")
 
 def build_data(dataset: str, # "acdc" or "isic"
@@ -611,16 +630,7 @@ def build_data(dataset: str, # "acdc" or "isic"
               ) -> SemiSupervisedData:
     "Training, validation and test sets of ACDC or ISIC with the paper's augmentation and a labeled split."
     if dataset not in DATASETS: raise ValueError(f"unknown dataset {dataset!r}: valid ones are {list(DATASETS)}")
-    root = Path(root).expanduser()
-    if dataset == "acdc":
-        if isinstance(labeled, bool) or not isinstance(labeled, int): raise ValueError(f"for ACDC, labeled is a number of patients (an int: 3 -> 68 slices, 7 -> 136), got {labeled!r}")
-        lab = acdc_labeled_names(root, labeled_patients=labeled); unl = acdc_splits(root)["train_slices"][len(lab):]
-        tf = train_transform(size, rgb=False)
-        train = SemiSupervisedSet(ACDCSlices(root, lab, tf, verify=verify), ACDCSlices(root, unl, tf, with_labels=monitor, optional_labels=True, verify=False))
-        val, test, num_classes, in_channels = ACDCVolumes(root, "val", verify=False), ACDCVolumes(root, "test", verify=False), 4, 1
-    else:
-        sp, tf, ev = isic_split(root, seed, labeled), train_transform(size, rgb=True), eval_transform(size)
-        train = SemiSupervisedSet(ISICImages(root, sp["labeled"], tf), ISICImages(root, sp["unlabeled"], tf, with_labels=monitor, optional_labels=True))
-        val, test, num_classes, in_channels = ISICImages(root, sp["val"], ev), ISICImages(root, sp["test"], ev), 2, 3
-    return SemiSupervisedData(dataset, root, train, train.labeled_idx, train.unlabeled_idx, val, test, num_classes, in_channels, size, seed,
-                              labeled if dataset == "acdc" else None)
+    root, acdc = Path(root).expanduser(), dataset == "acdc"
+    train, val, test = _acdc_sets(root, size, labeled, verify, monitor) if acdc else _isic_sets(root, size, labeled, seed, monitor)
+    return SemiSupervisedData(dataset, root, train, train.labeled_idx, train.unlabeled_idx, val, test, num_classes=4 if acdc else 2,
+                              in_channels=1 if acdc else 3, size=size, seed=seed, labeled_patients=labeled if acdc else None)
