@@ -126,7 +126,7 @@ def test_contrast_levels(level, stride):
     ("encoder", "resnet101"), ("in_channels", 2), ("num_classes", 1), ("num_classes", 2.0), ("img_size", 100),
     ("img_size", 0), ("pretrained", 3), ("decoder_channels", (256, 128, 64, 32)), ("embed_dims", (96, 192, 384, -768)),
     ("num_heads", (3, 6, 12)), ("num_heads", (5, 6, 12, 24)), ("window_size", 0), ("mlp_ratio", 0), ("transformer", 1),
-    ("contrast_level", 0), ("contrast_level", 5), ("proj_dim", 0), ("rotation", "yes"), ("rot_dropout", 1.0)])
+    ("contrast_level", 0), ("contrast_level", 5), ("proj_dim", 0), ("rotation", "yes"), ("rot_dropout", 1.0), ("rot_dropout", True)])
 def test_bad_config_raises(field, value):
     with pytest.raises(ValueError, match=f"ModelConfig.{field}="): ModelConfig(**{field: value})
 

@@ -49,8 +49,9 @@ class ModelConfig(Config):
     rot_dropout: float = 0.2  # dropout before the rotation head's linear layer
     def __post_init__(self): self._validate()
 
-# %% ../nbs/06_models.ipynb #28cea39d
+# %% ../nbs/06_models.ipynb #7ea17a63
 def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
+def _is_num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
 def _ints(n: int): return lambda v: isinstance(v, tuple) and len(v) == n and all(_is_int(i) and i > 0 for i in v)
 
 _RULES = {  # field: (test, the valid values in words)
@@ -63,11 +64,11 @@ _RULES = {  # field: (test, the valid values in words)
     "embed_dims": (_ints(4), "4 positive ints, e.g. (96, 192, 384, 768)"),
     "num_heads": (_ints(4), "4 positive ints, e.g. (3, 6, 12, 24)"),
     "window_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1, e.g. 7"),
-    "mlp_ratio": (lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0, e.g. 4.0"),
+    "mlp_ratio": (lambda v: _is_num(v) and v > 0, "a number > 0, e.g. 4.0"),
     "transformer": (lambda v: isinstance(v, bool), "True or False"), "rotation": (lambda v: isinstance(v, bool), "True or False"),
     "contrast_level": (lambda v: v in (1, 2, 3, 4) and _is_int(v), "1, 2, 3 or 4 (Conv1..Conv4 = layer1..layer4)"),
     "proj_dim": (lambda v: _is_int(v) and v >= 1, "an int >= 1, e.g. 256"),
-    "rot_dropout": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
+    "rot_dropout": (lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
 }
 
 # %% ../nbs/06_models.ipynb #30a43c9b
