@@ -8,6 +8,8 @@ STAMP := $(VENV)/.ucpcl-installed
 # so that nothing later pulls another build.
 TORCH := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# OpenMP threads that spin while they wait make PyTorch many times slower on a busy 2-core machine.
+export OMP_WAIT_POLICY ?= PASSIVE
 DEMO_OUT ?= report
 DEMO_ARGS ?=
 
