@@ -3,7 +3,9 @@ import pytest
 from nbrun import NotebookFailed, notebooks, run_notebook
 
 # Parameters passed to notebooks under test, on top of their (already small) defaults.
-PARAMETERS: dict[str, dict] = {}
+PARAMETERS: dict[str, dict] = {
+    "17_final.ipynb": {"iterations": 4, "batch_size": 8, "labeled_bs": 4},  # the GPU notebook, at a smoke-test size
+}
 # Wall-time budget per notebook under the test suite, in seconds.
 BUDGET = {"default": 120}
 

@@ -153,17 +153,18 @@ def plot_predictions(images: Sequence[Tensor], # each (H, W) or (C, H, W)
     fig.tight_layout()
     return fig
 
-# %% ../nbs/09_evaluate.ipynb #afee9663
+# %% ../nbs/09_evaluate.ipynb #416ff642
 def plot_tsne(embeddings: Tensor, # (N, D) pixel embeddings
               labels: Tensor, # (N,) class ids
               ax=None, title: str | None = None, class_names: Sequence[str] | None = None,
-              max_points: int = 1500, seed: int = 0):
-    "Fig. 4: t-SNE of pixel embeddings coloured by class (subsampled to `max_points`)."
+              per_class: int = 300, seed: int = 0):
+    "Fig. 4: t-SNE of pixel embeddings coloured by class, at most `per_class` random points of each class."
     from sklearn.manifold import TSNE
     import matplotlib.pyplot as plt
     emb, lab = embeddings.detach().float().cpu(), labels.detach().cpu().long()
     if emb.ndim != 2 or len(emb) != len(lab): raise ValueError(f"embeddings (N, D) and labels (N,) expected, got {tuple(emb.shape)} and {tuple(lab.shape)}")
-    idx = torch.randperm(len(emb), generator=torch.Generator().manual_seed(seed))[:max_points]
+    perm = torch.randperm(len(emb), generator=torch.Generator().manual_seed(seed))
+    idx = torch.cat([perm[lab[perm] == k][:per_class] for k in lab.unique().tolist() if k >= 0])  # balanced: background would swamp the rest
     xy = TSNE(n_components=2, init="pca", perplexity=min(30, max(5, len(idx) // 4)), random_state=seed).fit_transform(emb[idx].numpy())
     ax = ax or plt.subplots(figsize=(3, 3))[1]
     for k in lab[idx].unique().tolist():

@@ -51,12 +51,13 @@ def summarize_runs(rows: Sequence[dict], by: Sequence[str] = ("method", "labeled
         out.append(g)
     return out
 
-# %% ../nbs/11_report.ipynb #1bb4ff1b
-def markdown_table(rows: Sequence[dict], columns: Sequence[str], metrics: Sequence[str], percent: bool = True,
+# %% ../nbs/11_report.ipynb #ac35ee95
+def markdown_table(rows: Sequence[dict], columns: Sequence[str], metrics: Sequence[str],
+                   percent: bool | Sequence[str] = True, # all metrics in percent, none, or the ones named
                    headers: Sequence[str] | None = None) -> str:
     "A Markdown table: the `columns` as they are, each metric as mean +- std (in percent unless told otherwise)."
     def fmt(r, m):
-        k = 100.0 if percent else 1.0
+        k = 100.0 if (percent is True or (not isinstance(percent, bool) and m in percent)) else 1.0
         mean, std = r.get(m, math.nan), r.get(m + "_std", math.nan)
         if mean is None or math.isnan(mean): return "-"
         return f"{k * mean:.2f}" + ("" if std is None or math.isnan(std) else f" ± {k * std:.2f}")
