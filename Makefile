@@ -19,6 +19,7 @@ help:
 	@echo "make test   create .venv if needed, check notebooks and library are in sync, run all tests"
 	@echo "make demo   train on the embedded cardiac phantom (CPU), print a results table, write $(DEMO_OUT)/"
 	@echo "make lab    open JupyterLab on nbs/"
+	@echo "make docs   build the documentation site into _docs/ (Quarto via nbdev-docs if installed, else offline)"
 
 env: $(STAMP)
 
@@ -51,3 +52,15 @@ lab: $(STAMP)
 
 readme: $(STAMP)
 	$(BIN)/python tools/readme.py
+
+# With Quarto: nbdev's site (nbdev-docs reads _quarto.yml through nbs/_quarto.yml). Without it: the same
+# notebooks' saved outputs as static pages, math typeset by KaTeX (fetched once from npm), no CDN.
+.PHONY: docs
+docs: $(STAMP)
+	@if command -v quarto >/dev/null 2>&1; then \
+		echo "quarto found: building the Quarto site with nbdev-docs"; \
+		$(BIN)/nbdev-docs && echo "built the Quarto site (nbdev-docs): open _docs/index.html"; \
+	else \
+		echo "quarto not found: building the offline site with tools/site.py"; \
+		$(BIN)/python tools/site.py --out _docs && echo "built the offline site (tools/site.py): open _docs/index.html"; \
+	fi

@@ -1,8 +1,10 @@
 """Generate README.md from nbs/index.ipynb without Quarto (an offline `nbdev-readme`).
 
-Markdown cells are copied; code cells show their source (minus `#|` directives) unless
-`#| hide` or `#| echo: false`; outputs follow as text, Markdown, or PNG files written to
-docs/readme/. `python tools/readme.py --check` exits non-zero when README.md is stale.
+Markdown cells are copied, with links to notebooks made relative to the repository root
+(`01_uncertainty.ipynb` -> `nbs/01_uncertainty.ipynb`); code cells show their source (minus `#|`
+directives) unless `#| hide` or `#| echo: false`, folded into a <details> block when `#| code-fold`
+says so; outputs follow as text, Markdown, or PNG files written to docs/readme/.
+`python tools/readme.py --check` exits non-zero when README.md is stale.
 """
 import base64, re, sys
 from pathlib import Path
@@ -24,6 +26,13 @@ def _directives(src: str) -> tuple[dict, str]:
     return d, "\n".join(body).strip()
 
 
+# a Markdown link to a notebook beside index.ipynb: [text](NN_name.ipynb#anchor)
+_NB_LINK = re.compile(r"(\]\()(?![a-z][a-z0-9+.-]*:|/|#|nbs/)([^)\s]+\.ipynb(?:#[^)\s]*)?\))")
+
+
+def _links(md: str) -> str: return _NB_LINK.sub(r"\1nbs/\2", md)
+
+
 def _text(x): return "".join(x) if isinstance(x, list) else x
 
 
@@ -33,7 +42,7 @@ def _outputs(cell, i: int, images: dict) -> list[str]:
         if o.output_type == "stream": parts.append(f"```\n{_text(o.text).rstrip()}\n```")
         elif o.output_type in ("display_data", "execute_result"):
             data = o.get("data", {})
-            if "text/markdown" in data: parts.append(_text(data["text/markdown"]).strip())
+            if "text/markdown" in data: parts.append(_links(_text(data["text/markdown"]).strip()))
             elif "image/png" in data:
                 name = f"index-cell{i}-{k}.png"
                 images[name] = base64.b64decode(_text(data["image/png"]))
@@ -46,11 +55,16 @@ def render(nb_path: Path = INDEX) -> tuple[str, dict[str, bytes]]:
     "The README text and the images it references, from the index notebook."
     nb, parts, images = nbformat.read(nb_path, as_version=4), [], {}
     for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "markdown": parts.append(cell.source.strip())
+        if cell.cell_type == "markdown": parts.append(_links(cell.source.strip()))
         elif cell.cell_type == "code":
             d, src = _directives(cell.source)
             if "hide" in d: continue
-            if src and d.get("echo", "true") != "false": parts.append(f"```python\n{src}\n```")
+            if src and d.get("echo", "true") != "false":
+                code = f"```python\n{src}\n```"
+                fold = d.get("code-fold", "false")
+                if fold in ("true", "show"):
+                    code = f"<details{' open' if fold == 'show' else ''}>\n<summary>Code</summary>\n\n{code}\n\n</details>"
+                parts.append(code)
             if d.get("output", "true") != "false": parts += _outputs(cell, i, images)
     return HEADER + "\n\n".join(p for p in parts if p) + "\n", images
 
