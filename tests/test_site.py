@@ -1,7 +1,7 @@
 """The documentation site: `_quarto.yml` names every notebook, nbdev reads it, and the offline build
 (tools/site.py) gives every notebook a page in the sidebar's order, with its title, figures and
 typeset math, links that resolve, and a page that a real browser loads without console errors."""
-import importlib.util, os, re, shutil, struct, subprocess, sys
+import html, importlib.util, os, re, shutil, struct, subprocess, sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -22,11 +22,12 @@ def _cfg(): return site.load_config(ROOT / "_quarto.yml")
 def _soup(p: Path) -> BeautifulSoup: return BeautifulSoup(p.read_text(), "html.parser")
 
 
-def _visible_text(soup: BeautifulSoup) -> str:
-    "Page text outside code, scripts and KaTeX's own markup: where a raw `$$` would mean untypeset math."
-    soup = BeautifulSoup(str(soup), "html.parser")
-    for t in soup.select("pre, code, script, style, .katex"): t.decompose()
-    return soup.get_text(" ")
+_SKIP = re.compile(r"<(pre|code|script|style|annotation)\b.*?</\1>", re.S)
+
+
+def _visible_text(soup) -> str:
+    "Page text outside code, scripts and KaTeX's TeX annotations: where a raw `$$` would mean untypeset math."
+    return html.unescape(re.sub(r"<[^>]+>", " ", _SKIP.sub(" ", str(soup))))
 
 
 # --- the configuration -------------------------------------------------------------------------
@@ -236,7 +237,7 @@ def _browse(url: str, tmp: Path, screenshot: Path | None = None) -> tuple[str, l
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
              "--disable-sync", "--disable-quic", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp / 'profile'}",
              "--enable-logging=stderr", "--v=0", "--window-size=1280,900", "--virtual-time-budget=3000"]
-    flags += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    flags += ["--dump-dom"] + ([f"--screenshot={screenshot}"] if screenshot else [])
     r = subprocess.run([_chromium(), *flags, url], capture_output=True, text=True, timeout=120)
     console = [l for l in r.stderr.splitlines() if ":CONSOLE" in l or "Uncaught" in l]
     return r.stdout, console
@@ -259,14 +260,12 @@ def test_the_console_check_catches_errors(tmp_path):
 @pytest.mark.parametrize("page", ["index.html", "uncertainty.html"])
 def test_pages_load_in_chromium_with_math_typeset(built, page, tmp_path):
     out, _, _ = built
-    url = (out / page).as_uri()
-    dom, console = _browse(url, tmp_path)
+    url, shot = (out / page).as_uri(), tmp_path / f"{page}.png"
+    dom, console = _browse(url, tmp_path, screenshot=shot)
     assert not console, f"{page}: console messages:\n" + "\n".join(console)
     soup = BeautifulSoup(dom, "html.parser")
     assert soup.html.get("data-site-ready") == "1", f"{page}: the site script did not run to its end"
     assert soup.select(".katex") and "$$" not in _visible_text(soup.select_one("main"))
-    shot = tmp_path / f"{page}.png"
-    _browse(url, tmp_path, screenshot=shot)
     w, h = _png_size(shot)
     assert (w, h) == (1280, 900) and shot.stat().st_size > 20_000, "the screenshot is blank or missing"
     if os.environ.get("UCPCL_SCREENSHOTS"): shutil.copy2(shot, Path(os.environ["UCPCL_SCREENSHOTS"]) / shot.name)

@@ -297,7 +297,8 @@ class Site:
 
     def markdown(self, src: str, page: Page, attachments=None) -> str:
         r = _Renderer(self, page, attachments=attachments or {})
-        return MarkdownWithMath(renderer=r).render(src)
+        out = MarkdownWithMath(renderer=r).render(src)
+        return out.replace("<table>", '<div class="table-wrap"><table>').replace("</table>", "</table></div>")
 
     def code(self, src: str) -> str:
         return highlight(src, PythonLexer(), self.formatter)
@@ -502,7 +503,7 @@ class Site:
 
 
 SITE_CSS = r"""
-:root { --fg: #212529; --muted: #6c757d; --accent: #2780e3; --bg-code: #f6f8fa; --border: #e3e6ea; --side: 16rem; --toc: 14rem; }
+:root { --fg: #212529; --muted: #6c757d; --accent: #2780e3; --bg-code: #f6f8fa; --border: #e3e6ea; --side: 15rem; --toc: 13rem; }
 * { box-sizing: border-box; }
 html { scroll-padding-top: 4.5rem; }
 body { margin: 0; color: var(--fg); font: 16px/1.6 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
@@ -528,7 +529,7 @@ a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: un
 .sidebar li a:hover { background: #f1f3f5; text-decoration: none; }
 .sidebar li a.active { background: #e7f0fb; color: var(--accent); font-weight: 600; }
 .sidebar-section { margin: .4rem 0 .2rem; padding: 0 .6rem; font-size: .75rem; font-weight: 700; letter-spacing: .05em; text-transform: uppercase; color: var(--muted); }
-.content { padding: 1.5rem 2.5rem 2rem; min-width: 0; }
+.content { padding: 1.5rem 2rem 2rem; min-width: 0; }
 .page-header { margin-bottom: 1.5rem; border-bottom: 1px solid var(--border); }
 .title { margin: 0 0 .3rem; font-size: 2.1rem; line-height: 1.2; }
 .subtitle { margin: 0 0 1rem; color: var(--muted); font-size: 1.08rem; }
@@ -536,7 +537,9 @@ h2 { margin-top: 2.2rem; padding-bottom: .2rem; border-bottom: 1px solid var(--b
 .anchor-link { visibility: hidden; margin-left: .4rem; font-size: .8em; color: var(--muted); }
 h2:hover .anchor-link, h3:hover .anchor-link, h4:hover .anchor-link { visibility: visible; }
 blockquote { margin: 1rem 0; padding: .5rem 1rem; border-left: 4px solid #c5d9f1; background: #f8fafd; color: #3c4650; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: .92rem; display: block; overflow-x: auto; }
+.table-wrap { overflow-x: auto; margin: 1rem 0; }
+table { border-collapse: collapse; font-size: .92rem; }
+td code { overflow-wrap: anywhere; }
 th, td { border: 1px solid var(--border); padding: .3rem .6rem; text-align: left; vertical-align: top; } th { background: #f4f6f8; }
 code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .88em; background: var(--bg-code); padding: .05em .3em; border-radius: .25rem; }
 a.symbol code { color: var(--accent); }
