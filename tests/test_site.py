@@ -77,6 +77,75 @@ def test_nbdev_docs_would_read_the_top_level_config(tmp_path, monkeypatch):
     assert (cache / "_quarto.yml").read_text() == (ROOT / "_quarto.yml").read_text()
 
 
+def _nbdev_executed_cells(nb_path: Path) -> list:
+    "The cells `nbdev-docs` executes before Quarto renders: exports, cells with an import, show_doc (nbdev's own choice)."
+    import warnings
+    from fastcore.basics import str2bool
+    from nbdev.process import NBProcessor
+    from nbdev.processors import FrontmatterProc, _do_eval, add_show_docs
+    p = NBProcessor(nb_path, procs=[FrontmatterProc, add_show_docs], rm_directives=False)
+    p.process()
+    fm = getattr(p.nb, "frontmatter_", {}) or {}
+    if not getattr(p.nb, "has_docs_", None) or str2bool(fm.get("skip_showdoc", False)): return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nbdev warns about mixed cells; the test below says what matters
+        return [c for c in p.nb.cells if _do_eval(c)]
+
+
+def _names(tree) -> tuple[set, set, bool]:
+    "(names bound at module level, names loaded when the cell runs, whether it star-imports)."
+    import ast
+    bound, used, star = set(), set(), False
+    def visit(n, body_runs=True, binds=True):
+        nonlocal star
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and binds: bound.add(n.name)
+        if isinstance(n, (ast.Import, ast.ImportFrom)) and binds:
+            for a in n.names:
+                star |= a.name == "*"
+                bound.add((a.asname or a.name).split(".")[0])
+        if isinstance(n, ast.Name):
+            if isinstance(n.ctx, ast.Load) and body_runs: used.add(n.id)
+            elif binds: bound.add(n.id)
+        if isinstance(n, ast.ExceptHandler) and n.name and binds: bound.add(n.name)
+        for ch in ast.iter_child_nodes(n):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and ch in n.body: visit(ch, False, False)
+            elif isinstance(n, ast.Lambda) and ch is n.body: visit(ch, False, False)
+            elif isinstance(n, ast.ClassDef) and ch in n.body: visit(ch, body_runs, False)  # class bodies run, bind locally
+            else: visit(ch, body_runs, binds)
+    visit(tree)
+    return bound, used, star
+
+
+def _nbdev_problems(nb_path: Path) -> list[str]:
+    import ast, builtins
+    known, bad = set(dir(builtins)) | {"show_doc", "get_ipython", "display"}, []
+    for c in _nbdev_executed_cells(nb_path):
+        bound, used, star = _names(ast.parse(c.source))
+        if star: return bad
+        known |= bound
+        if miss := sorted(used - known):
+            bad.append(f"{nb_path.name}: the cell starting {c.source.splitlines()[0][:60]!r} uses {miss}")
+    return bad
+
+
+def test_nbdev_docs_can_run_the_cells_it_executes():
+    """With Quarto, `nbdev-docs` executes every cell that holds an import (and the exports) to draw show_doc; a cell
+    that also uses a name from a cell nbdev skips (a papermill parameter, a variable of an example) stops the build."""
+    bad = [b for f in site.notebooks(ROOT / "nbs") for b in _nbdev_problems(f)]
+    assert not bad, ("nbdev-docs would stop on these cells (it runs them because they import something, "
+                     "without the cells that define the names they use); move their imports into the module's "
+                     "import cell or a cell of their own:\n" + "\n".join(bad))
+
+
+def test_the_nbdev_check_sees_a_name_from_a_skipped_cell(tmp_path):
+    code = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"), code("#| default_exp t"),
+        code("#| export\nimport math\ndef f(x): return math.sqrt(x)"), code("n = 3"),
+        code("import os\nm = 2\nprint(f(m), os.sep)"), code("import json\nprint(json.dumps(n))")])
+    nbformat.write(nb, tmp_path / "01_t.ipynb")
+    assert _nbdev_problems(tmp_path / "01_t.ipynb") == ["01_t.ipynb: the cell starting 'import json' uses ['n']"]
+
+
 def test_the_publishing_workflow_is_nbdevs_quarto_pages_workflow():
     wf = yaml.safe_load((ROOT / ".github" / "workflows" / "deploy.yaml").read_text())
     steps = wf["jobs"]["deploy"]["steps"]

@@ -429,7 +429,7 @@ class Site:
   <a class="brand" href="index.html">{site_title}</a>
   <span class="tagline">{html.escape(self.web.get('description', ''))}</span>
   <div class="search" role="search">
-    <input id="search" type="search" placeholder="Search the notebooks" aria-label="Search the notebooks" autocomplete="off">
+    <input id="search" type="search" placeholder="Search" aria-label="Search the notebooks" autocomplete="off">
     <ol id="search-results" hidden></ol>
   </div>
   {f'<a class="repo" href="{html.escape(repo)}">Repository</a>' if repo else ''}
