@@ -546,6 +546,7 @@ a.symbol code { color: var(--accent); }
 pre { margin: 0; padding: .7rem 1rem; overflow-x: auto; font-size: .84rem; line-height: 1.45; white-space: pre-wrap; word-break: break-word; }
 pre code { background: none; padding: 0; }
 .cell { margin: 1rem 0; } .cell.markdown > :first-child { margin-top: 0; }
+.cell.markdown pre, .output.markdown pre { background: var(--bg-code); border-radius: .3rem; margin: .8rem 0; }
 .cell-input .highlight { background: var(--bg-code); border: 1px solid var(--border); border-left: 3px solid var(--accent); border-radius: .3rem; }
 .cell-input .highlight pre { background: none; }
 .cell-label { font-size: .78rem; color: var(--muted); margin-bottom: .2rem; }
