@@ -416,3 +416,29 @@ def test_build_data_bad_arguments(acdc):
     with pytest.raises(ValueError, match=r"unknown dataset 'brats': valid ones are \['acdc', 'isic'\]"): build_data("brats", acdc, 32, 1)
     with pytest.raises(ValueError, match="labeled is a number of patients"): build_data("acdc", acdc, 32, 0.1)
     with pytest.raises(DataError, match="asked for 5 labeled patients"): build_data("acdc", acdc, 32, 5)
+
+
+def test_h5_files_are_opened_once_per_process_bounded_and_rewrites_are_seen(tmp_path):
+    from ucpcl.data import H5Files, _write_h5
+    cache = H5Files(max_open=2)
+    p = _write_h5(tmp_path / "a.h5", image=np.zeros((4, 4), np.float32))
+    assert cache.get(p) is cache.get(p)  # opened once
+    _write_h5(p, image=np.ones((4, 4), np.float32))  # rewritten (atomically) while open
+    assert cache.get(p)["image"][0, 0] == 1
+    for i in range(3): cache.get(_write_h5(tmp_path / f"{i}.h5", image=np.zeros((2, 2), np.float32)))
+    assert len(cache.files) == 2  # least recently used closed
+
+
+def test_isic_reduced_scale_decoding_keeps_mask_aligned(tmp_path):
+    "A large JPEG is decoded at 1/2 scale when that keeps the shorter side >= min_side; the mask follows (nearest)."
+    yy, xx = np.mgrid[:600, :800]
+    disk = (yy - 300) ** 2 + (xx - 400) ** 2 < 150 ** 2
+    img = np.where(disk[..., None], np.array([60, 40, 30], np.uint8), np.array([220, 180, 160], np.uint8)).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "ISIC_0000000.jpg", quality=95)
+    Image.fromarray(disk.astype(np.uint8) * 255).save(tmp_path / "ISIC_0000000_segmentation.png")
+    full = ISICImages(tmp_path)[0]
+    small = ISICImages(tmp_path, min_side=200)[0]
+    assert full["image"].shape == (3, 600, 800) and small["image"].shape == (3, 300, 400)
+    dark = small["image"].mean(0) < 0.4
+    assert (dark == (small["label"] == 1)).float().mean() > 0.99
+    assert abs(small["label"].float().mean() - full["label"].float().mean()) < 0.01

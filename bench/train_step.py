@@ -1,0 +1,94 @@
+"""Where a training step of the full method goes: forward, contrast branch, backward, optimiser, data loading.
+
+    python bench/train_step.py                                  # small and paper presets, CPU, batch 16
+    python bench/train_step.py --presets paper --device cuda --amp bf16 --steps 50 --workers 8 --project 6000
+
+Each preset runs the real `Trainer` (data, augmentation, two-stream batches, the UCPCL method with the pixel contrast
+switched on from the first step) on the embedded cardiac phantom, in a fresh subprocess. After `--warmup` untimed
+steps, `--steps` steps are timed: the wall time of `Trainer.step` (synchronised on CUDA) and, under PyTorch's
+profiler, the time inside the step's `record_function` labels: `forward` (both decoders, heads and losses; it
+contains the contrast branch), `contrast` (Eq. 6-9: uncertainty, pseudo labels, anchor sampling, InfoNCE, and the
+queue update after the step), `backward` and `optimizer`. "forward" in the table excludes the contrast branch.
+Data loading is timed separately, as the time the DataLoader takes to deliver a batch with `--workers` workers.
+Peak memory: the growth of the process's peak resident set size on the CPU (`ru_maxrss`), or
+`torch.cuda.max_memory_allocated()` on CUDA. A script, not a timed test; the figures depend on the machine.
+"""
+from __future__ import annotations
+import argparse, json, platform, resource, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+
+
+def _maxrss_mib() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if platform.system() == "Darwin" else r / 2**10
+
+
+def measure(preset: str, device: str, batch: int, steps: int, warmup: int, amp: str, workers: int, data: str) -> dict:
+    "Run in this process: time `steps` training steps of `preset` and their parts."
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from ucpcl.train import TrainConfig, Trainer
+    cfg = TrainConfig(data_root=data, labeled=4, preset=preset, batch_size=batch, labeled_bs=batch // 2, contrast_start=0.0,
+                      iterations=warmup + steps + 1, device=device, amp=amp, num_workers=workers, out=tempfile.mkdtemp())
+    t = Trainer(cfg)
+    cuda = t.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    it = iter(t.loader(0))
+    for i in range(warmup): t.step(next(it), i)
+    sync(); rss0 = _maxrss_mib()
+    if cuda: torch.cuda.reset_peak_memory_stats()
+    data_s, step_s = [], []
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for i in range(warmup, warmup + steps):
+            t0 = time.perf_counter(); b = next(it); data_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter(); t.step(b, i); sync(); step_s.append(time.perf_counter() - t0)
+    parts = {}
+    for e in prof.key_averages():
+        if e.key in ("forward", "contrast", "backward", "optimizer"):
+            us = e.device_time_total if cuda and e.device_time_total > 0 else e.cpu_time_total
+            parts[e.key] = us / 1e6 / steps
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _maxrss_mib() - rss0
+    return {"preset": preset, "device": str(t.device), "amp": t.amp, "batch": batch, "workers": workers, "threads": torch.get_num_threads(),
+            "step": statistics.median(step_s), "data": statistics.median(data_s), **parts, "peak_mib": peak,
+            "gpu": torch.cuda.get_device_name(t.device) if cuda else None}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["small", "paper"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--amp", default="auto", help="auto (bf16 on CUDA), bf16 or off")
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--project", type=int, default=6000, help="iterations to project the run time for")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--data-root", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:  # one measurement, in a fresh process
+        print(json.dumps(measure(a.child, a.device, a.batch, a.steps, a.warmup, a.amp, a.workers, a.data_root))); return
+    from ucpcl.phantoms import write_phantom
+    data = str(write_phantom("cardiac", Path(tempfile.gettempdir()) / "ucpcl-bench-phantom", seed=0))
+    rows = []
+    for p in a.presets:
+        cmd = [sys.executable, __file__, "--child", p, "--device", a.device, "--batch", str(a.batch), "--steps", str(a.steps),
+               "--warmup", str(a.warmup), "--amp", a.amp, "--workers", str(a.workers), "--data-root", data]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode: sys.exit(f"{p}: failed\n{r.stderr[-3000:]}")
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    print(f"train step of the full method, batch {a.batch} ({a.batch // 2} labeled), {a.steps} timed steps after {a.warmup}; seconds")
+    print("| preset | device | amp | s/iter | forward | contrast | backward | optimizer | data/batch | contrast share | peak MiB | projected |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        fwd = r.get("forward", float("nan")) - r.get("contrast", 0.0)
+        share = r.get("contrast", 0.0) / r["step"]
+        proj = a.project * (r["step"] + (r["data"] if r["workers"] == 0 else 0)) / 60
+        print(f"| {r['preset']} | {r['device']}{' ' + r['gpu'] if r['gpu'] else ''} | {'bf16' if r['amp'] else 'fp32'} | {r['step']:.3f} | "
+              f"{fwd:.3f} | {r.get('contrast', 0):.3f} | {r.get('backward', 0):.3f} | {r.get('optimizer', 0):.3f} | {r['data']:.3f} | "
+              f"{share:.1%} | {r['peak_mib']:.0f} | {proj:.1f} min / {a.project} it |")
+    print(f"({platform.node()}, {rows[0]['threads']} threads; 'projected' = {a.project} x (step + data when loading is not overlapped))")
+
+
+if __name__ == "__main__": main()
