@@ -327,7 +327,7 @@ def _render(self: Explorer, new_image: bool) -> bytes:
     out = io.BytesIO(); Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(out, format="png", compress_level=self.png_level)
     return out.getvalue()
 
-# %% ../nbs/15_explorer.ipynb #471d432e
+# %% ../nbs/15_explorer.ipynb #ce4726e6
 @patch
 def _build_controls(self: Explorer):
     "The widgets: image, H in [0, ln C], fixed H or the schedule at an iteration of a run of a given length."
@@ -335,7 +335,7 @@ def _build_controls(self: Explorer):
     self.controls = dict(
         index=widgets.Dropdown(options=[(n, i) for i, n in enumerate(d.names)], value=s["index"], description="image"),
         mode=widgets.ToggleButtons(options=[("fixed H", "fixed"), ("schedule", "schedule")], value=s["mode"]),
-        H=widgets.FloatSlider(value=min(s["H"], math.log(d.num_classes)), min=0.0, max=math.log(d.num_classes), step=0.005,
+        H=widgets.FloatSlider(value=min(s["H"], math.log(d.num_classes)), min=0.0, max=math.log(d.num_classes), step=0.001,
                               readout_format=".3f", description="H", layout=lay),
         iteration=widgets.IntSlider(value=s["iteration"], min=0, max=s["max_iterations"], description="iteration", layout=lay),
         max_iterations=widgets.BoundedIntText(value=s["max_iterations"], min=1, max=10**7, description="run length", layout=widgets.Layout(width="180px")))
