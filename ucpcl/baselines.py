@@ -82,10 +82,11 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float, # alpha, e.
         elif alpha < 1: t.copy_(s)  # num_batches_tracked
     return alpha
 
-# %% ../nbs/13_baselines.ipynb #313b10b2
+# %% ../nbs/13_baselines.ipynb #4800bb34
 @contextmanager
-def batch_statistics(net: nn.Module):
+def batch_statistics(net: nn.Module, enabled: bool = True):
     "Run `net` in training mode (BatchNorm on batch statistics) with its running statistics left untouched."
+    if not enabled: yield net; return
     bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     saved, was_training = [(m.momentum, m.num_batches_tracked.clone()) for m in bns], net.training
     net.train()
@@ -113,7 +114,7 @@ class MTConfig(BaselineConfig):
     noise_std: float = 0.1  # xi ~ N(0, noise_std^2) on the teacher's input ...
     noise_clip: float = 0.2  # ... clipped to [-noise_clip, noise_clip]
 
-# %% ../nbs/13_baselines.ipynb #0132bd1d
+# %% ../nbs/13_baselines.ipynb #924f73e1
 @register_method("mt")
 class MeanTeacher(Baseline):
     "Mean Teacher (Tarvainen and Valpola, NeurIPS 2017): consistency with an EMA teacher on noisy unlabeled input."
@@ -123,10 +124,12 @@ class MeanTeacher(Baseline):
         self.teacher = make_teacher(self.model)  # a submodule: saved in the checkpoint, left out of the optimiser
     def after_step(self, iteration: int): ema_update(self.teacher, self.model, self.cfg.ema_decay, iteration)
 
+    def bn_training(self) -> bool: return any(m.training for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
     @torch.no_grad()
     def teacher_probs(self, x: Tensor) -> Tensor:
-        "Softmax (B, C, H, W) of the teacher on x + xi, with batch statistics."
-        with batch_statistics(self.teacher):
+        "Softmax (B, C, H, W) of the teacher on x + xi, normalised as the student is (batch statistics unless frozen)."
+        with batch_statistics(self.teacher, enabled=self.bn_training()):
             return unet_logits(self.teacher, input_noise(x, self.hp.noise_std, self.hp.noise_clip)).float().softmax(1)
 
 # %% ../nbs/13_baselines.ipynb #2752b94b
@@ -159,14 +162,14 @@ class UAMT(MeanTeacher):
         super().__init__(cfg, model_cfg)
         self.threshold = ThresholdSchedule("schedule", self.hp.threshold, self.hp.threshold_start)
 
-# %% ../nbs/13_baselines.ipynb #421d48e6
+# %% ../nbs/13_baselines.ipynb #42a41a0a
 @patch
 @torch.no_grad()
 def teacher_passes(self: UAMT, x: Tensor, # (B, C_in, H, W) unlabeled images
                   ) -> tuple[Tensor, Tensor]: # target (B, C, H, W) softmax; u (B, H, W) entropy of the mean of T passes
     "The teacher's target on x + xi and the entropy u of its mean softmax over T more noisy passes."
     T, B = self.hp.passes, x.shape[0]
-    with batch_statistics(self.teacher):  # (T + 1) noisy copies in one forward pass
+    with batch_statistics(self.teacher, enabled=self.bn_training()):  # (T + 1) noisy copies in one forward pass
         xs = input_noise(x.repeat(T + 1, 1, 1, 1), self.hp.noise_std, self.hp.noise_clip)
         p = unet_logits(self.teacher, xs).float().softmax(1).unflatten(0, (T + 1, B))  # (T + 1, B, C, H, W)
     # u = -sum_c p_bar_c log p_bar_c, p_bar = the mean of the T noisy passes

@@ -58,14 +58,15 @@ def run_config(spec: RunSpec, labeled: float, seed: int, dataset: str, data_root
     out_dir = Path(out) / "runs" / run_name(dataset, spec.tag, labeled, seed)
     return TrainConfig(**{**base, **overrides, **spec.overrides, "out": str(out_dir)})
 
-# %% ../nbs/14_compare.ipynb #204ba6ed
+# %% ../nbs/14_compare.ipynb #9bf02415
 _ARTEFACTS = ("metrics.json", "test_cases.json", "last.pt", "best.pt", "log.csv", "val.csv")
 
 def _same_config(path: Path, cfg: TrainConfig) -> bool:
-    "True when the config.json at `path` describes the run `cfg` (num_workers aside)."
+    "True when the config.json at `path` describes the run `cfg` (num_workers aside; fields added since take their defaults)."
     try: saved = json.loads(path.read_text())
     except (OSError, ValueError): return False
-    mine = json.loads(json.dumps(cfg.to_dict(), default=str))
+    plain = lambda c: json.loads(json.dumps(c.to_dict(), default=str))
+    saved, mine = {**plain(TrainConfig()), **saved}, plain(cfg)
     return {k: v for k, v in saved.items() if k != "num_workers"} == {k: v for k, v in mine.items() if k != "num_workers"}
 
 def run_status(cfg: TrainConfig) -> str:
@@ -137,7 +138,7 @@ def write_table(out: str | Path, stem: str, rows: list[dict], columns: Sequence[
                 **{f"n_l{l:g}": r.get(f"n_l{l:g}", 0) for l in labeled_sizes}} for r in rows], Path(out, f"{stem}.csv"))
     return table
 
-# %% ../nbs/14_compare.ipynb #2c45e93c
+# %% ../nbs/14_compare.ipynb #916ad1c7
 def plot_runs(rows: Sequence[dict], tags: Sequence[str], labels: dict, heads: dict, title: str = ""):
     "Seaborn bars (mean over seeds) and points (each seed) of the test Dice, per table row and labeled size."
     rs = [r for r in rows if r["tag"] in tags]
@@ -147,7 +148,8 @@ def plot_runs(rows: Sequence[dict], tags: Sequence[str], labels: dict, heads: di
     sns.barplot(data=data, x="row", y="Dice [%]", hue="labeled", order=order, hue_order=hue_order, errorbar=None, alpha=0.55, ax=ax)
     sns.stripplot(data=data, x="row", y="Dice [%]", hue="labeled", order=order, hue_order=hue_order, dodge=True,
                   size=4, edgecolor="black", linewidth=0.5, legend=False, ax=ax)
-    ax.set_xlabel(""); ax.set_title(title, fontsize=9); ax.legend(fontsize=8, title="labeled", title_fontsize=8)
+    ax.set_xlabel(""); ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, title="labeled", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     fig.tight_layout()
     return fig
 
