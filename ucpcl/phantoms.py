@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 __all__ = ['GROUPS', 'LESION_COLOURS', 'STAMP', 'ISIC_INPUT', 'ISIC_TRUTH', 'PHANTOM_WRITERS', 'random_field', 'gaussian_blur',
            'bias_field', 'rician_noise', 'radial_boundary', 'elliptic_coords', 'sample_heart', 'sample_scan',
            'heart_frame', 'lv_radii', 'rv_region', 'heart_labels', 'paint_body', 'paint_distractors', 'paint_heart',
-           'cardiac_volume', 'lesion_shape', 'hair_mask', 'skin_and_lesion', 'dermoscope', 'lesion_image',
+           'cardiac_volume', 'lesion_shape', 'hair_mask', 'skin_and_lesion', 'satellites', 'dermoscope', 'lesion_image',
            'write_cardiac_phantom', 'write_lesion_phantom', 'write_phantom']
 
 # %% ../nbs/07_phantoms.ipynb #66d80684
@@ -273,7 +273,7 @@ def cardiac_volume(seed: int, # the patient: same seed, same anatomy in ED and E
     img = np.round(img * 4096) / 4096  # 12-bit precision, as in MR DICOM: the files compress twice as well
     return img.astype(np.float32), label, np.array([s["dz"], sp, sp], np.float32)
 
-# %% ../nbs/07_phantoms.ipynb #f0b4759a
+# %% ../nbs/07_phantoms.ipynb #43be71a9
 def lesion_shape(rng: np.random.Generator, # the image's random stream
                  X: np.ndarray, Y: np.ndarray, # (H, W) pixel coordinates, centred
                  difficulty: float = 1.0, # scales the border irregularity
@@ -282,11 +282,11 @@ def lesion_shape(rng: np.random.Generator, # the image's random stream
     H, W = X.shape
     k = np.arange(2, 9)
     amps, phases = rng.uniform(-1, 1, 7) * rng.uniform(0.04, 0.16) * difficulty / k ** 0.7, rng.uniform(0, 2 * np.pi, 7)
-    r0, ecc = rng.uniform(0.12, 0.5) * min(H, W), rng.uniform(0.7, 1.4)
+    r0, ecc = rng.uniform(0.1, 0.55) * min(H, W), rng.uniform(0.7, 1.4)
     cx, cy = rng.uniform(-0.2, 0.2, 2) * (W, H)
     rho, th = elliptic_coords(X, Y, cx, cy, r0 * np.sqrt(ecc), r0 / np.sqrt(ecc), rng.uniform(0, np.pi))
     rel = rho / radial_boundary(th, amps, phases)  # < 1 inside r(theta)
-    soft = 1 / (1 + np.exp(-(1 - rel) * r0 / rng.uniform(0.6, 6.0)))  # edge width 0.6 to 6 px
+    soft = 1 / (1 + np.exp(-(1 - rel) * r0 / rng.uniform(0.6, 8.0)))  # edge width 0.6 to 8 px
     return rel < 1, soft, rel
 
 # %% ../nbs/07_phantoms.ipynb #35cbf3f7
@@ -304,7 +304,7 @@ def hair_mask(rng: np.random.Generator, # the image's random stream
         draw.line([tuple(q) for q in pts.round(1)], fill=255, width=int(round(2 * rng.uniform(1.0, 2.5))))
     return np.asarray(canvas.resize((W, H), Image.BOX), dtype=np.float64) / 255
 
-# %% ../nbs/07_phantoms.ipynb #8fd82756
+# %% ../nbs/07_phantoms.ipynb #518601aa
 LESION_COLOURS = {  # RGB multipliers of the skin colour: low, high
     "brown": ((0.25, 0.17, 0.13), (0.65, 0.5, 0.42)), "faint": ((0.7, 0.6, 0.55), (0.88, 0.82, 0.8)),
     "pink": ((0.8, 0.55, 0.6), (0.95, 0.75, 0.8)), "blue": ((0.3, 0.3, 0.4), (0.6, 0.6, 0.75)),
@@ -319,18 +319,35 @@ def skin_and_lesion(rng: np.random.Generator, # the image's random stream
     tone = rng.uniform() ** 1.5  # light skin is more common
     skin_rgb = (1 - tone) * np.array([0.93, 0.76, 0.66]) + tone * np.array([0.62, 0.42, 0.32])
     lum, red, grain = (random_field(rng, shape, b)[..., None] for b in (2.5, 3.5, 0.5))
-    skin = skin_rgb * (1 + 0.05 * d * lum + 0.015 * d * grain) + 0.03 * np.clip(red, 0, None) * (1, -0.3, -0.3)
-    share = np.array([3.0, 1.2 * d, 0.6 * d, 0.3 * d])  # brown, faint, pink, blue
+    skin = skin_rgb * (1 + 0.1 * d * lum + 0.015 * d * grain) + 0.03 * np.clip(red, 0, None) * (1, -0.3, -0.3)
+    share = np.array([2.0, 1.5 * d, 0.8 * d, 0.4 * d])  # brown, faint, pink, blue
     lo, hi = (np.array(c) for c in LESION_COLOURS[list(LESION_COLOURS)[rng.choice(4, p=share / share.sum())]])
     col = skin_rgb * (lo + (hi - lo) * rng.uniform())  # the lesion's main colour
     blot, core = random_field(rng, shape, 2.5)[..., None], np.clip(1 - rel, 0, 1)[..., None]
-    lesion = col * (1 + 0.2 * blot) * (1 - rng.uniform(0, 0.5) * core ** rng.uniform(0.5, 2))  # blotches, dark core
+    lesion = col * (1 + 0.3 * blot) * (1 - rng.uniform(0, 0.5) * core ** rng.uniform(0.5, 2))  # blotches, dark core
     if rng.uniform() < 0.3 * d:  # regression: whitish-blue patches inside the lesion
         patch = np.clip(random_field(rng, shape, 3.0)[..., None] - 0.5, 0, 1) * rng.uniform(0.5, 1)
         lesion = lesion * (1 - patch) + patch * skin_rgb.mean() * np.array([0.95, 0.95, 1.05])
+    skin = satellites(rng, skin, col * (1 + 0.3 * blot), rel, d)
     return skin * (1 - soft[..., None]) + lesion * soft[..., None]
 
-# %% ../nbs/07_phantoms.ipynb #a8cff1e7
+# %% ../nbs/07_phantoms.ipynb #f911b964
+def satellites(rng: np.random.Generator, # the image's random stream
+               skin: np.ndarray, # (H, W, 3) skin colour
+               col: np.ndarray, # (H, W, 3) the lesion's colour
+               rel: np.ndarray, # (H, W) relative radius of the main lesion
+               difficulty: float = 1.0, # the mean number of satellites
+              ) -> np.ndarray:
+    "Small nevi of the lesion's colour away from it: they are not in the mask, which holds the main lesion only."
+    Y, X = np.indices(rel.shape)
+    for _ in range(rng.poisson(difficulty)):
+        r = rng.uniform(0.03, 0.1) * min(rel.shape)
+        rho, th = elliptic_coords(X, Y, rng.uniform(0, rel.shape[1]), rng.uniform(0, rel.shape[0]), r, r * rng.uniform(0.6, 1))
+        spot = (rho < radial_boundary(th, rng.uniform(-0.15, 0.15, 3), rng.uniform(0, 2 * np.pi, 3))) & (rel > 1.3)
+        skin = np.where(spot[..., None], col, skin)
+    return skin
+
+# %% ../nbs/07_phantoms.ipynb #d6c81c4b
 def dermoscope(rng: np.random.Generator, # the image's random stream
                img: np.ndarray, # (H, W, 3) noise-free RGB in [0, 1]
                difficulty: float = 1.0, # scales hair, illumination, vignetting and noise
@@ -341,7 +358,7 @@ def dermoscope(rng: np.random.Generator, # the image's random stream
     for _ in range(rng.integers(0, 7)):  # freckles and small nevi: dark spots that are not the lesion
         r2 = ((X - rng.uniform(-0.5, 0.5)) * W) ** 2 + ((Y - rng.uniform(-0.5, 0.5)) * H) ** 2
         img = img * (1 - rng.uniform(0.2, 0.6) * np.exp(-(r2 / rng.uniform(1, 8) ** 2) ** 2))[..., None]
-    hair = hair_mask(rng, (H, W), int(rng.poisson(3 * d)) if rng.uniform() < 0.55 else 0)[..., None]
+    hair = hair_mask(rng, (H, W), int(rng.poisson(4 * d)) if rng.uniform() < 0.65 else 0)[..., None]
     img = img * (1 - 0.85 * hair) + 0.85 * hair * rng.uniform(0.05, 0.15) * np.array([1.0, 0.7, 0.5])
     gx, gy = rng.uniform(-0.25, 0.25, 2) * d  # uneven illumination and a colour cast
     img = img * (1 + gx * X + gy * Y)[..., None] * rng.uniform(0.88, 1.08, 3) * rng.uniform(0.8, 1.1)
@@ -444,7 +461,7 @@ def write_cardiac_phantom(out: str | Path, # destination folder: new, empty, or 
            counts={k: len(v) for k, v in lists.items()}, groups=groups)
     return out
 
-# %% ../nbs/07_phantoms.ipynb #24e0b1e8
+# %% ../nbs/07_phantoms.ipynb #207b9f43
 ISIC_INPUT, ISIC_TRUTH = "ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth"
 
 def write_lesion_phantom(out: str | Path, # destination folder: new, empty, or this same phantom
@@ -455,7 +472,8 @@ def write_lesion_phantom(out: str | Path, # destination folder: new, empty, or t
                          quality: int = 90, # JPEG quality
                         ) -> Path:
     "Write a lesion phantom in the ISIC 2018 Task 1 layout (JPEG images, PNG masks); return `out`."
-    if num_images < 1 or not 16 <= sizes[0] <= sizes[1]: raise ValueError(f"need num_images >= 1 and 16 <= sizes[0] <= sizes[1], got {num_images}, {sizes}")
+    if num_images < 1 or not 16 <= sizes[0] <= sizes[1]:
+        raise ValueError(f"need num_images >= 1 and 16 <= sizes[0] <= sizes[1], got {num_images} and {sizes}")
     out = Path(out)
     params = dict(kind="lesion", seed=seed, num_images=num_images, sizes=list(sizes), difficulty=difficulty, quality=quality)
     if _prepare(out, params): return out
