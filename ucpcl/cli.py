@@ -82,7 +82,7 @@ def _run_compare(a: argparse.Namespace):
     else: (ablation if a.table == 2 else feature_levels)(**kw)
     print(Path(a.out, f"table{a.table}.md").read_text())
 
-# %% ../nbs/12_cli.ipynb #3a44f29e
+# %% ../nbs/12_cli.ipynb #80ca9034
 def build_parser() -> argparse.ArgumentParser:
     "The `ucpcl` command and its subcommands."
     p = argparse.ArgumentParser(prog="ucpcl", description="Uncertainty-guided pixel contrastive learning (IJCAI 2022), literate-programmed.")
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="report"); d.add_argument("--iterations", type=int, default=None)
     d.add_argument("--seeds", type=int, nargs="+", default=[0]); d.add_argument("--labeled", type=int, default=2)
     d.add_argument("--methods", nargs="+", default=["sup", "ucpcl"]); d.add_argument("--device", default="cpu")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     ph = sub.add_parser("phantom", help="write the embedded phantom in the ACDC (cardiac) or ISIC (lesion) layout")
     ph.add_argument("--kind", required=True, choices=["cardiac", "lesion"]); ph.add_argument("--out", required=True)
     ph.add_argument("--seed", type=int, default=0)
@@ -119,7 +120,7 @@ def _print_metrics(m: dict):
         hd = f"  HD95 {r['hd95']:.2f}" if "hd95" in r else ""
         print(f"{which:>5}: Dice {100 * r['dice']:.2f}  Jaccard {100 * r['jaccard']:.2f}{hd}  (missed {r['missed']}, spurious {r['spurious']})")
 
-# %% ../nbs/12_cli.ipynb #b0d588b3
+# %% ../nbs/12_cli.ipynb #63e29734
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ucpcl` console script."
     a = build_parser().parse_args(argv)
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.command == "demo":
             from ucpcl.report import demo
             demo(a.out, **({} if a.iterations is None else {"iterations": a.iterations}), seeds=a.seeds, labeled=a.labeled,
-                 methods=a.methods, device=a.device)
+                 methods=a.methods, device=a.device, progress=not a.quiet)
         elif a.command == "phantom":
             from ucpcl.phantoms import write_phantom
             print(f"wrote {a.kind} phantom to {write_phantom(a.kind, a.out, seed=a.seed)}")
