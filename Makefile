@@ -23,13 +23,22 @@ help:
 
 env: $(STAMP)
 
-# Re-created only when pyproject.toml changes; an existing environment is not reinstalled.
+# Installed once. nbdev-export rewrites pyproject.toml with the same text, which makes it newer than the
+# stamp; the copy saved at install time tells a real change (reinstall) from a new time (nothing to do).
+INSTALLED := $(VENV)/.pyproject.installed
 $(STAMP): pyproject.toml
+	@if [ -x $(BIN)/python ] && cmp -s pyproject.toml $(INSTALLED); then \
+	  echo "pyproject.toml is unchanged since $(VENV) was installed: nothing to install"; \
+	else $(MAKE) --no-print-directory install; fi
+	@touch $@
+
+.PHONY: install
+install:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	@touch $@
+	@cp pyproject.toml $(INSTALLED)
 
 # The library is generated from the notebooks: exporting must change nothing, and the
 # committed notebooks must already be clean (nbdev-clean leaves them unchanged).
