@@ -120,7 +120,7 @@ def plot_run_predictions(runs: Sequence[str | Path], labels: Sequence[str] | Non
     return plot_predictions([im for im, _ in cases], [gt for _, gt in cases], preds, num_classes=trainers[0].data.num_classes)
 
 # %% ../nbs/11_report.ipynb #e0eb06ff
-DEMO = dict(iterations=800, batch_size=8, labeled_bs=4)  # half the paper's batch: the demo's budget is 10 minutes on 2 cores
+DEMO = dict(iterations=700, batch_size=8, labeled_bs=4)  # half the paper's batch: the demo's budget is 10 minutes on 2 cores
 
 def demo(out: str | Path = "report", # the report folder
          iterations: int = DEMO["iterations"], # per run
