@@ -10,8 +10,9 @@ profiler, the time inside the step's `record_function` labels: `forward` (both d
 contains the contrast branch), `contrast` (Eq. 6-9: uncertainty, pseudo labels, anchor sampling, InfoNCE, and the
 queue update after the step), `backward` and `optimizer`. "forward" in the table excludes the contrast branch.
 Data loading is timed separately, as the time the DataLoader takes to deliver a batch with `--workers` workers.
-Peak memory: the growth of the process's peak resident set size on the CPU (`ru_maxrss`), or
-`torch.cuda.max_memory_allocated()` on CUDA. A script, not a timed test; the figures depend on the machine.
+Peak memory: on the CPU the peak resident set size of the measuring process (`ru_maxrss`: PyTorch itself, model,
+optimiser state, data and the warm-up and timed steps' activations), which is what decides whether a run fits in
+RAM; on CUDA `torch.cuda.max_memory_allocated()` over the timed steps. A script, not a timed test; the figures depend on the machine.
 """
 from __future__ import annotations
 import argparse, json, platform, resource, statistics, subprocess, sys, tempfile, time
@@ -35,7 +36,7 @@ def measure(preset: str, device: str, batch: int, steps: int, warmup: int, amp: 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     it = iter(t.loader(0))
     for i in range(warmup): t.step(next(it), i)
-    sync(); rss0 = _maxrss_mib()
+    sync()
     if cuda: torch.cuda.reset_peak_memory_stats()
     data_s, step_s = [], []
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -48,7 +49,7 @@ def measure(preset: str, device: str, batch: int, steps: int, warmup: int, amp: 
         if e.key in ("forward", "contrast", "backward", "optimizer"):
             us = e.device_time_total if cuda and e.device_time_total > 0 else e.cpu_time_total
             parts[e.key] = us / 1e6 / steps
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _maxrss_mib() - rss0
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _maxrss_mib()
     return {"preset": preset, "device": str(t.device), "amp": t.amp, "batch": batch, "workers": workers, "threads": torch.get_num_threads(),
             "step": statistics.median(step_s), "data": statistics.median(data_s), **parts, "peak_mib": peak,
             "gpu": torch.cuda.get_device_name(t.device) if cuda else None}
