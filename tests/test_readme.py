@@ -1,6 +1,6 @@
 """README.md is generated from nbs/index.ipynb (tools/readme.py) and must be current; the overview's
 equation table names functions that exist."""
-import importlib, importlib.util, re, sys
+import csv, importlib, importlib.util, itertools, re, sys
 from pathlib import Path
 
 import nbformat
@@ -59,3 +59,35 @@ def test_every_function_the_table_names_exists():
             assert hasattr(obj, attr), f"index.ipynb names {name}, but {'.'.join(parts[:k])} has no {attr}"
             obj = getattr(obj, attr)
         assert callable(obj), f"{name} is not a function or class"
+
+
+def _table_after(marker: str) -> list[list[str]]:
+    "The rows (cells stripped, header and rule dropped) of the first Markdown table after `marker` in index.ipynb."
+    nb = nbformat.read(ROOT / "nbs" / "index.ipynb", as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert marker in text, f"index.ipynb has no {marker!r}"
+    lines = text[text.index(marker):].splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("|"))
+    table = [l for l in itertools.takewhile(lambda l: l.startswith("|"), lines[start:])]
+    return [[c.strip() for c in l.strip("|").split("|")] for l in table[2:]]
+
+
+def test_the_demo_figures_in_the_overview_are_the_committed_report():
+    rows = {r[0]: r for r in _table_after("**The demo.**")}
+    assert set(rows) == {"0", "1"}, "the overview reports the demo for seeds 0 and 1"
+    for seed, row in rows.items():
+        runs = {r["method"]: r for r in csv.DictReader(open(ROOT / "docs" / "results" / "demo" / f"seed{seed}" / "results.csv"))}
+        for col, method in ((1, "sup"), (2, "ucpcl")):
+            r = runs[method]
+            assert row[col] == f"{100 * float(r['best_dice']):.2f} / {100 * float(r['best_jaccard']):.2f}", (seed, method)
+
+
+def test_the_phantom_table_in_the_overview_is_the_committed_one():
+    names = {"Supervised only": "-", "UGPCL (ucpcl)": "Ours"}
+    committed = {r["Method"]: r for r in csv.DictReader(open(ROOT / "docs" / "results" / "phantom-table1.csv"))}
+    rows = _table_after("**Table 1 on the phantom.**")
+    assert len(rows) == len(committed) == 8
+    for row in rows:
+        r = committed[names.get(row[0], row[0])]
+        for col, l in ((1, "l2"), (2, "l4")):
+            assert row[col] == f"{float(r[f'dice_{l}']):.2f} ± {float(r[f'dice_{l}_std']):.2f}", (row[0], l)
