@@ -10,11 +10,13 @@ augmentation of `ucpcl.transforms`, resize to `--size`) and reports images/s aft
 excluded). A script, not a timed test; the figures depend on the machine.
 """
 from __future__ import annotations
-import argparse, tempfile, time
+import argparse, time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from ucpcl.core import scratch
 
 
 def acdc_fixture(root: Path, n_patients: int = 6, slices: int = 10, shape=(256, 216)) -> Path:
@@ -66,7 +68,7 @@ def main():
     ap.add_argument("--batches", type=int, default=10)
     ap.add_argument("--size", type=int, default=224)
     a = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch("ucpcl-bench-")  # removed when the script ends
     roots = {"acdc": acdc_fixture(tmp / "acdc"), "isic": isic_fixture(tmp / "isic")}
     print(f"training DataLoader, batches of 16 at {a.size} px with the paper's augmentation; images/s")
     print("| data (on-disk format) | workers | images/s | per worker |")

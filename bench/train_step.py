@@ -28,9 +28,10 @@ def measure(preset: str, device: str, batch: int, steps: int, warmup: int, amp: 
     "Run in this process: time `steps` training steps of `preset` and their parts."
     import torch
     from torch.profiler import ProfilerActivity, profile
+    from ucpcl.core import scratch
     from ucpcl.train import TrainConfig, Trainer
     cfg = TrainConfig(data_root=data, labeled=4, preset=preset, batch_size=batch, labeled_bs=batch // 2, contrast_start=0.0,
-                      iterations=warmup + steps + 1, device=device, amp=amp, num_workers=workers, out=tempfile.mkdtemp())
+                      iterations=warmup + steps + 1, device=device, amp=amp, num_workers=workers, out=str(scratch("ucpcl-bench-")))
     t = Trainer(cfg)
     cuda = t.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)

@@ -39,13 +39,15 @@ def _cell_head(source: str, n: int = 6) -> str:
 
 def run_notebook(nb_path: Path, workdir: Path, parameters: dict | None = None,
                  cell_timeout: int = CELL_TIMEOUT) -> tuple[Path, float]:
-    "Execute `nb_path` in `workdir` (IN_TEST=1) and return the executed copy and the wall time."
+    "Execute `nb_path` in `workdir` (IN_TEST=1, TMPDIR inside workdir) and return the executed copy and the wall time."
     nb_path, workdir = Path(nb_path), Path(workdir)
     if parameters and not has_parameters_cell(nb_path):
         raise ValueError(f"{nb_path.name} has no cell tagged 'parameters' but was given {sorted(parameters)}")
     out = workdir / nb_path.name
-    env_before = os.environ.get("IN_TEST")
+    scratch = workdir / "tmp"; scratch.mkdir(exist_ok=True)
+    env_before = {k: os.environ.get(k) for k in ("IN_TEST", "TMPDIR")}
     os.environ["IN_TEST"] = "1"  # the kernel inherits it: notebooks shrink their loops
+    os.environ["TMPDIR"] = str(scratch)  # and its temporary folders land in workdir, removed with it
     t = time.time()
     try:
         pm.execute_notebook(nb_path, out, parameters=parameters or {}, kernel_name=KERNEL, cwd=workdir,
@@ -60,8 +62,9 @@ def run_notebook(nb_path: Path, workdir: Path, parameters: dict | None = None,
         raise NotebookFailed(f"{nb_path.name}: {type(e).__name__}: {_ANSI.sub('', str(e))[:2000]}" +
                              (f"\n--- cell {cell[0]} ---\n{_cell_head(cell[1])}" if cell else "")) from None
     finally:
-        if env_before is None: os.environ.pop("IN_TEST", None)
-        else: os.environ["IN_TEST"] = env_before
+        for k, v in env_before.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
     return out, time.time() - t
 
 

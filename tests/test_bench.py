@@ -9,25 +9,27 @@ from nbrun import ROOT
 pytestmark = pytest.mark.slow
 
 
-def _bench(script: str, *args: str) -> str:
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def _bench(script: str, *args: str, tmp) -> str:
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "TMPDIR": str(tmp)})
     assert r.returncode == 0, f"bench/{script} failed:\n{r.stderr[-3000:]}"
+    assert not [p for p in tmp.iterdir() if p.name.startswith("ucpcl-bench-") and p.name != "ucpcl-bench-phantom"], "a bench script left its scratch folder behind"
     return r.stdout
 
 
-def test_train_step_splits_a_step_into_its_parts():
-    out = _bench("train_step.py", "--presets", "small", "--batch", "4", "--steps", "1", "--warmup", "0")
+def test_train_step_splits_a_step_into_its_parts(tmp_path):
+    out = _bench("train_step.py", "--presets", "small", "--batch", "4", "--steps", "1", "--warmup", "0", tmp=tmp_path)
     assert "| forward | contrast | backward | optimizer | data/batch | contrast share |" in out
     assert "| small | cpu | fp32 |" in out and "min / 6000 it" in out
 
 
-def test_model_step_counts_parameters_and_times_a_step():
-    out = _bench("model_step.py", "--presets", "small", "--batch", "2", "--steps", "1", "--no-cuda")
+def test_model_step_counts_parameters_and_times_a_step(tmp_path):
+    out = _bench("model_step.py", "--presets", "small", "--batch", "2", "--steps", "1", "--no-cuda", tmp=tmp_path)
     assert "| small | cpu | fp32 | 14,521,510 | 2x96^2 |" in out
 
 
-def test_pipeline_measures_both_formats():
-    out = _bench("pipeline.py", "--workers", "0", "--batches", "1", "--size", "64")
+def test_pipeline_measures_both_formats(tmp_path):
+    out = _bench("pipeline.py", "--workers", "0", "--batches", "1", "--size", "64", tmp=tmp_path)
     assert "| ACDC slices 256x216 (h5) | 0 |" in out and "| ISIC 1024x768 (JPEG+PNG) | 0 |" in out
 
 

@@ -64,6 +64,22 @@ def test_kernel_is_explicit_and_is_this_environment(tmp_path):
     assert KERNEL == "python3"
 
 
+def test_a_notebook_run_keeps_its_temporary_folders_inside_its_workdir(tmp_path):
+    "Notebooks make run folders with checkpoints in `scratch()` folders: under the test suite they land in the workdir."
+    f = tmp_path / "s.ipynb"; (tmp_path / "out").mkdir()
+    nbformat.write(_nb("from ucpcl.core import scratch; d = scratch(); (d / 'w.pt').write_bytes(b'0'); print(d)"), f)
+    out, _ = run_notebook(f, tmp_path / "out")
+    made = Path(nbformat.read(out, as_version=4).cells[0].outputs[0]["text"].strip())
+    assert made.is_relative_to(tmp_path / "out") and not made.exists()  # inside the workdir, and gone with the kernel
+    assert os.environ.get("TMPDIR") != str(tmp_path / "out" / "tmp")  # the runner put TMPDIR back
+
+
+def test_notebooks_make_temporary_folders_with_scratch():
+    "`tempfile.mkdtemp` folders outlive the kernel: a notebook left ~450 MB of checkpoints in /tmp per run."
+    offenders = [p.name for p in notebooks() if "mkdtemp(" in "".join(c.source for c in nbformat.read(p, as_version=4).cells)]
+    assert not offenders, f"{offenders} call tempfile.mkdtemp: use ucpcl.core.scratch(), removed when the kernel exits"
+
+
 def test_parameters_given_to_a_notebook_without_a_parameters_cell_are_an_error(tmp_path):
     f = tmp_path / "p.ipynb"; nbformat.write(_nb("x = 1"), f)
     with pytest.raises(ValueError, match="no cell tagged 'parameters'"): run_notebook(f, tmp_path, {"x": 2})

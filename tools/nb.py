@@ -6,7 +6,7 @@
 
 The notebooks in nbs/ are the source of truth; Markdown copies are scratch and never committed.
 """
-import subprocess, sys, tempfile, time
+import os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import jupytext, nbformat
@@ -44,7 +44,8 @@ def to_md(nb_path: Path):
 def run(nb_path: Path, timeout: int = 900):
     nb = _finish(nbformat.read(nb_path, as_version=4))
     t = time.time()
-    with tempfile.TemporaryDirectory() as cwd:  # notebooks write their artefacts into a scratch folder
+    with tempfile.TemporaryDirectory() as cwd:  # notebooks write their artefacts, and their temporary folders, here
+        os.environ["TMPDIR"] = cwd
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}}).execute()
     nbformat.write(nb, nb_path)
     subprocess.run([Path(sys.executable).parent / "nbdev-clean", "--fname", str(nb_path)], check=True, cwd=ROOT)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_explorer.ipynb #a83d471a
 from __future__ import annotations
-import io, math, tempfile, time
+import io, math, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,6 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from .anchors import downsample_labels, sample_anchor_index
+from .core import scratch
 from .models import STRIDES, UCPCLNet
 from .phantoms import write_phantom
 from .train import CLASS_NAMES, TrainConfig, Trainer
@@ -410,7 +411,7 @@ def brief_trainer(out: str | Path | None = None, # folder for the phantom and th
                   **overrides, # fields of `TrainConfig` to change
                  ) -> Trainer:
     "The full method trained briefly on a small cardiac phantom with the small preset on the CPU: probabilities that mean something."
-    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="ucpcl-explorer-"))
+    out = Path(out) if out is not None else scratch("ucpcl-explorer-")
     root = write_phantom("cardiac", out / "phantom", seed=seed, num_patients=(6, 1, 1))
     cfg = TrainConfig(data_root=str(root), labeled=2, preset="small", img_size=img_size, iterations=iterations, lr=lr, batch_size=8, labeled_bs=4,
                       per_class=32, contrast_start=0.25, eval_every=iterations, save_every=iterations, seed=seed, device="cpu", out=str(out / "run"))
