@@ -113,6 +113,16 @@ def test_corrupt_and_mismatched_checkpoints_are_clear_errors(phantom, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"): Trainer(cfg(phantom, tmp_path / "none")).fit(resume=True, progress=False)
 
 
+def test_best_checkpoint_holds_weights_only_and_is_refused_for_resuming(phantom, tmp_path):
+    t = Trainer(cfg(phantom, tmp_path)).fit(progress=False)
+    best, last = (torch.load(tmp_path / n, weights_only=False) for n in ("best.pt", "last.pt"))
+    assert "optimizer" in last and "rng" in last and "optimizer" not in best and "rng" not in best
+    assert best["method"].keys() == last["method"].keys() and best["config"] == last["config"]
+    assert (tmp_path / "best.pt").stat().st_size < 0.6 * (tmp_path / "last.pt").stat().st_size
+    assert Trainer.from_run(tmp_path, "best").iteration == 0  # evaluation loads the weights, not the counters
+    with pytest.raises(ValueError, match="holds the weights only .*resume from the run's last.pt"): t.load(tmp_path / "best.pt")
+
+
 def test_bad_configuration_and_data_errors(phantom, tmp_path):
     with pytest.raises(ValueError, match="unknown method 'mtt'"): get_method("mtt")
     with pytest.raises(ValueError, match="labeled"): Trainer(cfg(phantom, tmp_path, labeled=99))

@@ -387,11 +387,15 @@ def atomic_save(obj, path: Path):
     path = Path(path); tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp); os.replace(tmp, path)
 
-# %% ../nbs/10_train.ipynb #fee8edb7
+# %% ../nbs/10_train.ipynb #ccae457f
 @patch
-def save(self: Trainer, name: str = "last.pt"):
-    atomic_save({"method": self.method.state_dict(), "optimizer": self.opt.state_dict(), "iteration": self.iteration,
-                 "best": self.best, "rng": _rng_state(), "config": self.cfg.to_dict()}, self.out / name)
+def save(self: Trainer, name: str = "last.pt",
+         full: bool = True, # False: the method's state only (best.pt), enough to evaluate, not to resume
+        ):
+    "Write the checkpoint `name` into the run folder, atomically."
+    ck = {"method": self.method.state_dict(), "iteration": self.iteration, "best": self.best, "config": self.cfg.to_dict()}
+    if full: ck.update(optimizer=self.opt.state_dict(), rng=_rng_state())
+    atomic_save(ck, self.out / name)
 
 @patch
 def load(self: Trainer, path: str | Path, weights_only: bool = False):
@@ -408,6 +412,7 @@ def load(self: Trainer, path: str | Path, weights_only: bool = False):
     try: self.method.load_state_dict(ck["method"])
     except RuntimeError as e: raise ValueError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0]}") from None
     if weights_only: return ck
+    if "optimizer" not in ck: raise ValueError(f"{path} holds the weights only (it is for evaluation): resume from the run's last.pt")
     self.opt.load_state_dict(ck["optimizer"]); self.iteration, self.best = ck["iteration"], ck["best"]
     _set_rng_state(ck["rng"])
     return ck
@@ -430,7 +435,7 @@ def _trim_log(path: Path, upto: int):
         w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore"); w.writeheader()
         w.writerows(r for r in rows if int(r["iteration"]) <= upto)
 
-# %% ../nbs/10_train.ipynb #befef206
+# %% ../nbs/10_train.ipynb #de7a96e7
 @patch
 def validate(self: Trainer, it: int):
     "Validate, append to val.csv, and save best.pt when the mean foreground Dice improved."
@@ -441,7 +446,7 @@ def validate(self: Trainer, it: int):
         w.writerow([it, r["dice"], r["jaccard"]])
     if r["dice"] > self.best["dice"]:
         self.best = {"iteration": it, "dice": r["dice"], "jaccard": r["jaccard"]}
-        self.save("best.pt")
+        self.save("best.pt", full=False)
     return r
 
 # %% ../nbs/10_train.ipynb #e893ccea
