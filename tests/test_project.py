@@ -1,10 +1,10 @@
 """The project's own machinery: the nbdev and papermill traps, the environment, the README."""
-import os, subprocess, sys, time, tomllib
+import ast, os, subprocess, sys, time, tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbrun import KERNEL, NBS, ROOT, NotebookFailed, notebooks, run_notebook
+from nbrun import KERNEL, NBS, ROOT, NotebookFailed, has_parameters_cell, notebooks, run_notebook
 
 BIN = Path(sys.executable).parent
 
@@ -78,6 +78,29 @@ def test_notebooks_make_temporary_folders_with_scratch():
     "`tempfile.mkdtemp` folders outlive the kernel: a notebook left ~450 MB of checkpoints in /tmp per run."
     offenders = [p.name for p in notebooks() if "mkdtemp(" in "".join(c.source for c in nbformat.read(p, as_version=4).cells)]
     assert not offenders, f"{offenders} call tempfile.mkdtemp: use ucpcl.core.scratch(), removed when the kernel exits"
+
+
+def _top_level_names(source: str) -> tuple[set, set]:
+    "(names assigned, names defined by def/class/import) at the top level of a cell; IPython magics skipped."
+    code = "\n".join(l for l in source.splitlines() if not l.lstrip().startswith(("%", "!")))
+    assigned, defined = set(), set()
+    for node in ast.parse(code).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                assigned |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): defined.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)): defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return assigned, defined
+
+
+@pytest.mark.parametrize("nb", [p for p in notebooks() if has_parameters_cell(p)], ids=lambda p: p.stem)
+def test_no_papermill_parameter_is_shadowed_by_a_later_definition(nb):
+    "A parameter later redefined by a def/class/import silently ignores the value papermill passed (a function is truthy)."
+    cells = [c for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code"]
+    i = next(k for k, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+    params = _top_level_names(cells[i].source)[0]
+    clashes = {name: k for k, c in enumerate(cells) if k > i for name in _top_level_names(c.source)[1] & params}
+    assert not clashes, f"{nb.name}: parameter(s) {sorted(clashes)} redefined by a later def/class/import (code cells {sorted(set(clashes.values()))}): rename the parameter"
 
 
 def test_parameters_given_to_a_notebook_without_a_parameters_cell_are_an_error(tmp_path):
