@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
 
 
 def run(d, root, out, nproc, contrast="uncertainty", stop=0, mode="plain", port=29541):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(d)}  # torchrun's own temporary folders stay in the test's folder
     if nproc == 1: cmd = [sys.executable, str(d / "run.py")]
     else: cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port), str(d / "run.py")]
     r = subprocess.run(cmd + [str(root), str(out), contrast, str(stop), mode],
