@@ -148,3 +148,10 @@ def test_existing_environment_is_not_reinstalled():
     assert "nothing to install" in r.stdout
     r = subprocess.run(["make", "-q", ".venv/.ucpcl-installed"], cwd=ROOT)
     assert r.returncode == 0, "make would still reinstall the environment although it exists"
+
+
+def test_the_header_warns_when_the_temporary_disk_is_too_small():
+    from conftest import disk_note
+    assert disk_note(50 * 2**30, "/tmp") == "temporary folders: /tmp (50.0 GiB free)"
+    low = disk_note(300 * 2**20, "/tmp")
+    assert low.startswith("WARNING: only 0.3 GiB free in /tmp") and "point TMPDIR" in low
