@@ -324,11 +324,12 @@ def skin_and_lesion(rng: np.random.Generator, # the image's random stream
     lo, hi = (np.array(c) for c in LESION_COLOURS[list(LESION_COLOURS)[rng.choice(4, p=share / share.sum())]])
     col = skin_rgb * (lo + (hi - lo) * rng.uniform())  # the lesion's main colour
     blot, core = random_field(rng, shape, 2.5)[..., None], np.clip(1 - rel, 0, 1)[..., None]
-    lesion = col * (1 + 0.3 * blot) * (1 - rng.uniform(0, 0.5) * core ** rng.uniform(0.5, 2))  # blotches, dark core
+    tinted = col * (1 + 0.3 * blot)  # blotches
+    lesion = tinted * (1 - rng.uniform(0, 0.5) * core ** rng.uniform(0.5, 2))  # and a dark core
     if rng.uniform() < 0.3 * d:  # regression: whitish-blue patches inside the lesion
         patch = np.clip(random_field(rng, shape, 3.0)[..., None] - 0.5, 0, 1) * rng.uniform(0.5, 1)
         lesion = lesion * (1 - patch) + patch * skin_rgb.mean() * np.array([0.95, 0.95, 1.05])
-    skin = satellites(rng, skin, col * (1 + 0.3 * blot), rel, d)
+    skin = satellites(rng, skin, tinted, rel, d)
     return skin * (1 - soft[..., None]) + lesion * soft[..., None]
 
 # %% ../nbs/07_phantoms.ipynb #f911b964
