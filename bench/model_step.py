@@ -16,6 +16,7 @@ tensors from PyTorch's allocator and slows the steps it watches.) `ru_maxrss` is
 down, so every configuration is measured in a fresh subprocess. On CUDA the peak is
 `torch.cuda.max_memory_allocated()` over the timed steps (model, gradients and activations).
 """
+
 from __future__ import annotations
 import argparse, json, platform, resource, statistics, subprocess, sys, time
 
@@ -52,26 +53,55 @@ def measure(preset: str, device: str, batch: int, steps: int, amp: str | None) -
     k = torch.randint(0, 4, (batch,), generator=g).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     rss0 = _maxrss_mib()
-    _step(net, x, y, k, amp_dtype); net.zero_grad(set_to_none=False); sync()  # warm-up: kernels chosen, gradients allocated
-    if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
+    _step(net, x, y, k, amp_dtype)
+    net.zero_grad(set_to_none=False)
+    sync()  # warm-up: kernels chosen, gradients allocated
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     times, cpu_times = [], []
     for _ in range(steps):
         t, c = time.perf_counter(), time.process_time()
-        _step(net, x, y, k, amp_dtype); sync()
-        times.append(time.perf_counter() - t); cpu_times.append(time.process_time() - c)
+        _step(net, x, y, k, amp_dtype)
+        sync()
+        times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - c)
         net.zero_grad(set_to_none=False)
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _maxrss_mib() - rss0
-    return dict(preset=preset, device=device, dtype=amp or "fp32", params=sum(part_sizes(net).values()), batch=batch,
-                img_size=cfg.img_size, threads=torch.get_num_threads(), median_s=statistics.median(times), min_s=min(times),
-                cpu_s=statistics.median(cpu_times),
-                peak_mib=peak, rss_before_mib=rss0 if dev.type == "cpu" else None, steps=steps)
+    return dict(
+        preset=preset,
+        device=device,
+        dtype=amp or "fp32",
+        params=sum(part_sizes(net).values()),
+        batch=batch,
+        img_size=cfg.img_size,
+        threads=torch.get_num_threads(),
+        median_s=statistics.median(times),
+        min_s=min(times),
+        cpu_s=statistics.median(cpu_times),
+        peak_mib=peak,
+        rss_before_mib=rss0 if dev.type == "cpu" else None,
+        steps=steps,
+    )
 
 
 def _in_subprocess(preset, device, batch, steps, amp) -> dict:
-    cmd = [sys.executable, __file__, "--child", preset, "--device", device, "--batch", str(batch), "--steps", str(steps)]
-    if amp: cmd += ["--amp", amp]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        preset,
+        "--device",
+        device,
+        "--batch",
+        str(batch),
+        "--steps",
+        str(steps),
+    ]
+    if amp:
+        cmd += ["--amp", amp]
     r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode: raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -79,9 +109,15 @@ def _table(rows: list[dict]) -> str:
     head = "| preset | device | dtype | params | input | threads | step median (s) | step min (s) | CPU time (s) | peak memory (MiB) |"
     lines = [head, "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        mem = f"{r['peak_mib']:.0f} (RSS growth; RSS before {r['rss_before_mib']:.0f})" if r["device"] == "cpu" else f"{r['peak_mib']:.0f} (allocated)"
-        lines.append(f"| {r['preset']} | {r['device']} | {r['dtype']} | {r['params']:,} | {r['batch']}x{r['img_size']}^2 | "
-                     f"{r['threads']} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['cpu_s']:.2f} | {mem} |")
+        mem = (
+            f"{r['peak_mib']:.0f} (RSS growth; RSS before {r['rss_before_mib']:.0f})"
+            if r["device"] == "cpu"
+            else f"{r['peak_mib']:.0f} (allocated)"
+        )
+        lines.append(
+            f"| {r['preset']} | {r['device']} | {r['dtype']} | {r['params']:,} | {r['batch']}x{r['img_size']}^2 | "
+            f"{r['threads']} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['cpu_s']:.2f} | {mem} |"
+        )
     return "\n".join(lines)
 
 
@@ -98,18 +134,30 @@ def main(argv=None):
     ap.add_argument("--amp", default=None, choices=["bf16"], help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:  # one measurement in this fresh process, printed as one JSON line
-        print(json.dumps(measure(a.child, a.device, a.batch, a.steps, a.amp))); return
-    runs = [(p, "cpu", None) for p in a.presets] + ([(p, "cpu", "bf16") for p in a.presets] if a.cpu_bf16 else [])
-    if torch.cuda.is_available() and not a.no_cuda: runs += [(p, "cuda", "bf16") for p in a.presets]
+        print(json.dumps(measure(a.child, a.device, a.batch, a.steps, a.amp)))
+        return
+    runs = [(p, "cpu", None) for p in a.presets] + (
+        [(p, "cpu", "bf16") for p in a.presets] if a.cpu_bf16 else []
+    )
+    if torch.cuda.is_available() and not a.no_cuda:
+        runs += [(p, "cuda", "bf16") for p in a.presets]
     rows = []
     for p, dev, amp in runs:
         rows.append(_in_subprocess(p, dev, a.batch, a.steps, amp))
-        print(f"measured {p} on {dev} ({amp or 'fp32'}): {rows[-1]['median_s']:.3f} s", file=sys.stderr, flush=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() and not a.no_cuda else ""))
+        print(
+            f"measured {p} on {dev} ({amp or 'fp32'}): {rows[-1]['median_s']:.3f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() and not a.no_cuda else "")
+    )
     print(_table(rows))
     if a.json:
-        with open(a.json, "w") as f: json.dump(rows, f, indent=2)
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=2)
 
 
-if __name__ == "__main__": main()
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,7 @@ Peak memory: on the CPU the peak resident set size of the measuring process (`ru
 optimiser state, data and the warm-up and timed steps' activations), which is what decides whether a run fits in
 RAM; on CUDA `torch.cuda.max_memory_allocated()` over the timed steps. A script, not a timed test; the figures depend on the machine.
 """
+
 from __future__ import annotations
 import argparse, json, platform, resource, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -24,36 +25,67 @@ def _maxrss_mib() -> float:
     return r / 2**20 if platform.system() == "Darwin" else r / 2**10
 
 
-def measure(preset: str, device: str, batch: int, steps: int, warmup: int, amp: str, workers: int, data: str) -> dict:
+def measure(
+    preset: str, device: str, batch: int, steps: int, warmup: int, amp: str, workers: int, data: str
+) -> dict:
     "Run in this process: time `steps` training steps of `preset` and their parts."
     import torch
     from torch.profiler import ProfilerActivity, profile
     from ucpcl.core import scratch
     from ucpcl.train import TrainConfig, Trainer
-    cfg = TrainConfig(data_root=data, labeled=4, preset=preset, batch_size=batch, labeled_bs=batch // 2, contrast_start=0.0,
-                      iterations=warmup + steps + 1, device=device, amp=amp, num_workers=workers, out=str(scratch("ucpcl-bench-")))
+
+    cfg = TrainConfig(
+        data_root=data,
+        labeled=4,
+        preset=preset,
+        batch_size=batch,
+        labeled_bs=batch // 2,
+        contrast_start=0.0,
+        iterations=warmup + steps + 1,
+        device=device,
+        amp=amp,
+        num_workers=workers,
+        out=str(scratch("ucpcl-bench-")),
+    )
     t = Trainer(cfg)
     cuda = t.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     it = iter(t.loader(0))
-    for i in range(warmup): t.step(next(it), i)
+    for i in range(warmup):
+        t.step(next(it), i)
     sync()
-    if cuda: torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     data_s, step_s = [], []
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         for i in range(warmup, warmup + steps):
-            t0 = time.perf_counter(); b = next(it); data_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter(); t.step(b, i); sync(); step_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            b = next(it)
+            data_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            t.step(b, i)
+            sync()
+            step_s.append(time.perf_counter() - t0)
     parts = {}
     for e in prof.key_averages():
         if e.key in ("forward", "contrast", "backward", "optimizer"):
             us = e.device_time_total if cuda and e.device_time_total > 0 else e.cpu_time_total
             parts[e.key] = us / 1e6 / steps
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _maxrss_mib()
-    return {"preset": preset, "device": str(t.device), "amp": t.amp, "batch": batch, "workers": workers, "threads": torch.get_num_threads(),
-            "step": statistics.median(step_s), "data": statistics.median(data_s), **parts, "peak_mib": peak,
-            "gpu": torch.cuda.get_device_name(t.device) if cuda else None}
+    return {
+        "preset": preset,
+        "device": str(t.device),
+        "amp": t.amp,
+        "batch": batch,
+        "workers": workers,
+        "threads": torch.get_num_threads(),
+        "step": statistics.median(step_s),
+        "data": statistics.median(data_s),
+        **parts,
+        "peak_mib": peak,
+        "gpu": torch.cuda.get_device_name(t.device) if cuda else None,
+    }
 
 
 def main():
@@ -70,27 +102,59 @@ def main():
     ap.add_argument("--data-root", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:  # one measurement, in a fresh process
-        print(json.dumps(measure(a.child, a.device, a.batch, a.steps, a.warmup, a.amp, a.workers, a.data_root))); return
+        print(
+            json.dumps(measure(a.child, a.device, a.batch, a.steps, a.warmup, a.amp, a.workers, a.data_root))
+        )
+        return
     from ucpcl.phantoms import write_phantom
+
     data = str(write_phantom("cardiac", Path(tempfile.gettempdir()) / "ucpcl-bench-phantom", seed=0))
     rows = []
     for p in a.presets:
-        cmd = [sys.executable, __file__, "--child", p, "--device", a.device, "--batch", str(a.batch), "--steps", str(a.steps),
-               "--warmup", str(a.warmup), "--amp", a.amp, "--workers", str(a.workers), "--data-root", data]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            p,
+            "--device",
+            a.device,
+            "--batch",
+            str(a.batch),
+            "--steps",
+            str(a.steps),
+            "--warmup",
+            str(a.warmup),
+            "--amp",
+            a.amp,
+            "--workers",
+            str(a.workers),
+            "--data-root",
+            data,
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode: sys.exit(f"{p}: failed\n{r.stderr[-3000:]}")
+        if r.returncode:
+            sys.exit(f"{p}: failed\n{r.stderr[-3000:]}")
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    print(f"train step of the full method, batch {a.batch} ({a.batch // 2} labeled), {a.steps} timed steps after {a.warmup}; seconds")
-    print("| preset | device | amp | s/iter | forward | contrast | backward | optimizer | data/batch | contrast share | peak MiB | projected |")
+    print(
+        f"train step of the full method, batch {a.batch} ({a.batch // 2} labeled), {a.steps} timed steps after {a.warmup}; seconds"
+    )
+    print(
+        "| preset | device | amp | s/iter | forward | contrast | backward | optimizer | data/batch | contrast share | peak MiB | projected |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fwd = r.get("forward", float("nan")) - r.get("contrast", 0.0)
         share = r.get("contrast", 0.0) / r["step"]
         proj = a.project * (r["step"] + (r["data"] if r["workers"] == 0 else 0)) / 60
-        print(f"| {r['preset']} | {r['device']}{' ' + r['gpu'] if r['gpu'] else ''} | {'bf16' if r['amp'] else 'fp32'} | {r['step']:.3f} | "
-              f"{fwd:.3f} | {r.get('contrast', 0):.3f} | {r.get('backward', 0):.3f} | {r.get('optimizer', 0):.3f} | {r['data']:.3f} | "
-              f"{share:.1%} | {r['peak_mib']:.0f} | {proj:.1f} min / {a.project} it |")
-    print(f"({platform.node()}, {rows[0]['threads']} threads; 'projected' = {a.project} x (step + data when loading is not overlapped))")
+        print(
+            f"| {r['preset']} | {r['device']}{' ' + r['gpu'] if r['gpu'] else ''} | {'bf16' if r['amp'] else 'fp32'} | {r['step']:.3f} | "
+            f"{fwd:.3f} | {r.get('contrast', 0):.3f} | {r.get('backward', 0):.3f} | {r.get('optimizer', 0):.3f} | {r['data']:.3f} | "
+            f"{share:.1%} | {r['peak_mib']:.0f} | {proj:.1f} min / {a.project} it |"
+        )
+    print(
+        f"({platform.node()}, {rows[0]['threads']} threads; 'projected' = {a.project} x (step + data when loading is not overlapped))"
+    )
 
 
-if __name__ == "__main__": main()
+if __name__ == "__main__":
+    main()

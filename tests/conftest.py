@@ -9,13 +9,17 @@ NEEDS_GIB = 2.0  # measured: the suite's temporary folders peak at 1.5 GiB (1,57
 def disk_note(free_bytes: int, where: str) -> str:
     "The header line on the temporary disk; a warning, with the fix, when it is too small for the suite."
     free = free_bytes / 2**30
-    if free >= NEEDS_GIB: return f"temporary folders: {where} ({free:.1f} GiB free)"
-    return (f"WARNING: only {free:.1f} GiB free in {where}; the test suite needs about {NEEDS_GIB:.0f} GiB there: "
-            f"free some space, or point TMPDIR (or pytest --basetemp) at a larger disk")
+    if free >= NEEDS_GIB:
+        return f"temporary folders: {where} ({free:.1f} GiB free)"
+    return (
+        f"WARNING: only {free:.1f} GiB free in {where}; the test suite needs about {NEEDS_GIB:.0f} GiB there: "
+        f"free some space, or point TMPDIR (or pytest --basetemp) at a larger disk"
+    )
 
 
 def pytest_report_header(config):
     where = str(config.option.basetemp or tempfile.gettempdir())
     probe = Path(where)
-    while not probe.exists(): probe = probe.parent
+    while not probe.exists():
+        probe = probe.parent
     return disk_note(shutil.disk_usage(probe).free, where)

@@ -1,5 +1,6 @@
 """The benchmark scripts in bench/ keep working from a clone: each runs at tiny sizes and prints its table (the
 figures are not checked: they depend on the machine). bench/contrast.py has its own tests in test_contrast_bench.py."""
+
 import os, subprocess, sys
 
 import pytest
@@ -10,21 +11,33 @@ pytestmark = pytest.mark.slow
 
 
 def _bench(script: str, *args: str, tmp) -> str:
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "TMPDIR": str(tmp)})
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )
     assert r.returncode == 0, f"bench/{script} failed:\n{r.stderr[-3000:]}"
-    assert not [p for p in tmp.iterdir() if p.name.startswith("ucpcl-bench-") and p.name != "ucpcl-bench-phantom"], "a bench script left its scratch folder behind"
+    assert not [
+        p for p in tmp.iterdir() if p.name.startswith("ucpcl-bench-") and p.name != "ucpcl-bench-phantom"
+    ], "a bench script left its scratch folder behind"
     return r.stdout
 
 
 def test_train_step_splits_a_step_into_its_parts(tmp_path):
-    out = _bench("train_step.py", "--presets", "small", "--batch", "4", "--steps", "1", "--warmup", "0", tmp=tmp_path)
+    out = _bench(
+        "train_step.py", "--presets", "small", "--batch", "4", "--steps", "1", "--warmup", "0", tmp=tmp_path
+    )
     assert "| forward | contrast | backward | optimizer | data/batch | contrast share |" in out
     assert "| small | cpu | fp32 |" in out and "min / 6000 it" in out
 
 
 def test_model_step_counts_parameters_and_times_a_step(tmp_path):
-    out = _bench("model_step.py", "--presets", "small", "--batch", "2", "--steps", "1", "--no-cuda", tmp=tmp_path)
+    out = _bench(
+        "model_step.py", "--presets", "small", "--batch", "2", "--steps", "1", "--no-cuda", tmp=tmp_path
+    )
     assert "| small | cpu | fp32 | 14,521,510 | 2x96^2 |" in out
 
 
@@ -35,7 +48,14 @@ def test_pipeline_measures_both_formats(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script would run for real")
 def test_the_gpu_script_says_it_needs_a_gpu():
-    if not (ROOT / ".venv" / ".ucpcl-installed").exists(): pytest.skip("environment not created by make")
-    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "1", "0"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    if not (ROOT / ".venv" / ".ucpcl-installed").exists():
+        pytest.skip("environment not created by make")
+    r = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu.sh"), "1", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert r.returncode != 0 and "no CUDA device: bench/gpu.sh needs a GPU" in r.stderr

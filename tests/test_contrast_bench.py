@@ -1,4 +1,5 @@
 "bench/contrast.py keeps working: its functions run at tiny sizes (not timed) and catch a disagreement."
+
 import importlib.util
 from pathlib import Path
 
@@ -35,8 +36,24 @@ def test_inputs_have_the_asked_shapes_and_a_full_queue():
 
 
 def test_main_prints_a_table(capsys):
-    rows = _bench().main(["--batch", "2", "--dim", "8", "--size", "5", "--num-classes", "3", "--memory-size", "6",
-                          "--per-class", "4", "--repeats", "1"])
+    rows = _bench().main(
+        [
+            "--batch",
+            "2",
+            "--dim",
+            "8",
+            "--size",
+            "5",
+            "--num-classes",
+            "3",
+            "--memory-size",
+            "6",
+            "--per-class",
+            "4",
+            "--repeats",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert "vectorised ms" in out and "loop ms" in out and "ratio" in out and "M = 12" in out
     assert all(p in out for p in PARTS) and len(rows) == 4
@@ -45,11 +62,30 @@ def test_main_prints_a_table(capsys):
 def test_a_disagreement_between_the_versions_is_an_error(monkeypatch):
     mod = _bench()
     monkeypatch.setattr(mod, "pixel_info_nce_loop", lambda *a, **k: torch.tensor(123.0))
-    with pytest.raises(RuntimeError, match="!= loop loss"): mod.benchmark(**TINY)
+    with pytest.raises(RuntimeError, match="!= loop loss"):
+        mod.benchmark(**TINY)
 
 
 def test_main_leaves_the_thread_count_as_it_was():
     before = torch.get_num_threads()
-    _bench().main(["--batch", "1", "--dim", "4", "--size", "4", "--num-classes", "2", "--memory-size", "3",
-                   "--per-class", "2", "--repeats", "1", "--threads", "1"])
+    _bench().main(
+        [
+            "--batch",
+            "1",
+            "--dim",
+            "4",
+            "--size",
+            "4",
+            "--num-classes",
+            "2",
+            "--memory-size",
+            "3",
+            "--per-class",
+            "2",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+        ]
+    )
     assert torch.get_num_threads() == before

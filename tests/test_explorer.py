@@ -1,4 +1,5 @@
 "The H explorer: its callback's data on a hand-made fixture, curves against panels, no model call after the cache, the widgets, the redraw time."
+
 import math, time
 
 import ipywidgets as widgets
@@ -8,8 +9,22 @@ import torch
 import torch.nn.functional as F
 
 from ucpcl.anchors import downsample_labels
-from ucpcl.explorer import (MASKED, RIGHT, UNKNOWN, WRONG, Explorer, ExplorerData, brief_trainer, compute_probs, curves, explore,
-                            load_images, logits_fn_of, panels, threshold_at)
+from ucpcl.explorer import (
+    MASKED,
+    RIGHT,
+    UNKNOWN,
+    WRONG,
+    Explorer,
+    ExplorerData,
+    brief_trainer,
+    compute_probs,
+    curves,
+    explore,
+    load_images,
+    logits_fn_of,
+    panels,
+    threshold_at,
+)
 from ucpcl.models import build_model
 from ucpcl.uncertainty import ThresholdSchedule, certain_pseudo_label, entropy_map
 
@@ -36,13 +51,18 @@ def fx():
 
 def smooth_logits(n, size, seed=0):
     g = torch.Generator().manual_seed(seed)
-    z = F.interpolate(4 * torch.randn(n, C, size // 16, size // 16, generator=g), size=(size, size), mode="bilinear")
+    z = F.interpolate(
+        4 * torch.randn(n, C, size // 16, size // 16, generator=g), size=(size, size), mode="bilinear"
+    )
     return z, z + torch.randn(z.shape, generator=g)
 
 
 class CountingLogits:
     "A logits function that counts its calls; two decoders that disagree a little."
-    def __init__(self, size): self.calls, self.size = 0, size
+
+    def __init__(self, size):
+        self.calls, self.size = 0, size
+
     def __call__(self, x):
         self.calls += 1
         return smooth_logits(len(x), self.size, seed=self.calls)
@@ -52,11 +72,14 @@ class CountingLogits:
 def counted():
     fn = CountingLogits(64)
     images, labels = torch.rand(5, 1, 64, 64), torch.randint(-1, C, (5, 64, 64))
-    data = ExplorerData.from_model(fn, images, labels, grid=8, batch_size=2, class_names=["bg", "RV", "Myo", "LV"])
+    data = ExplorerData.from_model(
+        fn, images, labels, grid=8, batch_size=2, class_names=["bg", "RV", "Myo", "LV"]
+    )
     return fn, data
 
 
 # --- the callback's data on the fixture ---------------------------------------------------------
+
 
 def test_fixture_entropies_are_known_and_increasing(fx):
     data, u, y = fx
@@ -72,7 +95,7 @@ def test_accuracy_of_kept_labels_is_the_hand_count(fx):
         p = panels(data, 0, H)
         np.testing.assert_array_equal(p["mask"].ravel(), np.arange(8) <= k)
         assert p["share"] == pytest.approx((k + 1) / 8)
-        assert p["accuracy"] == pytest.approx(RIGHT_AT[:k + 1].mean())
+        assert p["accuracy"] == pytest.approx(RIGHT_AT[: k + 1].mean())
         expected = np.where(np.arange(8) <= k, np.where(RIGHT_AT, RIGHT, WRONG), MASKED)
         np.testing.assert_array_equal(p["errors"].ravel(), expected)
     assert panels(data, 0, math.log(C))["accuracy"] == pytest.approx(5 / 8)
@@ -89,10 +112,17 @@ def test_mask_share_falls_monotonically_as_H_falls(counted):
 
 
 def test_H_zero_keeps_nothing_even_for_one_hot_pixels():
-    p = F.one_hot(torch.tensor([[[0, 3]]]), C).permute(0, 3, 1, 2).float()  # exactly one-hot: u = -log(1 + eps) < 0 before clamping
+    p = (
+        F.one_hot(torch.tensor([[[0, 3]]]), C).permute(0, 3, 1, 2).float()
+    )  # exactly one-hot: u = -log(1 + eps) < 0 before clamping
     data = ExplorerData(torch.zeros(1, 1, 1, 2), None, p, p, grid=1)
     p0 = panels(data, 0, 0.0)
-    assert p0["share"] == 0 and (p0["kept"] == -1).all() and len(p0["anchors"]) == 0 and math.isnan(p0["accuracy"])
+    assert (
+        p0["share"] == 0
+        and (p0["kept"] == -1).all()
+        and len(p0["anchors"]) == 0
+        and math.isnan(p0["accuracy"])
+    )
     assert panels(data, 0, 1e-9)["share"] == 1.0
 
 
@@ -100,10 +130,18 @@ def test_panels_agree_with_the_training_code(counted):
     _, data = counted
     for H in (0.3, 0.7, 1.1):
         p = panels(data, 2, H)
-        np.testing.assert_array_equal(p["kept"], certain_pseudo_label(data.p_c[2:3].double(), data.p_t[2:3].double(), H)[0].numpy())
-        np.testing.assert_array_equal(p["grid_labels"], downsample_labels(torch.from_numpy(p["kept"])[None], 8)[0].numpy())
-        assert (p["anchor_classes"] >= 0).all() and len(p["anchors"]) == min(data.per_class * C, (p["grid_labels"] >= 0).sum())
-        assert (p["errors"][p["label"] < 0] != RIGHT).all() and ((p["errors"] == UNKNOWN) == (p["mask"] & (p["label"] < 0))).all()
+        np.testing.assert_array_equal(
+            p["kept"], certain_pseudo_label(data.p_c[2:3].double(), data.p_t[2:3].double(), H)[0].numpy()
+        )
+        np.testing.assert_array_equal(
+            p["grid_labels"], downsample_labels(torch.from_numpy(p["kept"])[None], 8)[0].numpy()
+        )
+        assert (p["anchor_classes"] >= 0).all() and len(p["anchors"]) == min(
+            data.per_class * C, (p["grid_labels"] >= 0).sum()
+        )
+        assert (p["errors"][p["label"] < 0] != RIGHT).all() and (
+            (p["errors"] == UNKNOWN) == (p["mask"] & (p["label"] < 0))
+        ).all()
         np.testing.assert_array_equal(p["available"], [(p["grid_labels"] == c).sum() for c in range(C)])
 
 
@@ -117,22 +155,38 @@ def test_anchors_do_not_flicker(counted):
 
 def test_bad_calls_raise_clear_errors(fx, counted):
     data, _, _ = fx
-    with pytest.raises(ValueError, match="out of range"): panels(data, 3, 0.5)
-    with pytest.raises(ValueError, match="H must be >= 0"): panels(data, 0, -1.0)
-    with pytest.raises(ValueError, match="use one of"): threshold_at("linear", 0.5, 0, 10)
-    with pytest.raises(ValueError, match="must be \\(N, C_in, H, W\\)"): ExplorerData(torch.zeros(2, 1, 2, 4), None, data.p_c, data.p_t, 1)
-    with pytest.raises(ValueError, match="need 1 names"): ExplorerData(torch.zeros(1, 1, 2, 4), None, data.p_c, data.p_t, 1, names=["a", "b"])
-    with pytest.raises(ValueError, match="at the images' size"): compute_probs(lambda x: smooth_logits(len(x), 32), torch.zeros(1, 1, 64, 64))
-    with pytest.raises(ValueError, match="unknown control"): Explorer(counted[1]).update(threshold=0.3)
+    with pytest.raises(ValueError, match="out of range"):
+        panels(data, 3, 0.5)
+    with pytest.raises(ValueError, match="H must be >= 0"):
+        panels(data, 0, -1.0)
+    with pytest.raises(ValueError, match="use one of"):
+        threshold_at("linear", 0.5, 0, 10)
+    with pytest.raises(ValueError, match="must be \\(N, C_in, H, W\\)"):
+        ExplorerData(torch.zeros(2, 1, 2, 4), None, data.p_c, data.p_t, 1)
+    with pytest.raises(ValueError, match="need 1 names"):
+        ExplorerData(torch.zeros(1, 1, 2, 4), None, data.p_c, data.p_t, 1, names=["a", "b"])
+    with pytest.raises(ValueError, match="at the images' size"):
+        compute_probs(lambda x: smooth_logits(len(x), 32), torch.zeros(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="unknown control"):
+        Explorer(counted[1]).update(threshold=0.3)
 
 
 # --- curves --------------------------------------------------------------------------------------
+
 
 def test_curves_agree_with_panels(counted):
     _, data = counted
     Hs = np.linspace(0, math.log(C), 17)
     t = curves(data, Hs)
-    assert list(t.columns) == ["H", "kept", "accuracy", "anchors bg", "anchors RV", "anchors Myo", "anchors LV"]
+    assert list(t.columns) == [
+        "H",
+        "kept",
+        "accuracy",
+        "anchors bg",
+        "anchors RV",
+        "anchors Myo",
+        "anchors LV",
+    ]
     for i, H in enumerate(Hs):
         ps = [panels(data, j, H) for j in range(len(data))]
         assert t.kept[i] == pytest.approx(np.mean([p["share"] for p in ps]))
@@ -156,15 +210,21 @@ def test_curves_on_the_fixture(fx):
 
 # --- no recompute --------------------------------------------------------------------------------
 
+
 def test_moving_any_control_never_calls_the_model(counted):
     fn, data = counted
     assert fn.calls == 3  # 5 images in batches of 2, once
     ex = Explorer(data)
     c = ex.controls
     before, redraws = fn.calls, ex.redraws
-    for H in (0.1, 0.5, 0.9, 1.3): c["H"].value = H  # the slider's callback
-    c["mode"].value = "schedule"; c["iteration"].value = 100; c["max_iterations"].value = 200
-    c["index"].value = 4; c["mode"].value = "fixed"; c["index"].value = 0
+    for H in (0.1, 0.5, 0.9, 1.3):
+        c["H"].value = H  # the slider's callback
+    c["mode"].value = "schedule"
+    c["iteration"].value = 100
+    c["max_iterations"].value = 200
+    c["index"].value = 4
+    c["mode"].value = "fixed"
+    c["index"].value = 0
     ex.update(H=0.2, index=2)
     assert fn.calls == before
     assert ex.redraws == redraws + 11
@@ -179,20 +239,33 @@ def test_schedule_mode_applies_the_schedule_and_the_slider_follows(counted):
     p = ex.update(iteration=3000, max_iterations=6000)
     assert p["H"] == pytest.approx(ThresholdSchedule()(3000, 6000))
     ex.update(max_iterations=1000)  # the iteration is clipped to the new run length
-    assert ex.state["iteration"] == 1000 and ex.controls["iteration"].value == 1000 and ex.last["H"] == pytest.approx(math.log(2))
+    assert (
+        ex.state["iteration"] == 1000
+        and ex.controls["iteration"].value == 1000
+        and ex.last["H"] == pytest.approx(math.log(2))
+    )
     ex.update(mode="fixed")
-    assert not ex.controls["H"].disabled and ex.last["H"] == pytest.approx(math.log(2))  # fixed mode starts where the schedule was
+    assert not ex.controls["H"].disabled and ex.last["H"] == pytest.approx(
+        math.log(2)
+    )  # fixed mode starts where the schedule was
 
 
 # --- the widget ---------------------------------------------------------------------------------
+
 
 def test_the_widget_builds(counted):
     _, data = counted
     ex = Explorer(data)
     c = ex.controls
     assert isinstance(ex.widget, widgets.VBox) and isinstance(ex.view, widgets.Image)
-    assert isinstance(c["H"], widgets.FloatSlider) and (c["H"].min, c["H"].max) == (0.0, pytest.approx(math.log(C)))
-    assert isinstance(c["mode"], widgets.ToggleButtons) and [v for _, v in c["mode"].options] == ["fixed", "schedule"]
+    assert isinstance(c["H"], widgets.FloatSlider) and (c["H"].min, c["H"].max) == (
+        0.0,
+        pytest.approx(math.log(C)),
+    )
+    assert isinstance(c["mode"], widgets.ToggleButtons) and [v for _, v in c["mode"].options] == [
+        "fixed",
+        "schedule",
+    ]
     assert isinstance(c["iteration"], widgets.IntSlider) and isinstance(c["index"], widgets.Dropdown)
     assert [v for _, v in c["index"].options] == list(range(len(data)))
     assert ex.view.value[:8] == b"\x89PNG\r\n\x1a\n"
@@ -206,24 +279,32 @@ def test_the_widget_builds(counted):
 def test_redraw_time_at_224(capsys):
     "Moving H on a 224x224 image redraws in well under a second of wall time (0.2 s is the target on a free CPU)."
     fn = CountingLogits(224)
-    data = ExplorerData.from_model(fn, torch.rand(3, 1, 224, 224), torch.randint(0, C, (3, 224, 224)), grid=28, per_class=16)
+    data = ExplorerData.from_model(
+        fn, torch.rand(3, 1, 224, 224), torch.randint(0, C, (3, 224, 224)), grid=28, per_class=16
+    )
     ex = Explorer(data)
     wall, cpu = [], []
     for H in np.linspace(0.05, 1.35, 12):
         t, c = time.perf_counter(), time.process_time()
         ex.update(H=float(H))
-        wall.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     switch = []
     for i in (1, 2, 0):
-        c = time.process_time(); ex.update(index=i); switch.append(time.process_time() - c)
+        c = time.process_time()
+        ex.update(index=i)
+        switch.append(time.process_time() - c)
     with capsys.disabled():
-        print(f"\nexplorer redraw at 224x224: H move median {1000 * np.median(wall):.0f} ms wall, {1000 * np.median(cpu):.0f} ms CPU; "
-              f"image switch median {1000 * np.median(switch):.0f} ms CPU")
+        print(
+            f"\nexplorer redraw at 224x224: H move median {1000 * np.median(wall):.0f} ms wall, {1000 * np.median(cpu):.0f} ms CPU; "
+            f"image switch median {1000 * np.median(switch):.0f} ms CPU"
+        )
     assert fn.calls == 1
     assert np.median(cpu) < 0.2 and np.median(wall) < 0.5
 
 
 # --- sources and images ---------------------------------------------------------------------------
+
 
 def test_logits_fn_of_a_network_and_one_without_transformer():
     torch.manual_seed(0)
@@ -237,14 +318,22 @@ def test_logits_fn_of_a_network_and_one_without_transformer():
     lc, lt = logits_fn_of(plain)(x)
     assert torch.equal(lc, lt)
     data = ExplorerData.from_model(net, x)
-    assert data.grid == (8, 8) and (data.gt == -1).all() and data.class_names == ["class 0", "class 1", "class 2", "class 3"]
-    with pytest.raises(ValueError, match="cannot get logits"): logits_fn_of("not a model")
+    assert (
+        data.grid == (8, 8)
+        and (data.gt == -1).all()
+        and data.class_names == ["class 0", "class 1", "class 2", "class 3"]
+    )
+    with pytest.raises(ValueError, match="cannot get logits"):
+        logits_fn_of("not a model")
 
 
 def test_load_images_reads_acdc_slices_volumes_and_isic(tmp_path):
     from ucpcl.data import ACDCSlices, ACDCVolumes, ISICImages
     from ucpcl.phantoms import write_phantom
-    root = write_phantom("cardiac", tmp_path / "acdc", num_patients=(1, 1, 1), size=64, slices=(4, 4), frames=("ED",))
+
+    root = write_phantom(
+        "cardiac", tmp_path / "acdc", num_patients=(1, 1, 1), size=64, slices=(4, 4), frames=("ED",)
+    )
     ims, lbs, names = load_images(ACDCVolumes(root, "val"), n=3, size=32)
     assert ims.shape == (len(names), 1, 32, 32) and lbs.shape == (len(names), 32, 32) and 1 <= len(names) <= 3
     assert all((l > 0).any() for l in lbs) and all("slice" in n for n in names)
@@ -253,7 +342,8 @@ def test_load_images_reads_acdc_slices_volumes_and_isic(tmp_path):
     isic = write_phantom("lesion", tmp_path / "isic", num_images=3, sizes=(40, 60))
     ims, lbs, names = load_images(ISICImages(isic), n=3, size=32)
     assert ims.shape == (3, 3, 32, 32) and set(lbs.unique().tolist()) <= {0, 1}
-    with pytest.raises(ValueError, match="different sizes"): load_images(ISICImages(isic), n=3)
+    with pytest.raises(ValueError, match="different sizes"):
+        load_images(ISICImages(isic), n=3)
 
 
 def test_explore_a_run_folder(tmp_path):
@@ -262,6 +352,9 @@ def test_explore_a_run_folder(tmp_path):
     ex = explore(tmp_path / "run", n=3)
     d = ex.data
     assert len(d) <= 3 and d.images.shape[-1] == 64 and d.class_names == ["background", "RV", "Myo", "LV"]
-    assert d.max_iterations == 2 and d.schedule == ThresholdSchedule(trainer.cfg.threshold_mode, trainer.cfg.threshold)
+    assert d.max_iterations == 2 and d.schedule == ThresholdSchedule(
+        trainer.cfg.threshold_mode, trainer.cfg.threshold
+    )
     assert (d.gt >= 0).all() and ex.redraws == 1
-    with pytest.raises(ValueError, match="give images"): explore(trainer.method.model)
+    with pytest.raises(ValueError, match="give images"):
+        explore(trainer.method.model)

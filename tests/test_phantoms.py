@@ -1,4 +1,5 @@
 "On-disk checks of the synthetic phantoms (ucpcl.phantoms): exact layouts, determinism, refusal and idempotence."
+
 import hashlib, json, re
 from pathlib import Path
 
@@ -7,8 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ucpcl.phantoms import (ISIC_INPUT, ISIC_TRUTH, cardiac_volume, lesion_image, write_cardiac_phantom,
-                            write_lesion_phantom, write_phantom)
+from ucpcl.phantoms import (
+    ISIC_INPUT,
+    ISIC_TRUTH,
+    cardiac_volume,
+    lesion_image,
+    write_cardiac_phantom,
+    write_lesion_phantom,
+    write_phantom,
+)
 
 CARDIAC = dict(num_patients=(3, 1, 1), size=64, seed=0)
 LESION = dict(num_images=8, seed=0)
@@ -16,8 +24,11 @@ LESION = dict(num_images=8, seed=0)
 
 def digest(root: Path) -> dict[str, str]:
     "SHA-256 of every file below `root`, by relative path."
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +49,7 @@ def lines(path: Path) -> list[str]:
 
 # --- determinism ---------------------------------------------------------------------------------
 
+
 def test_cardiac_files_are_byte_identical(acdc, tmp_path):
     again = write_cardiac_phantom(tmp_path / "again", **CARDIAC)
     assert digest(again) == digest(acdc)
@@ -52,12 +64,14 @@ def test_lesion_files_are_byte_identical(isic, tmp_path):
 
 def test_generators_are_pure_functions_of_the_seed():
     a, b = cardiac_volume(5, 6, 48), cardiac_volume(5, 6, 48)
-    for x, y in zip(a, b): np.testing.assert_array_equal(x, y)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
     assert not np.array_equal(cardiac_volume(6, 6, 48)[0], a[0])
     np.testing.assert_array_equal(lesion_image(3, 64)[0], lesion_image(3, 64)[0])
 
 
 # --- the ACDC layout -----------------------------------------------------------------------------
+
 
 def test_acdc_lists(acdc):
     train, val, test = (lines(acdc / f"{s}.list") for s in ("train", "val", "test"))
@@ -66,7 +80,11 @@ def test_acdc_lists(acdc):
     assert len(train) == 6 and len(val) == 2 and len(test) == 2  # two frames per patient
     assert {n[:10] for n in train} == {"patient001", "patient002", "patient003"}
     assert {n[:10] for n in val} == {"patient004"} and {n[:10] for n in test} == {"patient005"}
-    assert [n for n in train if n.endswith("frame01")] == ["patient001_frame01", "patient002_frame01", "patient003_frame01"]
+    assert [n for n in train if n.endswith("frame01")] == [
+        "patient001_frame01",
+        "patient002_frame01",
+        "patient003_frame01",
+    ]
     slices = lines(acdc / "train_slices.list")
     assert all(re.fullmatch(r"patient\d{3}_frame\d{2}_slice_\d+", s) for s in slices)
     # ordered by patient: the first N lines are whole patients
@@ -91,22 +109,30 @@ def test_acdc_files(acdc):
         assert img.ndim == 3 and img.shape == lbl.shape and img.shape[1:] == (64, 64) and 8 <= len(img) <= 12
         assert img.min() == 0.0 and img.max() == 1.0  # min-max normalised volume
         assert set(np.unique(lbl)) <= {0, 1, 2, 3}
-        assert sp.shape == (3,) and 7 <= sp[0] <= 10 and sp[1] == sp[2] and 2 < sp[1] < 4  # (z, y, x) mm, 64 px
+        assert (
+            sp.shape == (3,) and 7 <= sp[0] <= 10 and sp[1] == sp[2] and 2 < sp[1] < 4
+        )  # (z, y, x) mm, 64 px
         for k in range(len(img)):  # each slice file is that slice of its volume
             with h5py.File(acdc / "data" / "slices" / f"{v}_slice_{k}.h5") as f:
                 assert sorted(f) == ["image", "label"]
                 assert f["image"].dtype == np.float32 and f["label"].dtype == np.uint8
-                np.testing.assert_array_equal(f["image"][:], img[k]); np.testing.assert_array_equal(f["label"][:], lbl[k])
+                np.testing.assert_array_equal(f["image"][:], img[k])
+                np.testing.assert_array_equal(f["label"][:], lbl[k])
             slices.append(f"{v}_slice_{k}")
     assert sorted(p.stem for p in (acdc / "data" / "slices").glob("*.h5")) == sorted(slices)
     assert sorted(p.name for p in acdc.iterdir()) == sorted(
-        ["PHANTOM.json", "data", "test.list", "train.list", "train_slices.list", "val.list"])
+        ["PHANTOM.json", "data", "test.list", "train.list", "train_slices.list", "val.list"]
+    )
 
 
 def test_acdc_stamp(acdc):
     meta = json.loads((acdc / "PHANTOM.json").read_text())
     assert meta["complete"] is True and meta["generator"] == "ucpcl.phantoms"
-    assert meta["params"]["seed"] == 0 and meta["params"]["kind"] == "cardiac" and meta["params"]["num_patients"] == [3, 1, 1]
+    assert (
+        meta["params"]["seed"] == 0
+        and meta["params"]["kind"] == "cardiac"
+        and meta["params"]["num_patients"] == [3, 1, 1]
+    )
 
 
 def test_every_class_in_middle_slices():
@@ -127,9 +153,13 @@ def test_anatomy_base_to_apex():
 
 # --- the ISIC layout -----------------------------------------------------------------------------
 
+
 def test_isic_layout(isic):
     assert sorted(p.name for p in isic.iterdir()) == sorted(["PHANTOM.json", ISIC_INPUT, ISIC_TRUTH])
-    assert ISIC_INPUT == "ISIC2018_Task1-2_Training_Input" and ISIC_TRUTH == "ISIC2018_Task1_Training_GroundTruth"
+    assert (
+        ISIC_INPUT == "ISIC2018_Task1-2_Training_Input"
+        and ISIC_TRUTH == "ISIC2018_Task1_Training_GroundTruth"
+    )
     jpgs = sorted((isic / ISIC_INPUT).iterdir())
     pngs = sorted((isic / ISIC_TRUTH).iterdir())
     assert [p.name for p in jpgs] == [f"ISIC_{i:07d}.jpg" for i in range(8)]
@@ -147,17 +177,24 @@ def test_isic_layout(isic):
 
 # --- refusing, re-writing, dispatch ----------------------------------------------------------------
 
+
 def test_refuses_foreign_folder(tmp_path):
-    (tmp_path / "mine").mkdir(); (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
     for kind in ("cardiac", "lesion"):
-        with pytest.raises(ValueError, match="not empty and holds no phantom.*choose a new or empty folder") as e:
+        with pytest.raises(
+            ValueError, match="not empty and holds no phantom.*choose a new or empty folder"
+        ) as e:
             write_phantom(kind, tmp_path / "mine")
         assert str(tmp_path / "mine") in str(e.value)
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="refusing"): write_phantom("lesion", tmp_path / "file")
-    (tmp_path / "other").mkdir(); (tmp_path / "other" / "PHANTOM.json").write_text('{"generator": "someone else"}')
-    with pytest.raises(ValueError, match="holds no phantom"): write_phantom("lesion", tmp_path / "other")
+    with pytest.raises(ValueError, match="refusing"):
+        write_phantom("lesion", tmp_path / "file")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "PHANTOM.json").write_text('{"generator": "someone else"}')
+    with pytest.raises(ValueError, match="holds no phantom"):
+        write_phantom("lesion", tmp_path / "other")
 
 
 def test_empty_folder_is_fine(tmp_path):
@@ -189,11 +226,18 @@ def test_idempotent_rewrite(tmp_path):
 
 
 def test_unknown_kind_and_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown phantom kind 'mri'; choose one of \['cardiac', 'lesion'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown phantom kind 'mri'; choose one of \['cardiac', 'lesion'\]"
+    ):
         write_phantom("mri", tmp_path / "x")
     assert not (tmp_path / "x").exists()
-    with pytest.raises(ValueError, match="phase must be"): cardiac_volume(0, phase="diastole")
-    with pytest.raises(ValueError, match="frames must be"): write_cardiac_phantom(tmp_path / "y", frames=("ED", "XX"))
-    with pytest.raises(ValueError, match="num_patients"): write_cardiac_phantom(tmp_path / "y", num_patients=(2, 0, 1))
-    with pytest.raises(ValueError, match="at least 16"): lesion_image(0, (8, 100))
-    with pytest.raises(TypeError): write_phantom("lesion", tmp_path / "z", num_patients=(1, 1, 1))
+    with pytest.raises(ValueError, match="phase must be"):
+        cardiac_volume(0, phase="diastole")
+    with pytest.raises(ValueError, match="frames must be"):
+        write_cardiac_phantom(tmp_path / "y", frames=("ED", "XX"))
+    with pytest.raises(ValueError, match="num_patients"):
+        write_cardiac_phantom(tmp_path / "y", num_patients=(2, 0, 1))
+    with pytest.raises(ValueError, match="at least 16"):
+        lesion_image(0, (8, 100))
+    with pytest.raises(TypeError):
+        write_phantom("lesion", tmp_path / "z", num_patients=(1, 1, 1))

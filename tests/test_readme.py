@@ -1,5 +1,6 @@
 """README.md is generated from nbs/index.ipynb (tools/readme.py) and must be current; the overview's
 equation table names functions that exist."""
+
 import csv, importlib, importlib.util, itertools, re, sys
 from pathlib import Path
 
@@ -7,30 +8,42 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("ucpcl_readme", ROOT / "tools" / "readme.py")
-readme = sys.modules["ucpcl_readme"] = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(readme)
+readme = sys.modules["ucpcl_readme"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(readme)
 
 
 def test_readme_is_current():
     bad = readme.stale()
-    assert not bad, f"README.md is stale ({', '.join(bad)}): run `make readme` and commit README.md and docs/readme/"
+    assert not bad, (
+        f"README.md is stale ({', '.join(bad)}): run `make readme` and commit README.md and docs/readme/"
+    )
 
 
 def test_readme_images_exist_and_links_point_into_the_repository():
     text = (ROOT / "README.md").read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert images, "the README shows the method's figure"
-    for src in images: assert (ROOT / src).is_file(), f"README.md shows {src}, which does not exist"
+    for src in images:
+        assert (ROOT / src).is_file(), f"README.md shows {src}, which does not exist"
     for target in re.findall(r"\]\(([^)#]+\.ipynb)(?:#[^)]*)?\)", text):
         assert (ROOT / target).is_file(), f"README.md links {target}, which does not exist"
 
 
 def test_the_readme_renderer_folds_and_relinks(tmp_path):
     md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
-    nb = nbformat.v4.new_notebook(cells=[md("# T\n\nSee [a](01_a.ipynb#x), [b](https://e.org/b.ipynb) and [c](nbs/02_c.ipynb)."),
-                                         code("#| hide\nsecret = 1"), code("#| code-fold: true\nshown = 2"), code("#| echo: false\nquiet = 3")])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            md("# T\n\nSee [a](01_a.ipynb#x), [b](https://e.org/b.ipynb) and [c](nbs/02_c.ipynb)."),
+            code("#| hide\nsecret = 1"),
+            code("#| code-fold: true\nshown = 2"),
+            code("#| echo: false\nquiet = 3"),
+        ]
+    )
     nbformat.write(nb, tmp_path / "index.ipynb")
     text, images = readme.render(tmp_path / "index.ipynb")
-    assert "[a](nbs/01_a.ipynb#x)" in text and "(https://e.org/b.ipynb)" in text and "(nbs/02_c.ipynb)" in text
+    assert (
+        "[a](nbs/01_a.ipynb#x)" in text and "(https://e.org/b.ipynb)" in text and "(nbs/02_c.ipynb)" in text
+    )
     assert "secret" not in text and "quiet" not in text and images == {}
     assert "<details>\n<summary>Code</summary>\n\n```python\nshown = 2\n```\n\n</details>" in text
 
@@ -53,8 +66,11 @@ def test_every_function_the_table_names_exists():
     for name in names:
         parts = name.split(".")
         for k in range(len(parts), 1, -1):  # the longest importable module, then attributes
-            try: obj = importlib.import_module(".".join(parts[:k])); break
-            except ModuleNotFoundError: continue
+            try:
+                obj = importlib.import_module(".".join(parts[:k]))
+                break
+            except ModuleNotFoundError:
+                continue
         for attr in parts[k:]:
             assert hasattr(obj, attr), f"index.ipynb names {name}, but {'.'.join(parts[:k])} has no {attr}"
             obj = getattr(obj, attr)
@@ -66,7 +82,7 @@ def _table_after(marker: str) -> list[list[str]]:
     nb = nbformat.read(ROOT / "nbs" / "index.ipynb", as_version=4)
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert marker in text, f"index.ipynb has no {marker!r}"
-    lines = text[text.index(marker):].splitlines()
+    lines = text[text.index(marker) :].splitlines()
     start = next(i for i, l in enumerate(lines) if l.startswith("|"))
     table = [l for l in itertools.takewhile(lambda l: l.startswith("|"), lines[start:])]
     return [[c.strip() for c in l.strip("|").split("|")] for l in table[2:]]
@@ -76,15 +92,23 @@ def test_the_demo_figures_in_the_overview_are_the_committed_report():
     rows = {r[0]: r for r in _table_after("**The demo.**")}
     assert set(rows) == {"0", "1"}, "the overview reports the demo for seeds 0 and 1"
     for seed, row in rows.items():
-        runs = {r["method"]: r for r in csv.DictReader(open(ROOT / "docs" / "results" / "demo" / f"seed{seed}" / "results.csv"))}
+        runs = {
+            r["method"]: r
+            for r in csv.DictReader(open(ROOT / "docs" / "results" / "demo" / f"seed{seed}" / "results.csv"))
+        }
         for col, method in ((1, "sup"), (2, "ucpcl")):
             r = runs[method]
-            assert row[col] == f"{100 * float(r['best_dice']):.2f} / {100 * float(r['best_jaccard']):.2f}", (seed, method)
+            assert row[col] == f"{100 * float(r['best_dice']):.2f} / {100 * float(r['best_jaccard']):.2f}", (
+                seed,
+                method,
+            )
 
 
 def test_the_phantom_table_in_the_overview_is_the_committed_one():
     names = {"Supervised only": "-", "UGPCL (ucpcl)": "Ours"}
-    committed = {r["Method"]: r for r in csv.DictReader(open(ROOT / "docs" / "results" / "phantom-table1.csv"))}
+    committed = {
+        r["Method"]: r for r in csv.DictReader(open(ROOT / "docs" / "results" / "phantom-table1.csv"))
+    }
     rows = _table_after("**Table 1 on the phantom.**")
     assert len(rows) == len(committed) == 8
     for row in rows:

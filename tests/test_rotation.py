@@ -1,4 +1,5 @@
 "ucpcl.rotation beyond the notebook: many shapes and dtypes against a plain loop, edge cases, bad input."
+
 import math
 
 import pytest
@@ -44,12 +45,15 @@ def test_gradient_flows_back_through_the_rotation():
     assert torch.equal(x.grad, rot90_batch(w, torch.tensor([0, 3, 2, 1])))  # the gradient is turned back
 
 
-@pytest.mark.parametrize("k, msg", [([0.5, 1.0], "integer tensor"), ([True, False], "integer tensor"),
-                                    ([0, 1, 2], "shape (B,) = (2,)")])
+@pytest.mark.parametrize(
+    "k, msg",
+    [([0.5, 1.0], "integer tensor"), ([True, False], "integer tensor"), ([0, 1, 2], "shape (B,) = (2,)")],
+)
 def test_rot90_batch_bad_k(k, msg):
     with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         rot90_batch(torch.zeros(2, 3, 3), torch.tensor(k))
-    with pytest.raises(ValueError, match="integer tensor"): rot90_batch(torch.zeros(2, 3, 3), [0, 1])
+    with pytest.raises(ValueError, match="integer tensor"):
+        rot90_batch(torch.zeros(2, 3, 3), [0, 1])
 
 
 def test_random_rotation_is_seeded_and_uses_the_global_generator_otherwise():
@@ -57,8 +61,10 @@ def test_random_rotation_is_seeded_and_uses_the_global_generator_otherwise():
     a = random_rotation(x, y, generator=torch.Generator().manual_seed(7))
     b = random_rotation(x, y, generator=torch.Generator().manual_seed(7))
     assert all(torch.equal(u, v) for u, v in zip(a, b))
-    torch.manual_seed(3); c = random_rotation(x)[2]
-    torch.manual_seed(3); d = random_rotation(x)[2]
+    torch.manual_seed(3)
+    c = random_rotation(x)[2]
+    torch.manual_seed(3)
+    d = random_rotation(x)[2]
     assert torch.equal(c, d) and c.device == x.device
     xr, yr, k = a
     assert torch.equal(yr, rot90_loop(y, k)) and torch.equal(xr, rot90_loop(x, k))
@@ -69,24 +75,36 @@ def test_rotation_head_parameters_and_dropout():
     head = RotationHead(64, num_rotations=4, dropout=0.5)
     assert sum(p.numel() for p in head.parameters()) == 64 * 4 + 4
     f = torch.randn(8, 64, 3, 3)
-    head.train(); torch.manual_seed(0); a = head(f); b = head(f)
+    head.train()
+    torch.manual_seed(0)
+    a = head(f)
+    b = head(f)
     assert not torch.allclose(a, b)  # dropout is active in training
-    head.eval(); assert torch.equal(head(f), head(f))
-    with pytest.raises(ValueError, match="num_rotations >= 2"): RotationHead(8, num_rotations=1)
-    with pytest.raises(ValueError, match="expects features"): head(torch.randn(8, 64))
+    head.eval()
+    assert torch.equal(head(f), head(f))
+    with pytest.raises(ValueError, match="num_rotations >= 2"):
+        RotationHead(8, num_rotations=1)
+    with pytest.raises(ValueError, match="expects features"):
+        head(torch.randn(8, 64))
 
 
 def test_rotation_loss_bad_input():
     z = torch.randn(4, 4)
-    with pytest.raises(ValueError, match="logits must be"): rotation_loss(torch.randn(4), torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match="B >= 1"): rotation_loss(torch.randn(0, 4), torch.zeros(0, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"rotation ids \[-1\] outside 0..3"): rotation_loss(z, torch.tensor([0, -1, 2, 3]))
-    with pytest.raises(ValueError, match="integer rotation ids"): rotation_loss(z, torch.tensor([True, False, True, True]))
+    with pytest.raises(ValueError, match="logits must be"):
+        rotation_loss(torch.randn(4), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="B >= 1"):
+        rotation_loss(torch.randn(0, 4), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"rotation ids \[-1\] outside 0..3"):
+        rotation_loss(z, torch.tensor([0, -1, 2, 3]))
+    with pytest.raises(ValueError, match="integer rotation ids"):
+        rotation_loss(z, torch.tensor([True, False, True, True]))
 
 
 def test_a_rotation_invariant_encoder_cannot_beat_chance():
     "Eq. 11 is what l_e needs: when the pooled feature ignores the rotation, l_e >= ln 4 whatever the head."
-    enc = lambda x: x.mean((1, 2, 3), keepdim=True).expand(-1, 8, 2, 2) * torch.arange(1.0, 9).view(1, 8, 1, 1)
+    enc = lambda x: (
+        x.mean((1, 2, 3), keepdim=True).expand(-1, 8, 2, 2) * torch.arange(1.0, 9).view(1, 8, 1, 1)
+    )
     for seed in range(3):
         torch.manual_seed(seed)
         head = RotationHead(8).eval()
@@ -98,10 +116,15 @@ def test_rotation_loss_all_batchnorm_caveat_and_dtype():
     torch.manual_seed(0)
     enc = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
     head = RotationHead(4, dropout=0.0)
-    x = torch.randn(3, 1, 6, 6) + torch.linspace(0, 3, 6)  # a horizontal ramp, so rotations differ in statistics
+    x = torch.randn(3, 1, 6, 6) + torch.linspace(
+        0, 3, 6
+    )  # a horizontal ramp, so rotations differ in statistics
     assert not torch.allclose(rotation_loss_all(enc, head, x), rotation_loss_all(enc, head, x, batched=False))
     enc.eval()
-    assert torch.allclose(rotation_loss_all(enc, head, x), rotation_loss_all(enc, head, x, batched=False), atol=1e-6)
+    assert torch.allclose(
+        rotation_loss_all(enc, head, x), rotation_loss_all(enc, head, x, batched=False), atol=1e-6
+    )
     enc64, head64 = enc.double(), head.double()
     assert rotation_loss_all(enc64, head64, x.double()).dtype == torch.float64
-    with pytest.raises(ValueError, match="images must be"): rotation_loss_all(enc, head, x[0])
+    with pytest.raises(ValueError, match="images must be"):
+        rotation_loss_all(enc, head, x[0])

@@ -1,4 +1,5 @@
 """The trainer: every Table 2 / Table 3 switch runs, resume is exact, faults give clear errors."""
+
 import csv, json
 from pathlib import Path
 
@@ -9,13 +10,26 @@ from ucpcl.core import seed_everything
 from ucpcl.phantoms import write_phantom
 from ucpcl.train import NonFiniteLoss, TrainConfig, Trainer, get_method, train
 
-TINY = dict(preset="small", img_size=32, batch_size=4, labeled_bs=2, per_class=8, memory_size=16, contrast_start=0.0,
-            eval_every=3, save_every=3, log_every=1, labeled=2)
+TINY = dict(
+    preset="small",
+    img_size=32,
+    batch_size=4,
+    labeled_bs=2,
+    per_class=8,
+    memory_size=16,
+    contrast_start=0.0,
+    eval_every=3,
+    save_every=3,
+    log_every=1,
+    labeled=2,
+)
 
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    return write_phantom("cardiac", tmp_path_factory.mktemp("data") / "cardiac", seed=0, num_patients=(4, 2, 2))
+    return write_phantom(
+        "cardiac", tmp_path_factory.mktemp("data") / "cardiac", seed=0, num_patients=(4, 2, 2)
+    )
 
 
 def cfg(phantom, out, **kw):
@@ -23,7 +37,8 @@ def cfg(phantom, out, **kw):
 
 
 def log_rows(out):
-    with open(Path(out) / "log.csv") as f: return list(csv.DictReader(f))
+    with open(Path(out) / "log.csv") as f:
+        return list(csv.DictReader(f))
 
 
 ROWS = {  # the rows of Table 2, then Table 3's feature levels and the exact form of Eq. 12
@@ -34,7 +49,9 @@ ROWS = {  # the rows of Table 2, then Table 3's feature levels and the exact for
     "l_con+l_e+l_c^sup": dict(contrast="labeled"),
     "l_con+l_e+l_c^pseudo": dict(contrast="pseudo"),
     "l_con+l_e+l_c": dict(contrast="uncertainty"),
-    "conv1": dict(contrast_level=1), "conv3": dict(contrast_level=3), "conv4": dict(contrast_level=4, img_size=64),
+    "conv1": dict(contrast_level=1),
+    "conv3": dict(contrast_level=3),
+    "conv4": dict(contrast_level=4, img_size=64),
     "fixed-H": dict(threshold_mode="fixed", threshold=0.3),
     "rotation-all": dict(rotation_form="all"),
 }
@@ -48,12 +65,16 @@ def test_each_switch_combination_trains(phantom, tmp_path, row):
     assert [int(r["iteration"]) for r in rows] == [0, 1, 2]
     assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
     assert set(m["test"]) == {"best", "last"} and 0 <= m["test"]["best"]["dice"] <= 1
-    if kw.get("method") == "sup": return
+    if kw.get("method") == "sup":
+        return
     c = TrainConfig(**{**TINY, **kw})
-    l_c = [float(r["l_c"]) for r in rows]; l_e = [float(r["l_e"]) for r in rows]; l_con = [float(r["l_con"]) for r in rows]
+    l_c = [float(r["l_c"]) for r in rows]
+    l_e = [float(r["l_e"]) for r in rows]
+    l_con = [float(r["l_con"]) for r in rows]
     assert (max(l_c) > 0) == (c.contrast != "none"), l_c
     assert (max(l_e) > 0) == c.use_rot and (max(l_con) > 0) == c.use_con
-    if c.contrast == "uncertainty": assert 0 <= float(rows[-1]["certain"]) <= 1 and float(rows[-1]["H"]) > 0
+    if c.contrast == "uncertainty":
+        assert 0 <= float(rows[-1]["certain"]) <= 1 and float(rows[-1]["H"]) > 0
 
 
 def _state(t: Trainer):
@@ -64,13 +85,17 @@ def test_resumed_run_equals_uninterrupted_run(phantom, tmp_path):
     full = Trainer(cfg(phantom, tmp_path / "full", iterations=6)).fit(progress=False)
     part = Trainer(cfg(phantom, tmp_path / "part", iterations=6)).fit(progress=False, stop_after=4)
     assert part.iteration == 4
-    seed_everything(12345); torch.rand(100)  # a fresh process would have other random state
+    seed_everything(12345)
+    torch.rand(100)  # a fresh process would have other random state
     resumed = Trainer(cfg(phantom, tmp_path / "part", iterations=6)).fit(resume=True, progress=False)
     assert resumed.iteration == 6
     a, b = _state(full), _state(resumed)
     assert a.keys() == b.keys() and any("queue" in k for k in a)
-    for k in a: assert torch.equal(a[k], b[k]), f"{k} differs after resume"
-    assert [r["iteration"] for r in log_rows(tmp_path / "part")] == [str(i) for i in range(6)]  # no duplicated rows
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    assert [r["iteration"] for r in log_rows(tmp_path / "part")] == [
+        str(i) for i in range(6)
+    ]  # no duplicated rows
 
 
 def test_batches_do_not_depend_on_workers(phantom, tmp_path):
@@ -83,9 +108,13 @@ def test_batches_do_not_depend_on_workers(phantom, tmp_path):
 def test_unlabeled_masks_are_only_monitored(phantom, tmp_path):
     "Training with and without the unlabeled images' masks gives the same weights: they never enter a loss."
     from ucpcl.data import build_data
+
     c = cfg(phantom, tmp_path / "a", iterations=2)
     t1 = Trainer(c, data=build_data("acdc", phantom, size=32, labeled=2, monitor=True)).fit(progress=False)
-    t2 = Trainer(c.replace(out=str(tmp_path / "b")), data=build_data("acdc", phantom, size=32, labeled=2, monitor=False)).fit(progress=False)
+    t2 = Trainer(
+        c.replace(out=str(tmp_path / "b")),
+        data=build_data("acdc", phantom, size=32, labeled=2, monitor=False),
+    ).fit(progress=False)
     a, b = _state(t1), _state(t2)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "pl_acc" in log_rows(tmp_path / "a")[-1] and log_rows(tmp_path / "a")[-1]["pl_acc"] != ""
@@ -94,23 +123,33 @@ def test_unlabeled_masks_are_only_monitored(phantom, tmp_path):
 def test_non_finite_loss_stops_with_the_term_and_keeps_last_good_checkpoint(phantom, tmp_path, monkeypatch):
     t = Trainer(cfg(phantom, tmp_path, iterations=6, save_every=1))
     step = t.method.training_step
+
     def poisoned(batch, it):
         out = step(batch, it)
-        if it == 3: out["l_con"] = out["l_con"] * float("nan"); out["loss"] = out["loss"] + out["l_con"]
+        if it == 3:
+            out["l_con"] = out["l_con"] * float("nan")
+            out["loss"] = out["loss"] + out["l_con"]
         return out
+
     monkeypatch.setattr(t.method, "training_step", poisoned)
-    with pytest.raises(NonFiniteLoss, match=r"iteration 3: term\(s\) \['loss', 'l_con'\]"): t.fit(progress=False)
+    with pytest.raises(NonFiniteLoss, match=r"iteration 3: term\(s\) \['loss', 'l_con'\]"):
+        t.fit(progress=False)
     ck = torch.load(tmp_path / "last.pt", weights_only=False)
-    assert ck["iteration"] == 3 and all(torch.isfinite(v).all() for v in ck["method"].values() if v.is_floating_point())
+    assert ck["iteration"] == 3 and all(
+        torch.isfinite(v).all() for v in ck["method"].values() if v.is_floating_point()
+    )
 
 
 def test_corrupt_and_mismatched_checkpoints_are_clear_errors(phantom, tmp_path):
     Trainer(cfg(phantom, tmp_path / "sup", method="sup")).fit(progress=False)
     with pytest.raises(ValueError, match="written by a different run: method: 'sup' there, 'ucpcl' here"):
         Trainer(cfg(phantom, tmp_path / "sup")).fit(resume=True, progress=False)
-    (tmp_path / "bad").mkdir(); (tmp_path / "bad" / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="unreadable"): Trainer(cfg(phantom, tmp_path / "bad")).fit(resume=True, progress=False)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"): Trainer(cfg(phantom, tmp_path / "none")).fit(resume=True, progress=False)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="unreadable"):
+        Trainer(cfg(phantom, tmp_path / "bad")).fit(resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(cfg(phantom, tmp_path / "none")).fit(resume=True, progress=False)
 
 
 def test_best_checkpoint_holds_weights_only_and_is_refused_for_resuming(phantom, tmp_path):
@@ -120,21 +159,29 @@ def test_best_checkpoint_holds_weights_only_and_is_refused_for_resuming(phantom,
     assert best["method"].keys() == last["method"].keys() and best["config"] == last["config"]
     assert (tmp_path / "best.pt").stat().st_size < 0.6 * (tmp_path / "last.pt").stat().st_size
     assert Trainer.from_run(tmp_path, "best").iteration == 0  # evaluation loads the weights, not the counters
-    with pytest.raises(ValueError, match="holds the weights only .*resume from the run's last.pt"): t.load(tmp_path / "best.pt")
+    with pytest.raises(ValueError, match="holds the weights only .*resume from the run's last.pt"):
+        t.load(tmp_path / "best.pt")
 
 
 def test_bad_configuration_and_data_errors(phantom, tmp_path):
-    with pytest.raises(ValueError, match="unknown method 'mtt'"): get_method("mtt")
-    with pytest.raises(ValueError, match="labeled"): Trainer(cfg(phantom, tmp_path, labeled=99))
-    with pytest.raises(ValueError): Trainer(cfg(tmp_path / "missing", tmp_path))
-    with pytest.raises(ValueError, match="amp"): TrainConfig(amp="fp8")
+    with pytest.raises(ValueError, match="unknown method 'mtt'"):
+        get_method("mtt")
+    with pytest.raises(ValueError, match="labeled"):
+        Trainer(cfg(phantom, tmp_path, labeled=99))
+    with pytest.raises(ValueError):
+        Trainer(cfg(tmp_path / "missing", tmp_path))
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(amp="fp8")
 
 
 def test_test_split_is_used_once_and_metrics_say_which_checkpoint(phantom, tmp_path):
     m = train(cfg(phantom, tmp_path, iterations=6), progress=False)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test"] == json.loads(json.dumps(m["test"])) and "validation split" in saved["selection"]
-    assert saved["best_val"]["iteration"] in (3, 6) and [r["iteration"] for r in saved["val_history"]] == [3.0, 6.0]
+    assert saved["best_val"]["iteration"] in (3, 6) and [r["iteration"] for r in saved["val_history"]] == [
+        3.0,
+        6.0,
+    ]
     assert {"hd95", "missed", "spurious"} <= set(saved["test"]["best"])
 
 

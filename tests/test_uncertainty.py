@@ -1,11 +1,19 @@
 "ucpcl.uncertainty beyond the notebook: bad inputs, dtypes and devices, the schedule as a configuration."
+
 import math
 
 import pytest
 import torch
 
-from ucpcl.uncertainty import (CONTRAST_MODES, ThresholdSchedule, certain_pseudo_label, contrast_labels, entropy_map,
-                               linear_rampup, sigmoid_rampup)
+from ucpcl.uncertainty import (
+    CONTRAST_MODES,
+    ThresholdSchedule,
+    certain_pseudo_label,
+    contrast_labels,
+    entropy_map,
+    linear_rampup,
+    sigmoid_rampup,
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -15,25 +23,33 @@ def _probs(*shape, dtype=torch.float32, device="cpu", seed=0):
     return torch.softmax(3 * torch.randn(*shape, generator=g), 1).to(device=device, dtype=dtype)
 
 
-@pytest.mark.parametrize("bad, msg", [
-    (torch.randn(2, 4, 3, 5), "not probabilities"),                       # logits
-    (torch.full((2, 4, 3, 5), 0.5), "not probabilities"),                 # sums to 2
-    (torch.full((1, 2, 2, 2), float("nan")), "not probabilities"),        # NaN
-    (torch.rand(4, 3, 5), "(B, C, H, W)"),                                # no batch axis
-    (torch.ones(1, 1, 2, 2, dtype=torch.long), "floating"),               # integer
-])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        (torch.randn(2, 4, 3, 5), "not probabilities"),  # logits
+        (torch.full((2, 4, 3, 5), 0.5), "not probabilities"),  # sums to 2
+        (torch.full((1, 2, 2, 2), float("nan")), "not probabilities"),  # NaN
+        (torch.rand(4, 3, 5), "(B, C, H, W)"),  # no batch axis
+        (torch.ones(1, 1, 2, 2, dtype=torch.long), "floating"),  # integer
+    ],
+)
 def test_entropy_map_rejects_non_probabilities(bad, msg):
-    with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")): entropy_map(bad)
+    with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        entropy_map(bad)
 
 
 def test_entropy_map_rejects_negative_eps():
-    with pytest.raises(ValueError, match="eps must be >= 0"): entropy_map(_probs(1, 3, 2, 2), eps=-1.0)
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        entropy_map(_probs(1, 3, 2, 2), eps=-1.0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_entropy_and_pseudo_labels_follow_dtype_and_device(device, dtype):
-    p, q = _probs(2, 4, 6, 7, dtype=dtype, device=device), _probs(2, 4, 6, 7, dtype=dtype, device=device, seed=1)
+    p, q = (
+        _probs(2, 4, 6, 7, dtype=dtype, device=device),
+        _probs(2, 4, 6, 7, dtype=dtype, device=device, seed=1),
+    )
     u = entropy_map(p)
     assert u.dtype == dtype and u.device.type == device and u.shape == (2, 6, 7)
     ref = entropy_map(p.double().cpu())
@@ -59,9 +75,12 @@ def test_pseudo_label_keeps_exactly_the_pixels_below_h():
 
 def test_pseudo_label_rejects_bad_threshold_and_shapes():
     p = _probs(1, 4, 3, 3)
-    with pytest.raises(ValueError, match="threshold H must be >= 0"): certain_pseudo_label(p, p, -0.1)
-    with pytest.raises(ValueError, match="threshold H must be >= 0"): certain_pseudo_label(p, p, float("nan"))
-    with pytest.raises(ValueError, match="same"): certain_pseudo_label(p, _probs(1, 3, 3, 3), 0.5)
+    with pytest.raises(ValueError, match="threshold H must be >= 0"):
+        certain_pseudo_label(p, p, -0.1)
+    with pytest.raises(ValueError, match="threshold H must be >= 0"):
+        certain_pseudo_label(p, p, float("nan"))
+    with pytest.raises(ValueError, match="same"):
+        certain_pseudo_label(p, _probs(1, 3, 3, 3), 0.5)
 
 
 def test_contrast_labels_keeps_ground_truth_and_rejects_bad_inputs():
@@ -73,10 +92,14 @@ def test_contrast_labels_keeps_ground_truth_and_rejects_bad_inputs():
     assert torch.equal(contrast_labels(p, q, labels, 4, 0.5, "labeled"), labels)
     assert (contrast_labels(p, q, labels, 0, 0.5, "labeled") == -1).all()
     assert torch.equal(contrast_labels(p, q, labels, 0, 0.5, "pseudo"), ((p + q) / 2).argmax(1))
-    with pytest.raises(ValueError, match="labeled_bs must be in 0..4"): contrast_labels(p, q, labels, -1, 0.5)
-    with pytest.raises(ValueError, match="integer class ids"): contrast_labels(p, q, labels.float(), 2, 0.5)
-    with pytest.raises(ValueError, match="outside -1..2"): contrast_labels(p, q, labels - 1, 2, 0.5)
-    with pytest.raises(ValueError, match="not probabilities"): contrast_labels(p.log(), q.log(), labels, 2, 0.5, "pseudo")
+    with pytest.raises(ValueError, match="labeled_bs must be in 0..4"):
+        contrast_labels(p, q, labels, -1, 0.5)
+    with pytest.raises(ValueError, match="integer class ids"):
+        contrast_labels(p, q, labels.float(), 2, 0.5)
+    with pytest.raises(ValueError, match="outside -1..2"):
+        contrast_labels(p, q, labels - 1, 2, 0.5)
+    with pytest.raises(ValueError, match="not probabilities"):
+        contrast_labels(p.log(), q.log(), labels, 2, 0.5, "pseudo")
 
 
 def test_rampups():
@@ -84,15 +107,22 @@ def test_rampups():
     assert sigmoid_rampup(5, 0) == 1.0 and linear_rampup(5, 0) == 1.0
     assert linear_rampup(-3, 10) == 0.0 and linear_rampup(3, 10) == pytest.approx(0.3)
     assert isinstance(sigmoid_rampup(3, 10), float)
-    with pytest.raises(ValueError, match="rampup_length must be >= 0"): linear_rampup(1, -2)
+    with pytest.raises(ValueError, match="rampup_length must be >= 0"):
+        linear_rampup(1, -2)
 
 
 def test_threshold_schedule_is_a_config(tmp_path):
     h = ThresholdSchedule(value=math.log(4), start=0.5)
     assert ThresholdSchedule.load(h.save(tmp_path / "h.json")) == h
-    assert h(0, 100) == pytest.approx((0.5 + 0.5 * math.exp(-5)) * math.log(4)) and h(100, 100) == pytest.approx(math.log(4))
+    assert h(0, 100) == pytest.approx((0.5 + 0.5 * math.exp(-5)) * math.log(4)) and h(
+        100, 100
+    ) == pytest.approx(math.log(4))
     assert h(250, 100) == pytest.approx(math.log(4))  # past the end it stays at value
-    with pytest.raises(ValueError, match="valid modes are \\['schedule', 'fixed'\\]"): ThresholdSchedule.from_dict({"mode": "cosine"})
-    with pytest.raises(ValueError, match="start must be in \\[0, 1\\]"): ThresholdSchedule(start=1.5)
-    with pytest.raises(ValueError, match="unknown key"): ThresholdSchedule.from_dict({"threshold": 0.5})
-    with pytest.raises(Exception): h.value = 1.0  # frozen
+    with pytest.raises(ValueError, match="valid modes are \\['schedule', 'fixed'\\]"):
+        ThresholdSchedule.from_dict({"mode": "cosine"})
+    with pytest.raises(ValueError, match="start must be in \\[0, 1\\]"):
+        ThresholdSchedule(start=1.5)
+    with pytest.raises(ValueError, match="unknown key"):
+        ThresholdSchedule.from_dict({"threshold": 0.5})
+    with pytest.raises(Exception):
+        h.value = 1.0  # frozen

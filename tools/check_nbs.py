@@ -5,6 +5,7 @@
 
 On failure it names each file that differs and the command that fixes it (`make export`).
 """
+
 import filecmp, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
@@ -14,7 +15,8 @@ BIN = Path(sys.executable).parent
 
 def _copy_project(dst: Path):
     for name in ("pyproject.toml", "README.md"):
-        if (ROOT / name).exists(): shutil.copy2(ROOT / name, dst / name)
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, dst / name)
     ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "*_files")
     shutil.copytree(ROOT / "nbs", dst / "nbs", ignore=ignore, symlinks=True)
     shutil.copytree(ROOT / "ucpcl", dst / "ucpcl", ignore=ignore)
@@ -31,19 +33,22 @@ def _diff_trees(a: Path, b: Path, pattern: str) -> list[str]:
 
 def _run(cmd, cwd):
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if r.returncode: sys.exit(f"{' '.join(map(str, cmd))} failed:\n{r.stdout}\n{r.stderr}")
+    if r.returncode:
+        sys.exit(f"{' '.join(map(str, cmd))} failed:\n{r.stdout}\n{r.stderr}")
 
 
 def check_export() -> list[str]:
     with tempfile.TemporaryDirectory() as d:
-        d = Path(d); _copy_project(d)
+        d = Path(d)
+        _copy_project(d)
         _run([BIN / "nbdev-export"], d)
         return [f"ucpcl/{p}" for p in _diff_trees(ROOT / "ucpcl", d / "ucpcl", "*.py")]
 
 
 def check_clean() -> list[str]:
     with tempfile.TemporaryDirectory() as d:
-        d = Path(d); _copy_project(d)
+        d = Path(d)
+        _copy_project(d)
         _run([BIN / "nbdev-clean"], d)
         return [f"nbs/{p}" for p in _diff_trees(ROOT / "nbs", d / "nbs", "*.ipynb")]
 
@@ -58,8 +63,10 @@ def main():
         ok = False
         print("These notebooks are not clean (nbdev-clean would change them):")
         print("".join(f"  {p}\n" for p in dirty), end="")
-    if not ok: sys.exit("Fix: run `make export` (nbdev-export + nbdev-clean), review, commit.")
+    if not ok:
+        sys.exit("Fix: run `make export` (nbdev-export + nbdev-clean), review, commit.")
     print("ok: ucpcl/ matches nbdev-export, notebooks are clean")
 
 
-if __name__ == "__main__": main()
+if __name__ == "__main__":
+    main()

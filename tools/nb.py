@@ -6,6 +6,7 @@
 
 The notebooks in nbs/ are the source of truth; Markdown copies are scratch and never committed.
 """
+
 import os, subprocess, sys, tempfile, time
 from pathlib import Path
 
@@ -28,9 +29,12 @@ def from_md(src: Path):
     if dst.exists():  # unchanged cells keep their ids (stable diffs) and outputs (until the next run)
         old = {(c.cell_type, c.source): c for c in nbformat.read(dst, as_version=4).cells}
         for c in nb.cells:
-            if (prev := old.get((c.cell_type, c.source))) is None: continue
-            if "id" in prev: c["id"] = prev["id"]
-            if c.cell_type == "code": c.outputs = prev.outputs
+            if (prev := old.get((c.cell_type, c.source))) is None:
+                continue
+            if "id" in prev:
+                c["id"] = prev["id"]
+            if c.cell_type == "code":
+                c.outputs = prev.outputs
     nbformat.write(nb, dst)
     print(f"wrote {dst.relative_to(ROOT)}")
 
@@ -45,18 +49,28 @@ def run(nb_path: Path, timeout: int = 900):
     nb = _finish(nbformat.read(nb_path, as_version=4))
     t = time.time()
     before = os.environ.get("TMPDIR")
-    with tempfile.TemporaryDirectory() as cwd:  # notebooks write their artefacts, and their temporary folders, here
+    with (
+        tempfile.TemporaryDirectory() as cwd
+    ):  # notebooks write their artefacts, and their temporary folders, here
         os.environ["TMPDIR"] = cwd  # the kernel inherits it
-        try: NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}}).execute()
+        try:
+            NotebookClient(
+                nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}}
+            ).execute()
         finally:
-            if before is None: os.environ.pop("TMPDIR")
-            else: os.environ["TMPDIR"] = before
+            if before is None:
+                os.environ.pop("TMPDIR")
+            else:
+                os.environ["TMPDIR"] = before
     nbformat.write(nb, nb_path)
-    subprocess.run([Path(sys.executable).parent / "nbdev-clean", "--fname", str(nb_path)], check=True, cwd=ROOT)
+    subprocess.run(
+        [Path(sys.executable).parent / "nbdev-clean", "--fname", str(nb_path)], check=True, cwd=ROOT
+    )
     print(f"ran {nb_path.name} in {time.time() - t:.1f}s")
 
 
 if __name__ == "__main__":
     cmd, *paths = sys.argv[1:]
     fn = {"from-md": from_md, "to-md": to_md, "run": run}[cmd]
-    for p in paths: fn(Path(p).resolve())
+    for p in paths:
+        fn(Path(p).resolve())

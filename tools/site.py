@@ -18,6 +18,7 @@ Notebooks that saved ipywidgets state get it embedded with `@jupyter-widgets/htm
 (fetched once with `npm pack` into the same cache), so the saved widgets render offline.
 Search is a small client-side index (`assets/search-index.js`) and a few lines of JavaScript.
 """
+
 from __future__ import annotations
 import argparse, ast, base64, html, json, os, re, shutil, subprocess, sys, tarfile, tempfile, time
 from dataclasses import dataclass, field
@@ -42,13 +43,20 @@ _HIDE = {"hide", "default_exp"}
 
 # --- configuration ------------------------------------------------------------------------------
 
+
 def load_config(path: Path = ROOT / "_quarto.yml") -> dict:
     "The parsed `_quarto.yml`."
     return yaml.safe_load(Path(path).read_text())
 
 
 def _entry_file(e) -> str | None:
-    return e if isinstance(e, str) else (e.get("href") or e.get("file")) if isinstance(e, dict) and "section" not in e else None
+    return (
+        e
+        if isinstance(e, str)
+        else (e.get("href") or e.get("file"))
+        if isinstance(e, dict) and "section" not in e
+        else None
+    )
 
 
 def sidebar_sections(cfg: dict) -> list[tuple[str | None, list[str]]]:
@@ -57,9 +65,11 @@ def sidebar_sections(cfg: dict) -> list[tuple[str | None, list[str]]]:
     for e in cfg["website"]["sidebar"]["contents"]:
         if isinstance(e, dict) and "section" in e:
             out.append((e["section"], [f for c in e.get("contents", []) if (f := _entry_file(c))]))
-        elif (f := _entry_file(e)):
-            if out and out[-1][0] is None: out[-1][1].append(f)
-            else: out.append((None, [f]))
+        elif f := _entry_file(e):
+            if out and out[-1][0] is None:
+                out[-1][1].append(f)
+            else:
+                out.append((None, [f]))
     return out
 
 
@@ -80,48 +90,67 @@ def notebooks(nbs: Path = ROOT / "nbs") -> list[Path]:
 
 # --- npm assets ---------------------------------------------------------------------------------
 
+
 def cache_dir() -> Path:
-    if d := os.environ.get("UCPCL_SITE_CACHE"): return Path(d)
+    if d := os.environ.get("UCPCL_SITE_CACHE"):
+        return Path(d)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ucpcl-site"
 
 
 def _npm(*args, cwd: Path):
-    if not shutil.which("npm"): sys.exit("npm is needed once to fetch KaTeX from the npm registry (apt-get install npm)")
-    r = subprocess.run(["npm", *args, "--no-audit", "--no-fund", "--loglevel=error"], cwd=cwd, capture_output=True, text=True)
-    if r.returncode: sys.exit(f"npm {' '.join(args)} failed (the npm registry must be reachable the first time):\n{r.stderr[-2000:]}")
+    if not shutil.which("npm"):
+        sys.exit("npm is needed once to fetch KaTeX from the npm registry (apt-get install npm)")
+    r = subprocess.run(
+        ["npm", *args, "--no-audit", "--no-fund", "--loglevel=error"], cwd=cwd, capture_output=True, text=True
+    )
+    if r.returncode:
+        sys.exit(
+            f"npm {' '.join(args)} failed (the npm registry must be reachable the first time):\n{r.stderr[-2000:]}"
+        )
 
 
 def ensure_katex() -> Path:
     "The installed katex package folder, installed into the cache on first use."
     dst = cache_dir() / KATEX.replace("@", "-")
     pkg = dst / "node_modules" / "katex"
-    if (pkg / "dist" / "katex.min.css").exists(): return pkg
+    if (pkg / "dist" / "katex.min.css").exists():
+        return pkg
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:  # install aside, then move: never half a package
         (Path(tmp) / "package.json").write_text('{"private": true}')
         print(f"installing {KATEX} from the npm registry into {dst} (once)")
         _npm("install", KATEX, "--ignore-scripts", cwd=Path(tmp))
-        if not dst.exists(): Path(tmp).rename(dst); Path(tmp).mkdir()
+        if not dst.exists():
+            Path(tmp).rename(dst)
+            Path(tmp).mkdir()
     return pkg
 
 
 def ensure_html_manager() -> Path:
     "The `dist/` folder of @jupyter-widgets/html-manager (its self-contained embed.js), from `npm pack`."
     dst = cache_dir() / HTML_MANAGER.replace("@jupyter-widgets/", "").replace("@", "-")
-    if (dst / "embed.js").exists(): return dst
+    if (dst / "embed.js").exists():
+        return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         print(f"fetching {HTML_MANAGER} from the npm registry into {dst} (once)")
         _npm("pack", HTML_MANAGER, cwd=Path(tmp))
         tgz = next(Path(tmp).glob("*.tgz"))
-        out = Path(tmp) / "dist"; out.mkdir()
+        out = Path(tmp) / "dist"
+        out.mkdir()
         with tarfile.open(tgz) as t:
             for m in t.getmembers():
                 name = m.name.removeprefix("package/dist/")
-                if m.isfile() and m.name.startswith("package/dist/") and "/" not in name and not name.endswith(".map") \
-                        and not name.startswith(("embed-amd", "libembed")):
+                if (
+                    m.isfile()
+                    and m.name.startswith("package/dist/")
+                    and "/" not in name
+                    and not name.endswith(".map")
+                    and not name.startswith(("embed-amd", "libembed"))
+                ):
                     (out / name).write_bytes(t.extractfile(m).read())
-        if not dst.exists(): out.rename(dst)
+        if not dst.exists():
+            out.rename(dst)
     return dst
 
 
@@ -142,16 +171,23 @@ process.stdin.on('end', () => {
 
 def typeset(items: list[tuple[str, bool]], katex: Path) -> list[dict]:
     "KaTeX HTML for each (tex, display) pair, in one node process; failures carry an `error`."
-    if not items: return []
-    with tempfile.NamedTemporaryFile("w", suffix=".js", delete=False) as f: f.write(_KATEX_JS)
+    if not items:
+        return []
+    with tempfile.NamedTemporaryFile("w", suffix=".js", delete=False) as f:
+        f.write(_KATEX_JS)
     try:
-        r = subprocess.run(["node", f.name, str(katex)], input=json.dumps(items), capture_output=True, text=True)
-    finally: os.unlink(f.name)
-    if r.returncode: sys.exit(f"KaTeX failed:\n{r.stderr[-2000:]}")
+        r = subprocess.run(
+            ["node", f.name, str(katex)], input=json.dumps(items), capture_output=True, text=True
+        )
+    finally:
+        os.unlink(f.name)
+    if r.returncode:
+        sys.exit(f"KaTeX failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout)
 
 
 # --- notebooks -> HTML --------------------------------------------------------------------------
+
 
 def directives(src: str) -> tuple[dict, str]:
     "The cell's leading `#|` directives and its source without any `#|` line."
@@ -159,13 +195,16 @@ def directives(src: str) -> tuple[dict, str]:
     for line in src.splitlines():
         m = _DIRECTIVE.match(line)
         if m and head:
-            d[m[1]] = m[2] or "true"; continue
+            d[m[1]] = m[2] or "true"
+            continue
         head = head and not line.strip()
-        if not m: body.append(line)
+        if not m:
+            body.append(line)
     return d, "\n".join(body).strip("\n")
 
 
-def _text(x) -> str: return "".join(x) if isinstance(x, list) else (x or "")
+def _text(x) -> str:
+    return "".join(x) if isinstance(x, list) else (x or "")
 
 
 def slug(text: str) -> str:
@@ -177,35 +216,47 @@ def exported_symbols(nb) -> list[str]:
     "Public names defined in the notebook's `#| export` cells (`Class.method` for `@patch`ed methods)."
     names = []
     for c in nb.cells:
-        if c.cell_type != "code": continue
+        if c.cell_type != "code":
+            continue
         d, src = directives(c.source)
-        if not ({"export", "exports"} & d.keys()): continue
-        try: tree = ast.parse(src)
-        except SyntaxError: continue
+        if not ({"export", "exports"} & d.keys()):
+            continue
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue
         for n in tree.body:
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 ann = n.args.args[0].annotation if isinstance(n, ast.FunctionDef) and n.args.args else None
-                if any(getattr(dec, "id", None) == "patch" for dec in n.decorator_list) and isinstance(ann, ast.Name):
+                if any(getattr(dec, "id", None) == "patch" for dec in n.decorator_list) and isinstance(
+                    ann, ast.Name
+                ):
                     names.append(f"{ann.id}.{n.name}")
-                else: names.append(n.name)
+                else:
+                    names.append(n.name)
             elif isinstance(n, (ast.Assign, ast.AnnAssign)):
-                for t in (n.targets if isinstance(n, ast.Assign) else [n.target]):
-                    if isinstance(t, ast.Name): names.append(t.id)
+                for t in n.targets if isinstance(n, ast.Assign) else [n.target]:
+                    if isinstance(t, ast.Name):
+                        names.append(t.id)
     return [n for n in names if not n.split(".")[-1].startswith("_")]
 
 
 def _only_imports(src: str) -> bool:
-    try: body = ast.parse(src).body
-    except SyntaxError: return False
+    try:
+        body = ast.parse(src).body
+    except SyntaxError:
+        return False
     return bool(body) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body)
 
 
 def frontmatter(nb) -> tuple[str, str, int | None]:
     "(title, subtitle, index of the cell they came from) as nbdev reads them from the first Markdown cell."
     for i, c in enumerate(nb.cells):
-        if c.cell_type != "markdown": continue
+        if c.cell_type != "markdown":
+            continue
         m = re.match(r"\s*#\s+(.+?)\s*\n(?:\s*\n)*(?:>\s*(.+?)\s*(?:\n|$))?", c.source + "\n")
-        if m: return m[1], (m[2] or ""), i
+        if m:
+            return m[1], (m[2] or ""), i
         break
     return "", "", None
 
@@ -228,22 +279,30 @@ class Page:
 
 class _Renderer(IPythonRenderer):
     "nbconvert's renderer, with math left as placeholders for KaTeX, own heading ids and links fixed."
+
     def __init__(self, site: "Site", page: Page, **kw):
         super().__init__(escape=False, embed_images=True, path=str(site.nbs), **kw)
         self.site, self.page = site, page
 
-    def block_math(self, body): return self.site.math(body, True)
-    def inline_math(self, body): return self.site.math(body, False)
-    def latex_environment(self, name, body): return self.site.math(f"\\begin{{{name}}}{body}\\end{{{name}}}", True)
+    def block_math(self, body):
+        return self.site.math(body, True)
+
+    def inline_math(self, body):
+        return self.site.math(body, False)
+
+    def latex_environment(self, name, body):
+        return self.site.math(f"\\begin{{{name}}}{body}\\end{{{name}}}", True)
 
     def heading(self, text, level, **attrs):
         hid = self.page_id(slug(text))
-        if level in (2, 3): self.page.toc.append((level, hid, text))
+        if level in (2, 3):
+            self.page.toc.append((level, hid, text))
         return f'<h{level} id="{hid}" class="anchored">{text}<a class="anchor-link" href="#{hid}" aria-label="Link to this section">#</a></h{level}>\n'
 
     def page_id(self, base: str) -> str:
         hid, k = base, 1
-        while hid in self.page.ids: hid, k = f"{base}-{k}", k + 1
+        while hid in self.page.ids:
+            hid, k = f"{base}-{k}", k + 1
         self.page.ids.add(hid)
         return hid
 
@@ -278,22 +337,34 @@ class Site:
 
     def symbol_href(self, text: str) -> str | None:
         name = text.strip().removesuffix("()")
-        if name in self.symbols: return self.symbols[name]
+        if name in self.symbols:
+            return self.symbols[name]
         parts = name.split(".")
         for k in range(1, len(parts)):  # ucpcl.losses.total_loss, losses.total_loss
-            if (q := ".".join(parts[k:])) in self.symbols and ".".join(parts[:k]).split(".")[-1] in self._modules.get(q, ()):
+            if (q := ".".join(parts[k:])) in self.symbols and ".".join(parts[:k]).split(".")[
+                -1
+            ] in self._modules.get(q, ()):
                 return self.symbols[q]
         return None
 
     def _index_symbols(self, nbs: dict):
         seen, self._modules = {}, {}
         for f, nb in nbs.items():
-            mod = next((directives(c.source)[0].get("default_exp") for c in nb.cells
-                        if c.cell_type == "code" and "default_exp" in directives(c.source)[0]), None)
+            mod = next(
+                (
+                    directives(c.source)[0].get("default_exp")
+                    for c in nb.cells
+                    if c.cell_type == "code" and "default_exp" in directives(c.source)[0]
+                ),
+                None,
+            )
             for n in exported_symbols(nb):
                 seen.setdefault(n, []).append(f)
-                if mod: self._modules.setdefault(n, set()).add(mod.split(".")[-1])
-        self.symbols = {n: f"{self.pages[fs[0]].href}#{n.lower()}" for n, fs in seen.items() if len(set(fs)) == 1}
+                if mod:
+                    self._modules.setdefault(n, set()).add(mod.split(".")[-1])
+        self.symbols = {
+            n: f"{self.pages[fs[0]].href}#{n.lower()}" for n, fs in seen.items() if len(set(fs)) == 1
+        }
 
     def markdown(self, src: str, page: Page, attachments=None) -> str:
         r = _Renderer(self, page, attachments=attachments or {})
@@ -307,7 +378,11 @@ class Site:
         t = o.get("output_type")
         if t == "stream":
             text = _ANSI.sub("", _text(o.get("text"))).rstrip()
-            return f'<pre class="output stream {o.get("name", "stdout")}">{html.escape(text)}</pre>' if text else ""
+            return (
+                f'<pre class="output stream {o.get("name", "stdout")}">{html.escape(text)}</pre>'
+                if text
+                else ""
+            )
         if t == "error":
             tb = _ANSI.sub("", "\n".join(o.get("traceback", [])) or f"{o.get('ename')}: {o.get('evalue')}")
             return f'<pre class="output error">{html.escape(tb)}</pre>'
@@ -316,12 +391,17 @@ class Site:
             state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
             if data[WIDGET_VIEW].get("model_id") in state:
                 page.widgets = True
-                return (f'<div class="output widget"><p class="widget-note">The controls below show the state saved when the '
-                        f'notebook ran; to move them, run the notebook in Jupyter.</p>'
-                        f'<script type="{WIDGET_VIEW}">{json.dumps(data[WIDGET_VIEW])}</script></div>')
-            return ('<p class="output widget-note">An interactive widget was here; its state was not saved with the '
-                    'notebook. Open the notebook in Jupyter to use it.</p>')
-        if "text/html" in data: return f'<div class="output html">{_text(data["text/html"])}</div>'
+                return (
+                    f'<div class="output widget"><p class="widget-note">The controls below show the state saved when the '
+                    f"notebook ran; to move them, run the notebook in Jupyter.</p>"
+                    f'<script type="{WIDGET_VIEW}">{json.dumps(data[WIDGET_VIEW])}</script></div>'
+                )
+            return (
+                '<p class="output widget-note">An interactive widget was here; its state was not saved with the '
+                "notebook. Open the notebook in Jupyter to use it.</p>"
+            )
+        if "text/html" in data:
+            return f'<div class="output html">{_text(data["text/html"])}</div>'
         for mime in ("image/png", "image/jpeg"):
             if mime in data:
                 size = meta.get(mime, {}) if isinstance(meta.get(mime), dict) else {}
@@ -331,11 +411,13 @@ class Site:
         if "image/svg+xml" in data:
             b64 = base64.b64encode(_text(data["image/svg+xml"]).encode()).decode()
             return f'<div class="output figure"><img src="data:image/svg+xml;base64,{b64}" alt="Figure: output of the cell above"></div>'
-        if "text/markdown" in data: return f'<div class="output markdown">{self.markdown(_text(data["text/markdown"]), page)}</div>'
+        if "text/markdown" in data:
+            return f'<div class="output markdown">{self.markdown(_text(data["text/markdown"]), page)}</div>'
         if "text/latex" in data:
             tex = _text(data["text/latex"]).strip().strip("$")
             return f'<div class="output latex">{self.math(tex, True)}</div>'
-        if "text/plain" in data: return f'<pre class="output text">{html.escape(_ANSI.sub("", _text(data["text/plain"])))}</pre>'
+        if "text/plain" in data:
+            return f'<pre class="output text">{html.escape(_ANSI.sub("", _text(data["text/plain"])))}</pre>'
         return ""
 
     def render_page(self, page: Page, nb) -> None:
@@ -345,39 +427,65 @@ class Site:
         for i, c in enumerate(nb.cells):
             if c.cell_type == "markdown":
                 src = c.source
-                if i == fm: src = re.sub(r"^\s*#\s+.*\n(\s*\n)*(>\s*.*(\n|$))?", "", src + "\n", count=1)
+                if i == fm:
+                    src = re.sub(r"^\s*#\s+.*\n(\s*\n)*(>\s*.*(\n|$))?", "", src + "\n", count=1)
                 if src.strip():
-                    parts.append(f'<div class="cell markdown">{self.markdown(src, page, c.get("attachments"))}</div>')
+                    parts.append(
+                        f'<div class="cell markdown">{self.markdown(src, page, c.get("attachments"))}</div>'
+                    )
                     words.append(src)
             elif c.cell_type == "code":
                 d, src = directives(c.source)
-                if _HIDE & d.keys() or d.get("include") == "false": continue
-                anchors = "".join(f'<span class="symbol-anchor" id="{n.lower()}"></span>'
-                                  for n in (exported_symbols(nbformat.v4.new_notebook(cells=[c])) if {"export", "exports"} & d.keys() else [])
-                                  if n.lower() not in page.ids and not page.ids.add(n.lower()))
+                if _HIDE & d.keys() or d.get("include") == "false":
+                    continue
+                anchors = "".join(
+                    f'<span class="symbol-anchor" id="{n.lower()}"></span>'
+                    for n in (
+                        exported_symbols(nbformat.v4.new_notebook(cells=[c]))
+                        if {"export", "exports"} & d.keys()
+                        else []
+                    )
+                    if n.lower() not in page.ids and not page.ids.add(n.lower())
+                )
                 inp = ""
                 if src.strip() and d.get("echo", "true") != "false":
-                    label = '<div class="cell-label">Parameters (papermill can change them)</div>' if "parameters" in c.metadata.get("tags", []) else ""
+                    label = (
+                        '<div class="cell-label">Parameters (papermill can change them)</div>'
+                        if "parameters" in c.metadata.get("tags", [])
+                        else ""
+                    )
                     inp, fold = label + self.code(src), d.get("code-fold", "false")
                     summary = "Code"
                     if fold == "false" and {"export", "exports"} & d.keys() and _only_imports(src):
-                        fold, summary = "true", "Imports"  # the module's import cell: folded, so that the page opens with prose
+                        fold, summary = (
+                            "true",
+                            "Imports",
+                        )  # the module's import cell: folded, so that the page opens with prose
                     if fold in ("true", "show"):
                         inp = f'<details class="code-fold"{" open" if fold == "show" else ""}><summary>{summary}</summary>{inp}</details>'
                     inp = f'<div class="cell-input">{inp}</div>'
                     words.append(src)
-                outs = "" if d.get("output", "true") == "false" else "".join(self.output(o, page, nb) for o in c.get("outputs", []))
+                outs = (
+                    ""
+                    if d.get("output", "true") == "false"
+                    else "".join(self.output(o, page, nb) for o in c.get("outputs", []))
+                )
                 if inp or outs or anchors:
-                    parts.append(f'<div class="cell code">{anchors}{inp}{f"<div class=cell-output>{outs}</div>" if outs else ""}</div>')
+                    parts.append(
+                        f'<div class="cell code">{anchors}{inp}{f"<div class=cell-output>{outs}</div>" if outs else ""}</div>'
+                    )
         page.body = "\n".join(parts)
-        page.subtitle_html = self.markdown(subtitle, page).strip().removeprefix("<p>").removesuffix("</p>") if subtitle else ""
+        page.subtitle_html = (
+            self.markdown(subtitle, page).strip().removeprefix("<p>").removesuffix("</p>") if subtitle else ""
+        )
         page.footer_html = self.footer_html(page)
         page.search_text = re.sub(r"\s+", " ", re.sub(r"[`*#>$|\\{}_^]", " ", " ".join(words)))
 
     def _sidebar_text(self, f: str) -> str | None:
         for e in self.cfg["website"]["sidebar"]["contents"]:
-            for c in (e.get("contents", []) if isinstance(e, dict) and "section" in e else [e]):
-                if isinstance(c, dict) and _entry_file(c) == f and c.get("text"): return c["text"]
+            for c in e.get("contents", []) if isinstance(e, dict) and "section" in e else [e]:
+                if isinstance(c, dict) and _entry_file(c) == f and c.get("text"):
+                    return c["text"]
         return None
 
     # --- assembling -------------------------------------------------------------------------------
@@ -385,10 +493,13 @@ class Site:
         out = []
         for sec, files in sidebar_sections(self.cfg):
             files = [f for f in files if f in self.pages]
-            if not files: continue
+            if not files:
+                continue
             items = "".join(
                 f'<li><a href="{self.pages[f].href}"{" class=active aria-current=page" if self.pages[f] is current else ""}>'
-                f'{html.escape(self.pages[f].nav)}</a></li>' for f in files)
+                f"{html.escape(self.pages[f].nav)}</a></li>"
+                for f in files
+            )
             head = f'<div class="sidebar-section">{html.escape(sec)}</div>' if sec else ""
             out.append(f'<div class="sidebar-group">{head}<ul>{items}</ul></div>')
         return "\n".join(out)
@@ -400,17 +511,31 @@ class Site:
         src = self.web.get("repo-url")
         if src:
             path = f"{src.rstrip('/')}/blob/{self.web.get('repo-branch', 'main')}/{self.web.get('repo-subdir', 'nbs')}/{page.nb}"
-            parts.append(f'<p>Source: <a href="{path}">nbs/{html.escape(page.nb)}</a>. Built offline by <code>tools/site.py</code> '
-                         f'from the saved outputs.</p>')
+            parts.append(
+                f'<p>Source: <a href="{path}">nbs/{html.escape(page.nb)}</a>. Built offline by <code>tools/site.py</code> '
+                f"from the saved outputs.</p>"
+            )
         return "".join(parts)
 
     def page_html(self, page: Page, prev: Page | None, nxt: Page | None, widget_state: str) -> str:
         site_title = html.escape(self.web.get("title", "ucpcl"))
-        toc = "".join(f'<li class="toc-{lvl}"><a href="#{hid}">{text}</a></li>' for lvl, hid, text in page.toc)
-        pager = (f'<a class="prev" href="{prev.href}" rel="prev"><span>Previous</span>{html.escape(prev.nav)}</a>' if prev else "<span></span>") + \
-                (f'<a class="next" href="{nxt.href}" rel="next"><span>Next</span>{html.escape(nxt.nav)}</a>' if nxt else "<span></span>")
-        widgets = (f'<script type="{WIDGET_STATE}">{widget_state}</script>\n<script src="assets/widgets/embed.js"></script>'
-                   if page.widgets else "")
+        toc = "".join(
+            f'<li class="toc-{lvl}"><a href="#{hid}">{text}</a></li>' for lvl, hid, text in page.toc
+        )
+        pager = (
+            f'<a class="prev" href="{prev.href}" rel="prev"><span>Previous</span>{html.escape(prev.nav)}</a>'
+            if prev
+            else "<span></span>"
+        ) + (
+            f'<a class="next" href="{nxt.href}" rel="next"><span>Next</span>{html.escape(nxt.nav)}</a>'
+            if nxt
+            else "<span></span>"
+        )
+        widgets = (
+            f'<script type="{WIDGET_STATE}">{widget_state}</script>\n<script src="assets/widgets/embed.js"></script>'
+            if page.widgets
+            else ""
+        )
         repo = self.web.get("repo-url")
         return f"""<!DOCTYPE html>
 <html lang="en">
@@ -419,7 +544,7 @@ class Site:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="tools/site.py (offline build)">
 <title>{html.escape(page.title)} – {site_title}</title>
-<meta name="description" content="{html.escape(page.subtitle or self.web.get('description', ''))}">
+<meta name="description" content="{html.escape(page.subtitle or self.web.get("description", ""))}">
 <link rel="stylesheet" href="assets/katex/katex.min.css">
 <link rel="stylesheet" href="assets/site.css">
 </head>
@@ -427,12 +552,12 @@ class Site:
 <header class="topbar">
   <button class="menu" aria-label="Show the pages" onclick="document.body.classList.toggle('show-nav')">&#9776;</button>
   <a class="brand" href="index.html">{site_title}</a>
-  <span class="tagline">{html.escape(self.web.get('description', ''))}</span>
+  <span class="tagline">{html.escape(self.web.get("description", ""))}</span>
   <div class="search" role="search">
     <input id="search" type="search" placeholder="Search" aria-label="Search the notebooks" autocomplete="off">
     <ol id="search-results" hidden></ol>
   </div>
-  {f'<a class="repo" href="{html.escape(repo)}">Repository</a>' if repo else ''}
+  {f'<a class="repo" href="{html.escape(repo)}">Repository</a>' if repo else ""}
 </header>
 <div class="layout">
 <nav class="sidebar" aria-label="Notebooks">
@@ -441,13 +566,13 @@ class Site:
 <main class="content" id="content">
 <header class="page-header">
 <h1 class="title">{html.escape(page.title)}</h1>
-{f'<p class="subtitle">{page.subtitle_html}</p>' if page.subtitle_html else ''}
+{f'<p class="subtitle">{page.subtitle_html}</p>' if page.subtitle_html else ""}
 </header>
 {page.body}
 <nav class="pager" aria-label="Previous and next notebook">{pager}</nav>
 <footer class="site-footer">{page.footer_html}</footer>
 </main>
-<aside class="toc" aria-label="On this page">{f'<div class="toc-title">On this page</div><ol>{toc}</ol>' if toc else ''}</aside>
+<aside class="toc" aria-label="On this page">{f'<div class="toc-title">On this page</div><ol>{toc}</ol>' if toc else ""}</aside>
 </div>
 <script src="assets/search-index.js"></script>
 <script src="assets/site.js"></script>
@@ -464,19 +589,23 @@ class Site:
         unnamed = [p.name for p in notebooks(self.nbs) if p.name not in self.files]
         problems += [f"nbs/{f} is not in the sidebar of _quarto.yml" for f in unnamed]
         nbs = {f: nbformat.read(self.nbs / f, as_version=4) for f in self.files if f not in missing}
-        for f in missing: self.pages.pop(f)
+        for f in missing:
+            self.pages.pop(f)
         self.files = [f for f in self.files if f in nbs]
         for f, nb in nbs.items():  # titles first: the sidebar of every page needs them all
             self.pages[f].title = frontmatter(nb)[0] or Path(f).stem
             self.pages[f].nav = self._sidebar_text(f) or self.pages[f].title
         self._index_symbols(nbs)
-        for f, nb in nbs.items(): self.render_page(self.pages[f], nb)
+        for f, nb in nbs.items():
+            self.render_page(self.pages[f], nb)
         katex = ensure_katex()
         rendered = typeset(self._math, katex)
         for k, r in enumerate(rendered):
-            if "error" in r: problems.append(f"KaTeX could not typeset {self._math[k][0]!r}: {r['error']}")
+            if "error" in r:
+                problems.append(f"KaTeX could not typeset {self._math[k][0]!r}: {r['error']}")
         out = Path(out)
-        if out.exists(): shutil.rmtree(out)
+        if out.exists():
+            shutil.rmtree(out)
         shutil.copytree(katex / "dist" / "fonts", out / "assets" / "katex" / "fonts")
         shutil.copy2(katex / "dist" / "katex.min.css", out / "assets" / "katex" / "katex.min.css")
         if any(p.widgets for p in self.pages.values()):
@@ -487,18 +616,34 @@ class Site:
         order = [self.pages[f] for f in self.files]
         sub = lambda s: _MATH.sub(lambda m: rendered[int(m[1])]["html"], s)
         for k, page in enumerate(order):
-            state = json.dumps(nbs[page.nb].metadata.get("widgets", {}).get(WIDGET_STATE, {})).replace("</", "<\\/")
-            text = sub(self.page_html(page, order[k - 1] if k else None, order[k + 1] if k + 1 < len(order) else None, state))
+            state = json.dumps(nbs[page.nb].metadata.get("widgets", {}).get(WIDGET_STATE, {})).replace(
+                "</", "<\\/"
+            )
+            text = sub(
+                self.page_html(
+                    page, order[k - 1] if k else None, order[k + 1] if k + 1 < len(order) else None, state
+                )
+            )
             (out / page.href).write_text(text)
-            index.append({"title": page.title, "href": page.href, "subtitle": page.subtitle,
-                          "headings": [[hid, re.sub(r"<[^>]+>", "", _MATH.sub("", h))] for _, hid, h in page.toc],
-                          "text": page.search_text[:20000]})
+            index.append(
+                {
+                    "title": page.title,
+                    "href": page.href,
+                    "subtitle": page.subtitle,
+                    "headings": [[hid, re.sub(r"<[^>]+>", "", _MATH.sub("", h))] for _, hid, h in page.toc],
+                    "text": page.search_text[:20000],
+                }
+            )
         (out / "assets" / "search-index.js").write_text("window.UCPCL_SEARCH = " + json.dumps(index) + ";\n")
         (out / ".nojekyll").write_text("")
-        print(f"offline site: {len(order)} pages, {len(self._math)} formulas typeset by KaTeX, "
-              f"{time.time() - t0:.1f}s -> {out / 'index.html'}")
-        for p in problems: print("warning:", p, file=sys.stderr)
-        if strict and problems: sys.exit(f"{len(problems)} problem(s); see above")
+        print(
+            f"offline site: {len(order)} pages, {len(self._math)} formulas typeset by KaTeX, "
+            f"{time.time() - t0:.1f}s -> {out / 'index.html'}"
+        )
+        for p in problems:
+            print("warning:", p, file=sys.stderr)
+        if strict and problems:
+            sys.exit(f"{len(problems)} problem(s); see above")
         return problems
 
 
@@ -639,11 +784,16 @@ SITE_JS = r"""
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "_docs", help="output folder (replaced), default _docs/")
-    ap.add_argument("--strict", action="store_true", help="exit non-zero on any problem (unnamed notebook, KaTeX error)")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "_docs", help="output folder (replaced), default _docs/"
+    )
+    ap.add_argument(
+        "--strict", action="store_true", help="exit non-zero on any problem (unnamed notebook, KaTeX error)"
+    )
     a = ap.parse_args(argv)
     print("building the offline site (no Quarto): tools/site.py renders the notebooks' saved outputs")
     Site().build(a.out, strict=a.strict)
 
 
-if __name__ == "__main__": main()
+if __name__ == "__main__":
+    main()

@@ -12,15 +12,20 @@ from torch import Tensor
 __all__ = ['downsample_labels', 'sample_anchor_index', 'sample_anchors', 'sample_anchors_loop']
 
 # %% ../nbs/02_anchors.ipynb #8a32c680
-def downsample_labels(labels: Tensor, # (B, H, W) integer class ids, -1 = ignored
-                      size: int | tuple[int, int], # (h, w) of the feature grid, or one int for a square grid
-                     ) -> Tensor: # (B, h, w) long class ids, -1 kept
+def downsample_labels(
+    labels: Tensor,  # (B, H, W) integer class ids, -1 = ignored
+    size: int | tuple[int, int],  # (h, w) of the feature grid, or one int for a square grid
+) -> Tensor:  # (B, h, w) long class ids, -1 kept
     "Labels on the feature grid by nearest-neighbour interpolation: each cell takes the class of one pixel, -1 included."
     if not isinstance(labels, Tensor) or labels.ndim != 3 or labels.is_floating_point():
-        raise ValueError(f"labels must be a (B, H, W) tensor of integer class ids, got {getattr(labels, 'dtype', type(labels).__name__)} of shape {tuple(getattr(labels, 'shape', ()))}")
+        raise ValueError(
+            f"labels must be a (B, H, W) tensor of integer class ids, got {getattr(labels, 'dtype', type(labels).__name__)} of shape {tuple(getattr(labels, 'shape', ()))}"
+        )
     size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) < 1: raise ValueError(f"size must be (h, w) with h, w >= 1, got {size}")
-    if labels.shape[0] == 0: return labels.new_zeros((0, *size), dtype=torch.long)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be (h, w) with h, w >= 1, got {size}")
+    if labels.shape[0] == 0:
+        return labels.new_zeros((0, *size), dtype=torch.long)
     # nearest interpolation copies one source pixel per cell: no class id is invented, -1 stays -1
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
@@ -28,9 +33,14 @@ def downsample_labels(labels: Tensor, # (B, H, W) integer class ids, -1 = ignore
 def _check_labels(labels: Tensor, per_class: int, num_classes: int):
     "Raise a `ValueError` for labels that are not (B, h, w) integers, or a bad per_class or num_classes."
     if not isinstance(labels, Tensor) or labels.ndim != 3 or labels.is_floating_point():
-        raise ValueError(f"labels must be a (B, h, w) tensor of integer class ids, got {getattr(labels, 'dtype', type(labels).__name__)} of shape {tuple(getattr(labels, 'shape', ()))}")
-    if int(per_class) != per_class or per_class < 1: raise ValueError(f"per_class must be a positive int, got {per_class}")
-    if int(num_classes) != num_classes or num_classes < 1: raise ValueError(f"num_classes must be a positive int, got {num_classes}")
+        raise ValueError(
+            f"labels must be a (B, h, w) tensor of integer class ids, got {getattr(labels, 'dtype', type(labels).__name__)} of shape {tuple(getattr(labels, 'shape', ()))}"
+        )
+    if int(per_class) != per_class or per_class < 1:
+        raise ValueError(f"per_class must be a positive int, got {per_class}")
+    if int(num_classes) != num_classes or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes}")
+
 
 def _random_orders(n: int, generator: torch.Generator | None, device: torch.device) -> tuple[Tensor, Tensor]:
     "Two independent random permutations of range(n): the order within each class, and the order of the shortfall."
@@ -38,44 +48,57 @@ def _random_orders(n: int, generator: torch.Generator | None, device: torch.devi
     return tuple(torch.randperm(n, generator=generator, device=gdev).to(device) for _ in range(2))
 
 # %% ../nbs/02_anchors.ipynb #4994c9b4
-def sample_anchor_index(labels: Tensor, # (B, h, w) class ids on the feature grid, -1 = ignored
-                        per_class: int, # K: anchors drawn from each class, the shortfall from the others
-                        num_classes: int, # C: class ids are 0..C-1
-                        generator: torch.Generator | None = None, # source of randomness (the global one if None)
-                       ) -> Tensor: # (M,) increasing flat indices into the B*h*w pixels, M = min(K*C, valid pixels)
+def sample_anchor_index(
+    labels: Tensor,  # (B, h, w) class ids on the feature grid, -1 = ignored
+    per_class: int,  # K: anchors drawn from each class, the shortfall from the others
+    num_classes: int,  # C: class ids are 0..C-1
+    generator: torch.Generator | None = None,  # source of randomness (the global one if None)
+) -> Tensor:  # (M,) increasing flat indices into the B*h*w pixels, M = min(K*C, valid pixels)
     "Which pixels become anchors: K random pixels per class, the shortfall from the other classes, never an ignored one."
     _check_labels(labels, per_class, num_classes)
-    lab = labels.reshape(-1).long(); P, C, dev = lab.numel(), num_classes, lab.device
+    lab = labels.reshape(-1).long()
+    P, C, dev = lab.numel(), num_classes, lab.device
     bad = ((lab < -1) | (lab >= C)).any()
     cls = torch.where((lab >= 0) & (lab < C), lab, C)  # ignored pixels form an extra class C
     order1, order2 = _random_orders(P, generator, dev)
     # rank of every pixel within its class, in the random order1
     by_class = torch.argsort(cls * P + order1)
     count = torch.zeros(C + 1, dtype=torch.long, device=dev).index_add_(0, cls, torch.ones_like(cls))
-    rank = torch.empty_like(cls).index_copy_(0, by_class, torch.arange(P, device=dev) - (count.cumsum(0) - count)[cls[by_class]])
+    rank = torch.empty_like(cls).index_copy_(
+        0, by_class, torch.arange(P, device=dev) - (count.cumsum(0) - count)[cls[by_class]]
+    )
     # tier 0: the class's quota of K; tier 1: other valid pixels, for the shortfall; tier 2: ignored
     tier = torch.where(cls == C, 2, (rank >= per_class).long())
     first = torch.topk(tier * P + order2, min(per_class * C, P), largest=False).indices
     picked = first[tier[first] < 2]  # the one synchronisation: M depends on the data
-    if bad: raise ValueError(f"labels hold class ids outside -1..{C - 1}: check num_classes, or map ignored pixels to -1")
+    if bad:
+        raise ValueError(
+            f"labels hold class ids outside -1..{C - 1}: check num_classes, or map ignored pixels to -1"
+        )
     return picked.sort().values
 
 # %% ../nbs/02_anchors.ipynb #91033072
 def _check_grid(embeddings: Tensor, labels: Tensor):
     "Raise a `ValueError` unless embeddings are (B, D, h, w) and labels (B, h, w) on the same grid."
     if not isinstance(embeddings, Tensor) or embeddings.ndim != 4:
-        raise ValueError(f"embeddings must be a (B, D, h, w) feature map, got shape {tuple(getattr(embeddings, 'shape', ()))}")
+        raise ValueError(
+            f"embeddings must be a (B, D, h, w) feature map, got shape {tuple(getattr(embeddings, 'shape', ()))}"
+        )
     B, D, h, w = embeddings.shape
     if tuple(labels.shape) != (B, h, w):
-        raise ValueError(f"labels {tuple(labels.shape)} are not on the embedding grid (B, h, w) = {(B, h, w)}: "
-                         f"call downsample_labels(labels, ({h}, {w})) first")
+        raise ValueError(
+            f"labels {tuple(labels.shape)} are not on the embedding grid (B, h, w) = {(B, h, w)}: "
+            f"call downsample_labels(labels, ({h}, {w})) first"
+        )
 
-def sample_anchors(embeddings: Tensor, # (B, D, h, w) pixel embeddings, e.g. the projection head's output
-                   labels: Tensor, # (B, h, w) class ids on the same grid, -1 = ignored
-                   per_class: int, # K: anchors drawn from each class
-                   num_classes: int, # C: class ids are 0..C-1
-                   generator: torch.Generator | None = None, # source of randomness (the global one if None)
-                  ) -> tuple[Tensor, Tensor]: # anchors (M, D) and their class ids (M,), in pixel order
+
+def sample_anchors(
+    embeddings: Tensor,  # (B, D, h, w) pixel embeddings, e.g. the projection head's output
+    labels: Tensor,  # (B, h, w) class ids on the same grid, -1 = ignored
+    per_class: int,  # K: anchors drawn from each class
+    num_classes: int,  # C: class ids are 0..C-1
+    generator: torch.Generator | None = None,  # source of randomness (the global one if None)
+) -> tuple[Tensor, Tensor]:  # anchors (M, D) and their class ids (M,), in pixel order
     "Anchor sampling: K random embeddings per class, the shortfall from the other classes, never an ignored pixel."
     _check_grid(embeddings, labels)
     idx, (B, D, h, w) = sample_anchor_index(labels, per_class, num_classes, generator), embeddings.shape
@@ -84,23 +107,34 @@ def sample_anchors(embeddings: Tensor, # (B, D, h, w) pixel embeddings, e.g. the
     return anchors, labels.reshape(-1)[idx].long()
 
 # %% ../nbs/02_anchors.ipynb #2c566f60
-def sample_anchors_loop(embeddings: Tensor, # (B, D, h, w) pixel embeddings
-                        labels: Tensor, # (B, h, w) class ids on the same grid, -1 = ignored
-                        per_class: int, num_classes: int, generator: torch.Generator | None = None,
-                       ) -> tuple[Tensor, Tensor]: # anchors (M, D) and class ids (M,), as `sample_anchors`
+def sample_anchors_loop(
+    embeddings: Tensor,  # (B, D, h, w) pixel embeddings
+    labels: Tensor,  # (B, h, w) class ids on the same grid, -1 = ignored
+    per_class: int,
+    num_classes: int,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:  # anchors (M, D) and class ids (M,), as `sample_anchors`
     "Readable reference for `sample_anchors`, with Python loops (the same draws); used by the tests and the benchmark."
-    _check_grid(embeddings, labels); _check_labels(labels, per_class, num_classes)
+    _check_grid(embeddings, labels)
+    _check_labels(labels, per_class, num_classes)
     B, D, h, w = embeddings.shape
     order1, order2 = (o.tolist() for o in _random_orders(B * h * w, generator, labels.device))
-    flat, pixels_of = labels.reshape(-1).tolist(), [[] for _ in range(num_classes)]  # valid pixels of each class
+    flat, pixels_of = (
+        labels.reshape(-1).tolist(),
+        [[] for _ in range(num_classes)],
+    )  # valid pixels of each class
     for p, c in enumerate(flat):
-        if not -1 <= c < num_classes: raise ValueError(f"labels hold class ids outside -1..{num_classes - 1}: check num_classes")
-        if c >= 0: pixels_of[c].append(p)
+        if not -1 <= c < num_classes:
+            raise ValueError(f"labels hold class ids outside -1..{num_classes - 1}: check num_classes")
+        if c >= 0:
+            pixels_of[c].append(p)
     chosen, rest = [], []
     for pixels in pixels_of:  # the quota: the first K pixels of each class in a random order
-        pixels.sort(key=lambda p: order1[p]); chosen += pixels[:per_class]; rest += pixels[per_class:]
+        pixels.sort(key=lambda p: order1[p])
+        chosen += pixels[:per_class]
+        rest += pixels[per_class:]
     rest.sort(key=lambda p: order2[p])  # the shortfall: random pixels of the other classes
-    chosen = sorted(chosen + rest[:per_class * num_classes - len(chosen)])
+    chosen = sorted(chosen + rest[: per_class * num_classes - len(chosen)])
     anchors = [embeddings[p // (h * w), :, p % (h * w) // w, p % w] for p in chosen]
     classes = torch.tensor([flat[p] for p in chosen], dtype=torch.long, device=labels.device)
     return (torch.stack(anchors) if anchors else embeddings.new_zeros(0, D)), classes

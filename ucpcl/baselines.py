@@ -29,8 +29,11 @@ def plain_unet(model_cfg: ModelConfig) -> UCPCLNet:
     "The backbone of every baseline: the ResNet U-Net (CNN decoder only, no Transformer decoder, no rotation head)."
     return build_model(model_cfg.replace(transformer=False, rotation=False))
 
-def unet_logits(net: UCPCLNet, x: Tensor, # (B, in_channels, H, W) images
-               ) -> Tensor: # (B, C, H, W) logits of the CNN decoder
+
+def unet_logits(
+    net: UCPCLNet,
+    x: Tensor,  # (B, in_channels, H, W) images
+) -> Tensor:  # (B, C, H, W) logits of the CNN decoder
     "The U-Net's segmentation logits."
     return net.decode_cnn(net.encode(x))
 
@@ -38,78 +41,120 @@ def unet_logits(net: UCPCLNet, x: Tensor, # (B, in_channels, H, W) images
 @dataclass(frozen=True)
 class BaselineConfig(Config):
     "Hyper-parameters shared by the baselines (values of the field's public 2D reference implementations)."
+
     consistency: float = 0.1  # final weight w of the unsupervised term
     ramp_steps: int = 40  # w ramps up over the whole run in this many steps (150 iterations each in 6000)
     start: float = 0.0  # fraction of the run before the unsupervised term is switched on
 
+
 @patch
 def weight(self: BaselineConfig, iteration: int, iterations: int) -> float:
     "w(t) = consistency * exp(-5 (1 - t)^2), t advancing in ramp_steps steps; 0 before `start`."
-    if iteration < round(self.start * iterations): return 0.0
-    return consistency_weight(iteration, iterations, self.consistency, step=max(1, iterations // self.ramp_steps))
+    if iteration < round(self.start * iterations):
+        return 0.0
+    return consistency_weight(
+        iteration, iterations, self.consistency, step=max(1, iterations // self.ramp_steps)
+    )
 
 # %% ../nbs/13_baselines.ipynb #3f9709fe
 class Baseline(Method):
     "A baseline of Table 1: the shared U-Net, the labeled part of the batch, and the weight ramp of `hp`."
+
     hp = BaselineConfig()
+
     def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig):
         super().__init__(cfg, model_cfg)
         self.lb = cfg.labeled_bs
         self.model = plain_unet(model_cfg)
-    def predict_logits(self, x: Tensor) -> Tensor: return unet_logits(self.model, x)
-    def weight(self, iteration: int) -> float: return self.hp.weight(iteration, self.cfg.iterations)
+
+    def predict_logits(self, x: Tensor) -> Tensor:
+        return unet_logits(self.model, x)
+
+    def weight(self, iteration: int) -> float:
+        return self.hp.weight(iteration, self.cfg.iterations)
 
 # %% ../nbs/13_baselines.ipynb #4475ece3
 def make_teacher(student: nn.Module) -> nn.Module:
     "A frozen copy of `student` (requires_grad False): the teacher of the mean-teacher methods."
     teacher = copy.deepcopy(student)
-    for p in teacher.parameters(): p.requires_grad_(False)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
     return teacher
 
 # %% ../nbs/13_baselines.ipynb #ad232780
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, decay: float, # alpha, e.g. 0.99
-               iteration: int | None = None, # 0-based; caps alpha at 1 - 1/(iteration + 1); None: no cap
-              ) -> float: # the alpha used
+def ema_update(
+    teacher: nn.Module,
+    student: nn.Module,
+    decay: float,  # alpha, e.g. 0.99
+    iteration: int | None = None,  # 0-based; caps alpha at 1 - 1/(iteration + 1); None: no cap
+) -> float:  # the alpha used
     "Mean-teacher step: teacher = alpha teacher + (1 - alpha) student, for parameters and BatchNorm statistics."
-    if not 0 <= decay <= 1: raise ValueError(f"decay must be in [0, 1], got {decay}")
+    if not 0 <= decay <= 1:
+        raise ValueError(f"decay must be in [0, 1], got {decay}")
     alpha = decay if iteration is None else min(decay, 1 - 1 / (iteration + 1))  # the true average early on
-    pairs = [*zip(teacher.named_parameters(), student.named_parameters()), *zip(teacher.named_buffers(), student.named_buffers())]
-    if len(pairs) != len([*student.parameters(), *student.buffers()]) or any(a != b for (a, _), (b, _) in pairs):
-        raise ValueError("teacher and student differ in structure: build the teacher with make_teacher(student)")
+    pairs = [
+        *zip(teacher.named_parameters(), student.named_parameters()),
+        *zip(teacher.named_buffers(), student.named_buffers()),
+    ]
+    if len(pairs) != len([*student.parameters(), *student.buffers()]) or any(
+        a != b for (a, _), (b, _) in pairs
+    ):
+        raise ValueError(
+            "teacher and student differ in structure: build the teacher with make_teacher(student)"
+        )
     for (_, t), (_, s) in pairs:
-        if t.is_floating_point(): t.lerp_(s, 1 - alpha)  # alpha t + (1 - alpha) s
-        elif alpha < 1: t.copy_(s)  # num_batches_tracked
+        if t.is_floating_point():
+            t.lerp_(s, 1 - alpha)  # alpha t + (1 - alpha) s
+        elif alpha < 1:
+            t.copy_(s)  # num_batches_tracked
     return alpha
 
 # %% ../nbs/13_baselines.ipynb #4800bb34
 @contextmanager
 def batch_statistics(net: nn.Module, enabled: bool = True):
     "Run `net` in training mode (BatchNorm on batch statistics) with its running statistics left untouched."
-    if not enabled: yield net; return
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not enabled:
+        yield net
+        return
+    bns = [
+        m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     saved, was_training = [(m.momentum, m.num_batches_tracked.clone()) for m in bns], net.training
     net.train()
-    for m in bns: m.momentum = 0.0  # running = (1 - 0) running + 0 batch
-    try: yield net
+    for m in bns:
+        m.momentum = 0.0  # running = (1 - 0) running + 0 batch
+    try:
+        yield net
     finally:
-        for m, (momentum, count) in zip(bns, saved): m.momentum = momentum; m.num_batches_tracked.copy_(count)
+        for m, (momentum, count) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
         net.train(was_training)
 
 # %% ../nbs/13_baselines.ipynb #01c3c5a1
-def input_noise(x: Tensor, # (B, C, H, W) images
-                std: float = 0.1, clip: float = 0.2, # xi = clip(N(0, std^2), -clip, clip)
-                generator: torch.Generator | None = None, # seeded generator (on its own device)
-               ) -> Tensor: # (B, C, H, W) x + xi
+def input_noise(
+    x: Tensor,  # (B, C, H, W) images
+    std: float = 0.1,
+    clip: float = 0.2,  # xi = clip(N(0, std^2), -clip, clip)
+    generator: torch.Generator | None = None,  # seeded generator (on its own device)
+) -> Tensor:  # (B, C, H, W) x + xi
     "The teacher's input perturbation x + xi, xi clipped Gaussian noise per pixel."
-    if not (std >= 0 and clip >= 0): raise ValueError(f"std and clip must be >= 0, got {std}, {clip}")
-    xi = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device if generator is None else generator.device)
+    if not (std >= 0 and clip >= 0):
+        raise ValueError(f"std and clip must be >= 0, got {std}, {clip}")
+    xi = torch.randn(
+        x.shape,
+        generator=generator,
+        dtype=x.dtype,
+        device=x.device if generator is None else generator.device,
+    )
     return x + (xi.to(x.device) * std).clamp(-clip, clip)
 
 # %% ../nbs/13_baselines.ipynb #efe2c846
 @dataclass(frozen=True)
 class MTConfig(BaselineConfig):
     "Mean Teacher: the shared ramp plus the teacher's input noise; consistency off for the first 1000 of 6000 iterations."
+
     start: float = 1 / 6
     noise_std: float = 0.1  # xi ~ N(0, noise_std^2) on the teacher's input ...
     noise_clip: float = 0.2  # ... clipped to [-noise_clip, noise_clip]
@@ -118,19 +163,30 @@ class MTConfig(BaselineConfig):
 @register_method("mt")
 class MeanTeacher(Baseline):
     "Mean Teacher (Tarvainen and Valpola, NeurIPS 2017): consistency with an EMA teacher on noisy unlabeled input."
+
     hp = MTConfig()
+
     def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig):
         super().__init__(cfg, model_cfg)
-        self.teacher = make_teacher(self.model)  # a submodule: saved in the checkpoint, left out of the optimiser
-    def after_step(self, iteration: int): ema_update(self.teacher, self.model, self.cfg.ema_decay, iteration)
+        self.teacher = make_teacher(
+            self.model
+        )  # a submodule: saved in the checkpoint, left out of the optimiser
 
-    def bn_training(self) -> bool: return any(m.training for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    def after_step(self, iteration: int):
+        ema_update(self.teacher, self.model, self.cfg.ema_decay, iteration)
+
+    def bn_training(self) -> bool:
+        return any(m.training for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
     @torch.no_grad()
     def teacher_probs(self, x: Tensor) -> Tensor:
         "Softmax (B, C, H, W) of the teacher on x + xi, normalised as the student is (batch statistics unless frozen)."
         with batch_statistics(self.teacher, enabled=self.bn_training()):
-            return unet_logits(self.teacher, input_noise(x, self.hp.noise_std, self.hp.noise_clip)).float().softmax(1)
+            return (
+                unet_logits(self.teacher, input_noise(x, self.hp.noise_std, self.hp.noise_clip))
+                .float()
+                .softmax(1)
+            )
 
 # %% ../nbs/13_baselines.ipynb #2752b94b
 @patch
@@ -148,6 +204,7 @@ def training_step(self: MeanTeacher, batch: dict, iteration: int) -> dict:
 @dataclass(frozen=True)
 class UAMTConfig(MTConfig):
     "UA-MT: the MT settings, T noisy teacher passes, and the threshold schedule (0.75 -> 1) * ln 2."
+
     start: float = 0.0
     passes: int = 8  # T
     threshold: float = math.log(2)  # H at the end of the run
@@ -157,7 +214,9 @@ class UAMTConfig(MTConfig):
 @register_method("uamt")
 class UAMT(MeanTeacher):
     "UA-MT (Yu et al., MICCAI 2019): MT whose consistency keeps only the pixels where T noisy teacher passes agree."
+
     hp = UAMTConfig()
+
     def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig):
         super().__init__(cfg, model_cfg)
         self.threshold = ThresholdSchedule("schedule", self.hp.threshold, self.hp.threshold_start)
@@ -165,11 +224,15 @@ class UAMT(MeanTeacher):
 # %% ../nbs/13_baselines.ipynb #42a41a0a
 @patch
 @torch.no_grad()
-def teacher_passes(self: UAMT, x: Tensor, # (B, C_in, H, W) unlabeled images
-                  ) -> tuple[Tensor, Tensor]: # target (B, C, H, W) softmax; u (B, H, W) entropy of the mean of T passes
+def teacher_passes(
+    self: UAMT,
+    x: Tensor,  # (B, C_in, H, W) unlabeled images
+) -> tuple[Tensor, Tensor]:  # target (B, C, H, W) softmax; u (B, H, W) entropy of the mean of T passes
     "The teacher's target on x + xi and the entropy u of its mean softmax over T more noisy passes."
     T, B = self.hp.passes, x.shape[0]
-    with batch_statistics(self.teacher, enabled=self.bn_training()):  # (T + 1) noisy copies in one forward pass
+    with batch_statistics(
+        self.teacher, enabled=self.bn_training()
+    ):  # (T + 1) noisy copies in one forward pass
         xs = input_noise(x.repeat(T + 1, 1, 1, 1), self.hp.noise_std, self.hp.noise_clip)
         p = unet_logits(self.teacher, xs).float().softmax(1).unflatten(0, (T + 1, B))  # (T + 1, B, C, H, W)
     # u = -sum_c p_bar_c log p_bar_c, p_bar = the mean of the T noisy passes
@@ -189,7 +252,9 @@ def training_step(self: UAMT, batch: dict, iteration: int) -> dict:
     # l_u of UA-MT: masked squared distance, mean over the certain pixels and the C classes
     l_con = (mask * dist).sum() / (dist.shape[1] * mask.sum() + 1e-16)
     w, logs = self.weight(iteration), {"H": H, "certain": mask.mean()}
-    if (m := batch.get("monitor_label")) is not None:  # monitoring only: how often the certain targets are right
+    if (
+        m := batch.get("monitor_label")
+    ) is not None:  # monitoring only: how often the certain targets are right
         known = (mask[:, 0] > 0) & (m[lb:] >= 0)
         logs["pl_acc"] = ((target.argmax(1) == m[lb:]) & known).sum() / known.sum().clamp(min=1)
     return {"loss": l_sup + w * l_con, "l_sup": l_sup, "l_con": l_con, "lambda_t": w, **logs}
@@ -198,6 +263,7 @@ def training_step(self: UAMT, batch: dict, iteration: int) -> dict:
 @register_method("em")
 class EntropyMinimization(Baseline):
     "Entropy minimisation (Vu et al., CVPR 2019): L_seg + w(t) times the normalised mean pixel entropy."
+
     def training_step(self, batch: dict, iteration: int) -> dict:
         x, y, lb = batch["image"], batch["label"], self.lb
         logits = unet_logits(self.model, x)
@@ -208,4 +274,4 @@ class EntropyMinimization(Baseline):
         return {"loss": l_sup + w * l_con, "l_sup": l_sup, "l_con": l_con, "lambda_t": w}
 
 # %% ../nbs/13_baselines.ipynb #54b3f6fc
-from . import cotraining  # noqa: E402  (defines and registers dct, cct, cps; it imports the helpers above)
+from . import cotraining  # noqa: E402, F401  (defines and registers dct, cct, cps)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, dataclasses, json, sys, typing
 from pathlib import Path
 
-from .train import METHODS, TrainConfig, Trainer, get_method, train
+from .train import TrainConfig, Trainer, get_method, train
 
 # %% auto #0
 __all__ = ['parse_set', 'build_parser', 'config_from_args', 'main']
@@ -17,93 +17,165 @@ def _field_types() -> dict[str, object]:
     hints = typing.get_type_hints(TrainConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
 
+
 def parse_set(items: list[str]) -> dict:
     "Parse KEY=VALUE strings into TrainConfig fields with the fields' types."
     types, out = _field_types(), {}
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep: raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set contrast=pseudo")
-        if key not in types: raise ValueError(f"--set {key}: unknown key; valid keys are {sorted(types)}")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set contrast=pseudo")
+        if key not in types:
+            raise ValueError(f"--set {key}: unknown key; valid keys are {sorted(types)}")
         out[key] = _parse_value(key, raw.strip(), types[key])
     return out
 
 # %% ../nbs/12_cli.ipynb #a4a5ad27
 def _parse_value(key: str, raw: str, tp):
     args = set(typing.get_args(tp)) or {tp}
-    if type(None) in args and raw.lower() in ("none", "null", ""): return None
+    if type(None) in args and raw.lower() in ("none", "null", ""):
+        return None
     if bool in args:
-        if raw.lower() in ("1", "true", "yes", "on"): return True
-        if raw.lower() in ("0", "false", "no", "off"): return False
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
         raise ValueError(f"--set {key}={raw}: expected true or false")
     for t in (int, float):
         if t in args:
-            try: return t(raw)
-            except ValueError: raise ValueError(f"--set {key}={raw}: expected a number ({t.__name__})") from None
+            try:
+                return t(raw)
+            except ValueError:
+                raise ValueError(f"--set {key}={raw}: expected a number ({t.__name__})") from None
     return raw
 
 # %% ../nbs/12_cli.ipynb #97e8fe60
 def _train_args(p: argparse.ArgumentParser):
     p.add_argument("--dataset", default="acdc", help="acdc or isic")
-    p.add_argument("--data-root", required=True, help="data folder (ACDC preprocessed layout, or ISIC 2018 Task 1)")
-    p.add_argument("--labeled", type=float, default=7, help="ACDC: labeled patients (3 -> 68 slices, 7 -> 136); ISIC: images or a fraction")
-    p.add_argument("--method", default="ucpcl", help="ucpcl, sup, or a baseline (mt, uamt, em, dct, cct, cps)")
+    p.add_argument(
+        "--data-root", required=True, help="data folder (ACDC preprocessed layout, or ISIC 2018 Task 1)"
+    )
+    p.add_argument(
+        "--labeled",
+        type=float,
+        default=7,
+        help="ACDC: labeled patients (3 -> 68 slices, 7 -> 136); ISIC: images or a fraction",
+    )
+    p.add_argument(
+        "--method", default="ucpcl", help="ucpcl, sup, or a baseline (mt, uamt, em, dct, cct, cps)"
+    )
     p.add_argument("--preset", default="paper", help="paper (ResNet-50, 224) or small (CPU)")
     p.add_argument("--iterations", type=int, default=6000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    p.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<method>-<labeled>-seed<seed>)")
+    p.add_argument(
+        "--out", default=None, help="run folder (default runs/<dataset>-<method>-<labeled>-seed<seed>)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any other TrainConfig field")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 # %% ../nbs/12_cli.ipynb #b09f7fbe
 def _compare_args(p: argparse.ArgumentParser):
-    p.add_argument("--methods", nargs="+", default=["sup", "mt", "uamt", "em", "dct", "cct", "cps", "ucpcl"], help="Table 1's rows")
-    p.add_argument("--labeled", type=float, nargs="+", default=[3, 7], help="labeled sizes (ACDC: patients; ISIC: images or fractions)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["sup", "mt", "uamt", "em", "dct", "cct", "cps", "ucpcl"],
+        help="Table 1's rows",
+    )
+    p.add_argument(
+        "--labeled",
+        type=float,
+        nargs="+",
+        default=[3, 7],
+        help="labeled sizes (ACDC: patients; ISIC: images or fractions)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--dataset", default="acdc", help="acdc or isic")
-    p.add_argument("--data-root", required=True, help="data folder (ACDC preprocessed layout, or ISIC 2018 Task 1)")
+    p.add_argument(
+        "--data-root", required=True, help="data folder (ACDC preprocessed layout, or ISIC 2018 Task 1)"
+    )
     p.add_argument("--preset", default="paper", help="paper (ResNet-50, 224) or small (CPU)")
     p.add_argument("--iterations", type=int, default=6000)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--out", default="compare", help="folder of the tables; the runs go to OUT/runs/")
-    p.add_argument("--table", type=int, default=1, choices=[1, 2, 3], help="1: methods, 2: ablation, 3: feature levels")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any other TrainConfig field, for every run")
+    p.add_argument(
+        "--table", type=int, default=1, choices=[1, 2, 3], help="1: methods, 2: ablation, 3: feature levels"
+    )
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="any other TrainConfig field, for every run"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
 
 def _run_compare(a: argparse.Namespace):
     "The `compare` subcommand: one of the tables of `ucpcl.compare`, printed when done."
     from ucpcl.compare import ablation, compare, feature_levels
+
     labeled = [int(l) if float(l).is_integer() else l for l in a.labeled]
-    kw = dict(labeled_sizes=labeled, seeds=a.seeds, dataset=a.dataset, data_root=a.data_root, out=a.out, preset=a.preset,
-              iterations=a.iterations, device=a.device, progress=not a.quiet, **parse_set(a.set))
-    if a.table == 1: compare(a.methods, **kw)
-    else: (ablation if a.table == 2 else feature_levels)(**kw)
+    kw = dict(
+        labeled_sizes=labeled,
+        seeds=a.seeds,
+        dataset=a.dataset,
+        data_root=a.data_root,
+        out=a.out,
+        preset=a.preset,
+        iterations=a.iterations,
+        device=a.device,
+        progress=not a.quiet,
+        **parse_set(a.set),
+    )
+    if a.table == 1:
+        compare(a.methods, **kw)
+    else:
+        (ablation if a.table == 2 else feature_levels)(**kw)
     print(Path(a.out, f"table{a.table}.md").read_text())
 
 # %% ../nbs/12_cli.ipynb #80ca9034
 def build_parser() -> argparse.ArgumentParser:
     "The `ucpcl` command and its subcommands."
-    p = argparse.ArgumentParser(prog="ucpcl", description="Uncertainty-guided pixel contrastive learning (IJCAI 2022), literate-programmed.")
+    p = argparse.ArgumentParser(
+        prog="ucpcl",
+        description="Uncertainty-guided pixel contrastive learning (IJCAI 2022), literate-programmed.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     _train_args(sub.add_parser("train", help="train one run and test it"))
     e = sub.add_parser("evaluate", help="evaluate a finished run's checkpoint on a split")
-    e.add_argument("--run", required=True); e.add_argument("--checkpoint", default="best", help="best, last, or a path")
-    e.add_argument("--split", default="test", choices=["val", "test"]); e.add_argument("--device", default="auto")
-    d = sub.add_parser("demo", help="supervised-only vs the full method on the cardiac phantom (CPU, minutes)")
-    d.add_argument("--out", default="report"); d.add_argument("--iterations", type=int, default=None)
-    d.add_argument("--seeds", type=int, nargs="+", default=[0]); d.add_argument("--labeled", type=int, default=2)
-    d.add_argument("--methods", nargs="+", default=["sup", "ucpcl"]); d.add_argument("--device", default="cpu")
+    e.add_argument("--run", required=True)
+    e.add_argument("--checkpoint", default="best", help="best, last, or a path")
+    e.add_argument("--split", default="test", choices=["val", "test"])
+    e.add_argument("--device", default="auto")
+    d = sub.add_parser(
+        "demo", help="supervised-only vs the full method on the cardiac phantom (CPU, minutes)"
+    )
+    d.add_argument("--out", default="report")
+    d.add_argument("--iterations", type=int, default=None)
+    d.add_argument("--seeds", type=int, nargs="+", default=[0])
+    d.add_argument("--labeled", type=int, default=2)
+    d.add_argument("--methods", nargs="+", default=["sup", "ucpcl"])
+    d.add_argument("--device", default="cpu")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
-    ph = sub.add_parser("phantom", help="write the embedded phantom in the ACDC (cardiac) or ISIC (lesion) layout")
-    ph.add_argument("--kind", required=True, choices=["cardiac", "lesion"]); ph.add_argument("--out", required=True)
+    ph = sub.add_parser(
+        "phantom", help="write the embedded phantom in the ACDC (cardiac) or ISIC (lesion) layout"
+    )
+    ph.add_argument("--kind", required=True, choices=["cardiac", "lesion"])
+    ph.add_argument("--out", required=True)
     ph.add_argument("--seed", type=int, default=0)
-    c = sub.add_parser("convert-acdc", help="the ACDC challenge release (NIfTI) -> the preprocessed h5 layout")
-    c.add_argument("raw"); c.add_argument("out"); c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--val-patients", type=float, default=0.1); c.add_argument("--test-patients", type=float, default=0.2)
+    c = sub.add_parser(
+        "convert-acdc", help="the ACDC challenge release (NIfTI) -> the preprocessed h5 layout"
+    )
+    c.add_argument("raw")
+    c.add_argument("out")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--val-patients", type=float, default=0.1)
+    c.add_argument("--test-patients", type=float, default=0.2)
     c.add_argument("--lists-from", default=None, help="a folder with train.list/val.list/test.list to reuse")
-    _compare_args(sub.add_parser("compare", help="train methods x labeled sizes x seeds and write Table 1, 2 or 3 (resumable)"))
+    _compare_args(
+        sub.add_parser(
+            "compare", help="train methods x labeled sizes x seeds and write Table 1, 2 or 3 (resumable)"
+        )
+    )
     return p
 
 # %% ../nbs/12_cli.ipynb #ddf4b341
@@ -112,13 +184,26 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     get_method(a.method)  # unknown method: a clear error before any data is read
     labeled = int(a.labeled) if float(a.labeled).is_integer() else a.labeled
     out = a.out or f"runs/{a.dataset}-{a.method}-{labeled}-seed{a.seed}"
-    return TrainConfig(dataset=a.dataset, data_root=a.data_root, labeled=labeled, method=a.method, preset=a.preset,
-                       iterations=a.iterations, seed=a.seed, device=a.device, out=out, **parse_set(a.set))
+    return TrainConfig(
+        dataset=a.dataset,
+        data_root=a.data_root,
+        labeled=labeled,
+        method=a.method,
+        preset=a.preset,
+        iterations=a.iterations,
+        seed=a.seed,
+        device=a.device,
+        out=out,
+        **parse_set(a.set),
+    )
+
 
 def _print_metrics(m: dict):
     for which, r in m.items():
         hd = f"  HD95 {r['hd95']:.2f}" if "hd95" in r else ""
-        print(f"{which:>5}: Dice {100 * r['dice']:.2f}  Jaccard {100 * r['jaccard']:.2f}{hd}  (missed {r['missed']}, spurious {r['spurious']})")
+        print(
+            f"{which:>5}: Dice {100 * r['dice']:.2f}  Jaccard {100 * r['jaccard']:.2f}{hd}  (missed {r['missed']}, spurious {r['spurious']})"
+        )
 
 # %% ../nbs/12_cli.ipynb #63e29734
 def main(argv: list[str] | None = None) -> int:
@@ -127,23 +212,45 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.command == "train":
             m = train(config_from_args(a), resume=a.resume, progress=not a.quiet)
-            print(f"test split ({m['dataset']}, {m['method']}, {m['iterations']} iterations; best.pt chosen on validation):")
+            print(
+                f"test split ({m['dataset']}, {m['method']}, {m['iterations']} iterations; best.pt chosen on validation):"
+            )
             _print_metrics(m["test"])
         elif a.command == "evaluate":
             r = Trainer.from_run(a.run, a.checkpoint, device=a.device).evaluate_split(a.split)
             _print_metrics({a.checkpoint: r.summary})
-            Path(a.run, f"eval_{a.split}_{Path(a.checkpoint).stem}.json").write_text(json.dumps({"summary": r.summary, "cases": r.cases}, indent=1))
+            Path(a.run, f"eval_{a.split}_{Path(a.checkpoint).stem}.json").write_text(
+                json.dumps({"summary": r.summary, "cases": r.cases}, indent=1)
+            )
         elif a.command == "demo":
             from ucpcl.report import demo
-            demo(a.out, **({} if a.iterations is None else {"iterations": a.iterations}), seeds=a.seeds, labeled=a.labeled,
-                 methods=a.methods, device=a.device, progress=not a.quiet)
+
+            demo(
+                a.out,
+                **({} if a.iterations is None else {"iterations": a.iterations}),
+                seeds=a.seeds,
+                labeled=a.labeled,
+                methods=a.methods,
+                device=a.device,
+                progress=not a.quiet,
+            )
         elif a.command == "phantom":
             from ucpcl.phantoms import write_phantom
+
             print(f"wrote {a.kind} phantom to {write_phantom(a.kind, a.out, seed=a.seed)}")
-        elif a.command == "compare": _run_compare(a)
+        elif a.command == "compare":
+            _run_compare(a)
         elif a.command == "convert-acdc":
             from ucpcl.data import convert_acdc
-            out = convert_acdc(a.raw, a.out, seed=a.seed, val_patients=a.val_patients, test_patients=a.test_patients, lists_from=a.lists_from)
+
+            out = convert_acdc(
+                a.raw,
+                a.out,
+                seed=a.seed,
+                val_patients=a.val_patients,
+                test_patients=a.test_patients,
+                lists_from=a.lists_from,
+            )
             print(f"wrote the ACDC layout to {out}")
     except (ValueError, FileNotFoundError) as e:
         print(f"ucpcl {a.command}: error: {e}", file=sys.stderr)
@@ -151,4 +258,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 # %% ../nbs/12_cli.ipynb #7aa93651
-if __name__ == "__main__" and "ipykernel" not in sys.modules: sys.exit(main())
+if __name__ == "__main__" and "ipykernel" not in sys.modules:
+    sys.exit(main())

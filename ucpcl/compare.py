@@ -15,7 +15,7 @@ import seaborn as sns
 from .data import acdc_labeled_names
 from .models import STRIDES, get_preset
 from .report import load_run, markdown_table, summarize_runs, write_csv
-from .train import TrainConfig, Trainer, get_method, train
+from .train import TrainConfig, get_method, train
 
 # %% auto #0
 __all__ = ['TABLE1_METHODS', 'METHOD_NAMES', 'PAPER_TABLE1', 'ABLATION_ROWS', 'FEATURE_ROWS', 'RunSpec', 'run_name', 'run_config',
@@ -24,56 +24,131 @@ __all__ = ['TABLE1_METHODS', 'METHOD_NAMES', 'PAPER_TABLE1', 'ABLATION_ROWS', 'F
 
 # %% ../nbs/14_compare.ipynb #428bea95
 TABLE1_METHODS = ("sup", "mt", "uamt", "em", "dct", "cct", "cps", "ucpcl")
-METHOD_NAMES = {"sup": "-", "mt": "MT", "uamt": "UA-MT", "em": "EM", "dct": "DCT", "cct": "CCT", "cps": "CPS", "ucpcl": "Ours"}
+METHOD_NAMES = {
+    "sup": "-",
+    "mt": "MT",
+    "uamt": "UA-MT",
+    "em": "EM",
+    "dct": "DCT",
+    "cct": "CCT",
+    "cps": "CPS",
+    "ucpcl": "Ours",
+}
 PAPER_TABLE1 = {  # data set -> labeled images -> method -> (Dice %, Jaccard %), Table 1 of the paper
-    "acdc": {68: {"sup": (65.32, 51.12), "mt": (74.20, 60.53), "uamt": (74.24, 60.68), "em": (76.70, 63.40), "dct": (73.28, 60.16),
-                  "cct": (74.39, 61.28), "cps": (74.76, 61.40), "ucpcl": (80.05, 67.66)},
-             136: {"sup": (82.09, 70.79), "mt": (85.75, 75.69), "uamt": (83.56, 72.94), "em": (83.39, 72.23), "dct": (82.76, 71.40),
-                   "cct": (83.94, 72.68), "cps": (85.06, 74.67), "ucpcl": (88.11, 79.15)}},
-    "isic": {91: {"sup": (67.02, 53.49), "mt": (69.87, 57.19), "uamt": (69.33, 56.20), "em": (66.11, 51.89), "dct": (70.09, 57.13),
-                  "cct": (69.53, 56.94), "cps": (71.87, 57.35), "ucpcl": (72.67, 57.85)},
-             181: {"sup": (68.91, 56.69), "mt": (70.64, 58.63), "uamt": (75.67, 63.42), "em": (71.10, 58.54), "dct": (75.98, 63.68),
-                   "cct": (73.42, 62.13), "cps": (78.09, 65.74), "ucpcl": (79.48, 67.25)}},
+    "acdc": {
+        68: {
+            "sup": (65.32, 51.12),
+            "mt": (74.20, 60.53),
+            "uamt": (74.24, 60.68),
+            "em": (76.70, 63.40),
+            "dct": (73.28, 60.16),
+            "cct": (74.39, 61.28),
+            "cps": (74.76, 61.40),
+            "ucpcl": (80.05, 67.66),
+        },
+        136: {
+            "sup": (82.09, 70.79),
+            "mt": (85.75, 75.69),
+            "uamt": (83.56, 72.94),
+            "em": (83.39, 72.23),
+            "dct": (82.76, 71.40),
+            "cct": (83.94, 72.68),
+            "cps": (85.06, 74.67),
+            "ucpcl": (88.11, 79.15),
+        },
+    },
+    "isic": {
+        91: {
+            "sup": (67.02, 53.49),
+            "mt": (69.87, 57.19),
+            "uamt": (69.33, 56.20),
+            "em": (66.11, 51.89),
+            "dct": (70.09, 57.13),
+            "cct": (69.53, 56.94),
+            "cps": (71.87, 57.35),
+            "ucpcl": (72.67, 57.85),
+        },
+        181: {
+            "sup": (68.91, 56.69),
+            "mt": (70.64, 58.63),
+            "uamt": (75.67, 63.42),
+            "em": (71.10, 58.54),
+            "dct": (75.98, 63.68),
+            "cct": (73.42, 62.13),
+            "cps": (78.09, 65.74),
+            "ucpcl": (79.48, 67.25),
+        },
+    },
 }
 
 # %% ../nbs/14_compare.ipynb #eff7db24
 @dataclass(frozen=True)
 class RunSpec:
     "One row of a table: a tag naming it, the method, and the TrainConfig fields that define the variant."
+
     tag: str
     method: str
     overrides: dict = field(default_factory=dict)
+
 
 def run_name(dataset: str, tag: str, labeled: float, seed: int) -> str:
     "The run folder's name, e.g. acdc-mt-l3-s0."
     return f"{dataset}-{tag}-l{labeled:g}-s{seed}"
 
 # %% ../nbs/14_compare.ipynb #25ace4ba
-def run_config(spec: RunSpec, labeled: float, seed: int, dataset: str, data_root: str | Path, out: str | Path,
-               preset: str = "paper", iterations: int = 6000, device: str = "auto", **overrides) -> TrainConfig:
+def run_config(
+    spec: RunSpec,
+    labeled: float,
+    seed: int,
+    dataset: str,
+    data_root: str | Path,
+    out: str | Path,
+    preset: str = "paper",
+    iterations: int = 6000,
+    device: str = "auto",
+    **overrides,
+) -> TrainConfig:
     "The TrainConfig of one run: grid settings, then `overrides` (any TrainConfig field), then the variant's switches."
     every = max(iterations // 5, 1)
-    base = dict(dataset=dataset, data_root=str(Path(data_root).expanduser().resolve()), labeled=labeled, method=spec.method,
-                preset=preset, iterations=iterations, seed=seed, device=device, eval_every=every, save_every=every)
+    base = dict(
+        dataset=dataset,
+        data_root=str(Path(data_root).expanduser().resolve()),
+        labeled=labeled,
+        method=spec.method,
+        preset=preset,
+        iterations=iterations,
+        seed=seed,
+        device=device,
+        eval_every=every,
+        save_every=every,
+    )
     out_dir = Path(out) / "runs" / run_name(dataset, spec.tag, labeled, seed)
     return TrainConfig(**{**base, **overrides, **spec.overrides, "out": str(out_dir)})
 
 # %% ../nbs/14_compare.ipynb #9bf02415
 _ARTEFACTS = ("metrics.json", "test_cases.json", "last.pt", "best.pt", "log.csv", "val.csv")
 
+
 def _same_config(path: Path, cfg: TrainConfig) -> bool:
     "True when the config.json at `path` describes the run `cfg` (num_workers aside; fields added since take their defaults)."
-    try: saved = json.loads(path.read_text())
-    except (OSError, ValueError): return False
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
     plain = lambda c: json.loads(json.dumps(c.to_dict(), default=str))
     saved, mine = {**plain(TrainConfig()), **saved}, plain(cfg)
-    return {k: v for k, v in saved.items() if k != "num_workers"} == {k: v for k, v in mine.items() if k != "num_workers"}
+    return {k: v for k, v in saved.items() if k != "num_workers"} == {
+        k: v for k, v in mine.items() if k != "num_workers"
+    }
+
 
 def run_status(cfg: TrainConfig) -> str:
     "'done' (finished, same configuration), 'resume' (interrupted, same configuration) or 'new'."
     out = Path(cfg.out)
-    if not _same_config(out / "config.json", cfg): return "new"
-    if (out / "metrics.json").is_file(): return "done"
+    if not _same_config(out / "config.json", cfg):
+        return "new"
+    if (out / "metrics.json").is_file():
+        return "done"
     return "resume" if (out / "last.pt").is_file() else "new"
 
 # %% ../nbs/14_compare.ipynb #a6fb4544
@@ -81,31 +156,52 @@ def ensure_run(cfg: TrainConfig, progress: bool = False) -> dict:
     "Bring one run to its end (train, resume or skip, see `run_status`) and return its row for the tables."
     status, t = run_status(cfg), time.time()
     if status == "new":
-        for f in _ARTEFACTS: (Path(cfg.out) / f).unlink(missing_ok=True)  # leftovers of another configuration
-    if status != "done": train(cfg, resume=status == "resume", progress=progress)
+        for f in _ARTEFACTS:
+            (Path(cfg.out) / f).unlink(missing_ok=True)  # leftovers of another configuration
+    if status != "done":
+        train(cfg, resume=status == "resume", progress=progress)
     return {**load_run(cfg.out), "status": status, "seconds": round(time.time() - t, 1)}
 
 # %% ../nbs/14_compare.ipynb #fb8d6ccd
-def run_grid(specs: Sequence[RunSpec], labeled_sizes: Sequence[float], seeds: Sequence[int], dataset: str, data_root: str | Path,
-             out: str | Path, preset: str = "paper", iterations: int = 6000, device: str = "auto", progress: bool = False,
-             **overrides) -> list[dict]:
+def run_grid(
+    specs: Sequence[RunSpec],
+    labeled_sizes: Sequence[float],
+    seeds: Sequence[int],
+    dataset: str,
+    data_root: str | Path,
+    out: str | Path,
+    preset: str = "paper",
+    iterations: int = 6000,
+    device: str = "auto",
+    progress: bool = False,
+    **overrides,
+) -> list[dict]:
     "Train (or skip, or resume) every run of specs x labeled_sizes x seeds; return one row per run."
     grid = [(s, l, seed) for seed in seeds for l in labeled_sizes for s in specs]
     rows = []
     for i, (spec, labeled, seed) in enumerate(grid, 1):
-        cfg = run_config(spec, labeled, seed, dataset, data_root, out, preset, iterations, device, **overrides)
+        cfg = run_config(
+            spec, labeled, seed, dataset, data_root, out, preset, iterations, device, **overrides
+        )
         row = {"tag": spec.tag, **ensure_run(cfg, progress)}
         rows.append(row)
-        print(f"[{i}/{len(grid)}] {Path(cfg.out).name}: {row['status']} ({row['seconds']:.0f} s), "
-              f"test Dice {100 * row['best_dice']:.2f}", flush=True)
+        print(
+            f"[{i}/{len(grid)}] {Path(cfg.out).name}: {row['status']} ({row['seconds']:.0f} s), "
+            f"test Dice {100 * row['best_dice']:.2f}",
+            flush=True,
+        )
     return rows
 
 # %% ../nbs/14_compare.ipynb #91f4a0ea
 def labeled_text(dataset: str, data_root: str | Path, labeled: float) -> str:
     "The labeled size as the tables print it: '3 patients (68 slices)' for ACDC, '91 images' or '5%' for ISIC."
-    if dataset != "acdc": return f"{labeled:g} images" if labeled >= 1 else f"{100 * labeled:g}%"
-    try: return f"{labeled:g} patients ({len(acdc_labeled_names(data_root, labeled_patients=int(labeled)))} slices)"
-    except (OSError, ValueError): return f"{labeled:g} patients"
+    if dataset != "acdc":
+        return f"{labeled:g} images" if labeled >= 1 else f"{100 * labeled:g}%"
+    try:
+        return f"{labeled:g} patients ({len(acdc_labeled_names(data_root, labeled_patients=int(labeled)))} slices)"
+    except (OSError, ValueError):
+        return f"{labeled:g} patients"
+
 
 def pivot(rows: Sequence[dict], tags: Sequence[str], labeled_sizes: Sequence[float]) -> list[dict]:
     "One dict per tag: dice_l<L>, jaccard_l<L> (mean), their _std, and n_l<L> seeds for each labeled size L."
@@ -115,8 +211,13 @@ def pivot(rows: Sequence[dict], tags: Sequence[str], labeled_sizes: Sequence[flo
         r = {"tag": tag}
         for l in labeled_sizes:
             g = summary.get((tag, l), {})
-            r |= {f"dice_l{l:g}": g.get("best_dice"), f"dice_l{l:g}_std": g.get("best_dice_std"),
-                  f"jaccard_l{l:g}": g.get("best_jaccard"), f"jaccard_l{l:g}_std": g.get("best_jaccard_std"), f"n_l{l:g}": g.get("n", 0)}
+            r |= {
+                f"dice_l{l:g}": g.get("best_dice"),
+                f"dice_l{l:g}_std": g.get("best_dice_std"),
+                f"jaccard_l{l:g}": g.get("best_jaccard"),
+                f"jaccard_l{l:g}_std": g.get("best_jaccard_std"),
+                f"n_l{l:g}": g.get("n", 0),
+            }
         out.append(r)
     return out
 
@@ -124,32 +225,88 @@ def pivot(rows: Sequence[dict], tags: Sequence[str], labeled_sizes: Sequence[flo
 def _metric_columns(labeled_sizes, heads: dict) -> tuple[list[str], list[str]]:
     "Metric keys and their headers, Dice then Jaccard, for each labeled size."
     keys = [f"{m}_l{l:g}" for l in labeled_sizes for m in ("dice", "jaccard")]
-    return keys, [f"{'Dice' if m == 'dice' else 'Jaccard'} [%] {heads[l]}" for l in labeled_sizes for m in ("dice", "jaccard")]
+    return keys, [
+        f"{'Dice' if m == 'dice' else 'Jaccard'} [%] {heads[l]}"
+        for l in labeled_sizes
+        for m in ("dice", "jaccard")
+    ]
 
-def write_table(out: str | Path, stem: str, rows: list[dict], columns: Sequence[str], headers: Sequence[str],
-                labeled_sizes: Sequence[float], heads: dict, title: str, caption: str) -> str:
+
+def write_table(
+    out: str | Path,
+    stem: str,
+    rows: list[dict],
+    columns: Sequence[str],
+    headers: Sequence[str],
+    labeled_sizes: Sequence[float],
+    heads: dict,
+    title: str,
+    caption: str,
+) -> str:
     "Write <stem>.md (title, caption, table) and <stem>.csv into `out`; return the Markdown table."
     keys, metric_heads = _metric_columns(labeled_sizes, heads)
     table = markdown_table(rows, columns, keys, headers=[*headers, *metric_heads])
     Path(out, f"{stem}.md").write_text(f"# {title}\n\n{caption}\n\n{table}\n")
     pct = lambda v: None if v is None else round(100 * v, 4)
-    write_csv([{**{h: r[c] for c, h in zip(columns, headers)},
+    write_csv(
+        [
+            {
+                **{h: r[c] for c, h in zip(columns, headers)},
                 **{f"{k}{s}": pct(r.get(k + s)) for k in keys for s in ("", "_std")},
-                **{f"n_l{l:g}": r.get(f"n_l{l:g}", 0) for l in labeled_sizes}} for r in rows], Path(out, f"{stem}.csv"))
+                **{f"n_l{l:g}": r.get(f"n_l{l:g}", 0) for l in labeled_sizes},
+            }
+            for r in rows
+        ],
+        Path(out, f"{stem}.csv"),
+    )
     return table
 
 # %% ../nbs/14_compare.ipynb #916ad1c7
 def plot_runs(rows: Sequence[dict], tags: Sequence[str], labels: dict, heads: dict, title: str = ""):
     "Seaborn bars (mean over seeds) and points (each seed) of the test Dice, per table row and labeled size."
     rs = [r for r in rows if r["tag"] in tags]
-    data = {"row": [labels[r["tag"]] for r in rs], "labeled": [heads[r["labeled"]] for r in rs], "Dice [%]": [100 * r["best_dice"] for r in rs]}
+    data = {
+        "row": [labels[r["tag"]] for r in rs],
+        "labeled": [heads[r["labeled"]] for r in rs],
+        "Dice [%]": [100 * r["best_dice"] for r in rs],
+    }
     order, hue_order = [labels[t] for t in tags], list(dict.fromkeys(heads.values()))
     fig, ax = plt.subplots(figsize=(min(1.0 * len(tags) + 2.5, 10), 3.2))
-    sns.barplot(data=data, x="row", y="Dice [%]", hue="labeled", order=order, hue_order=hue_order, errorbar=None, alpha=0.55, ax=ax)
-    sns.stripplot(data=data, x="row", y="Dice [%]", hue="labeled", order=order, hue_order=hue_order, dodge=True,
-                  size=4, edgecolor="black", linewidth=0.5, legend=False, ax=ax)
-    ax.set_xlabel(""); ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, title="labeled", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    sns.barplot(
+        data=data,
+        x="row",
+        y="Dice [%]",
+        hue="labeled",
+        order=order,
+        hue_order=hue_order,
+        errorbar=None,
+        alpha=0.55,
+        ax=ax,
+    )
+    sns.stripplot(
+        data=data,
+        x="row",
+        y="Dice [%]",
+        hue="labeled",
+        order=order,
+        hue_order=hue_order,
+        dodge=True,
+        size=4,
+        edgecolor="black",
+        linewidth=0.5,
+        legend=False,
+        ax=ax,
+    )
+    ax.set_xlabel("")
+    ax.set_title(title, fontsize=9)
+    ax.legend(
+        fontsize=8,
+        title="labeled",
+        title_fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+        frameon=False,
+    )
     fig.tight_layout()
     return fig
 
@@ -157,39 +314,108 @@ def plot_runs(rows: Sequence[dict], tags: Sequence[str], labels: dict, heads: di
 def _finish(out: Path, stem: str, rows: list[dict], grid: dict, seconds: float):
     "Write the rows of every run and the grid description with the wall time."
     write_csv(rows, out / f"{stem}_runs.csv")
-    (out / f"{stem}.json").write_text(json.dumps({**grid, "seconds": round(seconds, 1), "runs": rows}, indent=2, default=str) + "\n")
+    (out / f"{stem}.json").write_text(
+        json.dumps({**grid, "seconds": round(seconds, 1), "runs": rows}, indent=2, default=str) + "\n"
+    )
     plt.close("all")
+
 
 def data_name(dataset: str, data_root: str | Path) -> str:
     "The data set as the tables name it: 'acdc', or 'cardiac phantom (acdc layout)' for a phantom of `ucpcl.phantoms`."
     stamp = Path(data_root) / "PHANTOM.json"
-    if not stamp.is_file(): return dataset
-    try: kind = json.loads(stamp.read_text()).get("params", {}).get("kind", "")
-    except (OSError, ValueError): kind = ""
+    if not stamp.is_file():
+        return dataset
+    try:
+        kind = json.loads(stamp.read_text()).get("params", {}).get("kind", "")
+    except (OSError, ValueError):
+        kind = ""
     return f"{kind} phantom ({dataset} layout)".lstrip()
+
 
 def _caption(rows: list[dict], seeds, what: str, data: str) -> str:
     r = rows[0]
-    return (f"{what} Test split, checkpoint selected on the validation split; mean ± sample std over seeds {list(seeds)}; "
-            f"data: {data}; preset `{r['preset']}`, {r['iterations']} iterations per run.")
+    return (
+        f"{what} Test split, checkpoint selected on the validation split; mean ± sample std over seeds {list(seeds)}; "
+        f"data: {data}; preset `{r['preset']}`, {r['iterations']} iterations per run."
+    )
 
 # %% ../nbs/14_compare.ipynb #4539fdd3
-def compare(methods: Sequence[str] = TABLE1_METHODS, labeled_sizes: Sequence[float] = (3, 7), seeds: Sequence[int] = (0,),
-            dataset: str = "acdc", data_root: str | Path = "", out: str | Path = "compare", preset: str = "paper",
-            iterations: int = 6000, device: str = "auto", progress: bool = False, **overrides) -> list[dict]:
+def compare(
+    methods: Sequence[str] = TABLE1_METHODS,
+    labeled_sizes: Sequence[float] = (3, 7),
+    seeds: Sequence[int] = (0,),
+    dataset: str = "acdc",
+    data_root: str | Path = "",
+    out: str | Path = "compare",
+    preset: str = "paper",
+    iterations: int = 6000,
+    device: str = "auto",
+    progress: bool = False,
+    **overrides,
+) -> list[dict]:
     "Table 1: train every method x labeled size x seed (resumable) and write table1.md/.csv/.png into `out`."
-    for m in methods: get_method(m)  # an unknown method fails before anything is trained
-    methods = sorted(methods, key=lambda m: TABLE1_METHODS.index(m) if m in TABLE1_METHODS else len(TABLE1_METHODS))
-    out, t0 = Path(out), time.time(); out.mkdir(parents=True, exist_ok=True)
-    rows = run_grid([RunSpec(m, m) for m in methods], labeled_sizes, seeds, dataset, data_root, out, preset, iterations, device, progress, **overrides)
+    for m in methods:
+        get_method(m)  # an unknown method fails before anything is trained
+    methods = sorted(
+        methods, key=lambda m: TABLE1_METHODS.index(m) if m in TABLE1_METHODS else len(TABLE1_METHODS)
+    )
+    out, t0 = Path(out), time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run_grid(
+        [RunSpec(m, m) for m in methods],
+        labeled_sizes,
+        seeds,
+        dataset,
+        data_root,
+        out,
+        preset,
+        iterations,
+        device,
+        progress,
+        **overrides,
+    )
     heads = {l: labeled_text(dataset, data_root, l) for l in labeled_sizes}
-    table_rows = [{**r, "name": METHOD_NAMES.get(r["tag"], r["tag"])} for r in pivot(rows, methods, labeled_sizes)]
-    write_table(out, "table1", table_rows, ["name"], ["Method"], labeled_sizes, heads, "Table 1: comparison with the baselines",
-                _caption(rows, seeds, "Rows in the paper's order; '-' is supervised training on the labeled images only.", data_name(dataset, data_root)))
-    plot_runs(rows, methods, METHOD_NAMES | {m: m for m in methods if m not in METHOD_NAMES}, heads,
-              f"Table 1 on {data_name(dataset, data_root)}").savefig(out / "table1.png", dpi=100)
-    _finish(out, "table1", rows, dict(methods=list(methods), labeled_sizes=list(labeled_sizes), seeds=list(seeds), dataset=dataset,
-                                      preset=preset, iterations=iterations, overrides=overrides), time.time() - t0)
+    table_rows = [
+        {**r, "name": METHOD_NAMES.get(r["tag"], r["tag"])} for r in pivot(rows, methods, labeled_sizes)
+    ]
+    write_table(
+        out,
+        "table1",
+        table_rows,
+        ["name"],
+        ["Method"],
+        labeled_sizes,
+        heads,
+        "Table 1: comparison with the baselines",
+        _caption(
+            rows,
+            seeds,
+            "Rows in the paper's order; '-' is supervised training on the labeled images only.",
+            data_name(dataset, data_root),
+        ),
+    )
+    plot_runs(
+        rows,
+        methods,
+        METHOD_NAMES | {m: m for m in methods if m not in METHOD_NAMES},
+        heads,
+        f"Table 1 on {data_name(dataset, data_root)}",
+    ).savefig(out / "table1.png", dpi=100)
+    _finish(
+        out,
+        "table1",
+        rows,
+        dict(
+            methods=list(methods),
+            labeled_sizes=list(labeled_sizes),
+            seeds=list(seeds),
+            dataset=dataset,
+            preset=preset,
+            iterations=iterations,
+            overrides=overrides,
+        ),
+        time.time() - t0,
+    )
     return rows
 
 # %% ../nbs/14_compare.ipynb #4425aad8
@@ -203,49 +429,170 @@ ABLATION_ROWS = (  # Table 2: (tag, method, switches)
     RunSpec("ucpcl", "ucpcl"),
 )
 
+
 def ablation_marks(spec: RunSpec) -> dict:
     "The ticks of Table 2's columns l_con, l_e, l_c^sup, l_c^pseudo, l_c for one row."
-    if spec.method != "ucpcl": return dict.fromkeys(("l_con", "l_e", "l_c^sup", "l_c^pseudo", "l_c"), "")
+    if spec.method != "ucpcl":
+        return dict.fromkeys(("l_con", "l_e", "l_c^sup", "l_c^pseudo", "l_c"), "")
     c = TrainConfig(**spec.overrides)
     tick = lambda b: "✓" if b else ""
-    return {"l_con": tick(c.use_con), "l_e": tick(c.use_rot), "l_c^sup": tick(c.contrast != "none"),
-            "l_c^pseudo": tick(c.contrast == "pseudo"), "l_c": tick(c.contrast == "uncertainty")}
+    return {
+        "l_con": tick(c.use_con),
+        "l_e": tick(c.use_rot),
+        "l_c^sup": tick(c.contrast != "none"),
+        "l_c^pseudo": tick(c.contrast == "pseudo"),
+        "l_c": tick(c.contrast == "uncertainty"),
+    }
 
 # %% ../nbs/14_compare.ipynb #9f00c538
-def ablation(labeled_sizes: Sequence[float] = (7,), seeds: Sequence[int] = (0,), dataset: str = "acdc", data_root: str | Path = "",
-             out: str | Path = "compare", preset: str = "paper", iterations: int = 6000, device: str = "auto",
-             progress: bool = False, **overrides) -> list[dict]:
+def ablation(
+    labeled_sizes: Sequence[float] = (7,),
+    seeds: Sequence[int] = (0,),
+    dataset: str = "acdc",
+    data_root: str | Path = "",
+    out: str | Path = "compare",
+    preset: str = "paper",
+    iterations: int = 6000,
+    device: str = "auto",
+    progress: bool = False,
+    **overrides,
+) -> list[dict]:
     "Table 2: train the ablation rows x labeled sizes x seeds (resumable) and write table2.md/.csv/.png into `out`."
-    out, t0 = Path(out), time.time(); out.mkdir(parents=True, exist_ok=True)
-    rows = run_grid(ABLATION_ROWS, labeled_sizes, seeds, dataset, data_root, out, preset, iterations, device, progress, **overrides)
-    heads, tags = {l: labeled_text(dataset, data_root, l) for l in labeled_sizes}, [s.tag for s in ABLATION_ROWS]
+    out, t0 = Path(out), time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run_grid(
+        ABLATION_ROWS,
+        labeled_sizes,
+        seeds,
+        dataset,
+        data_root,
+        out,
+        preset,
+        iterations,
+        device,
+        progress,
+        **overrides,
+    )
+    heads, tags = (
+        {l: labeled_text(dataset, data_root, l) for l in labeled_sizes},
+        [s.tag for s in ABLATION_ROWS],
+    )
     marks = {s.tag: ablation_marks(s) for s in ABLATION_ROWS}
     table_rows = [{**r, **marks[r["tag"]]} for r in pivot(rows, tags, labeled_sizes)]
     cols = ["l_con", "l_e", "l_c^sup", "l_c^pseudo", "l_c"]
-    write_table(out, "table2", table_rows, cols, ["ℓcon", "ℓe", "ℓc sup", "ℓc pseudo", "ℓc"], labeled_sizes, heads,
-                "Table 2: ablation", _caption(rows, seeds, "The first row is supervised training only.", data_name(dataset, data_root)))
-    plot_runs(rows, tags, {t: t.replace("ucpcl-", "").replace("ucpcl", "full") for t in tags}, heads,
-              f"Table 2 on {data_name(dataset, data_root)}").savefig(out / "table2.png", dpi=100)
-    _finish(out, "table2", rows, dict(labeled_sizes=list(labeled_sizes), seeds=list(seeds), dataset=dataset, preset=preset,
-                                      iterations=iterations, overrides=overrides), time.time() - t0)
+    write_table(
+        out,
+        "table2",
+        table_rows,
+        cols,
+        ["ℓcon", "ℓe", "ℓc sup", "ℓc pseudo", "ℓc"],
+        labeled_sizes,
+        heads,
+        "Table 2: ablation",
+        _caption(rows, seeds, "The first row is supervised training only.", data_name(dataset, data_root)),
+    )
+    plot_runs(
+        rows,
+        tags,
+        {t: t.replace("ucpcl-", "").replace("ucpcl", "full") for t in tags},
+        heads,
+        f"Table 2 on {data_name(dataset, data_root)}",
+    ).savefig(out / "table2.png", dpi=100)
+    _finish(
+        out,
+        "table2",
+        rows,
+        dict(
+            labeled_sizes=list(labeled_sizes),
+            seeds=list(seeds),
+            dataset=dataset,
+            preset=preset,
+            iterations=iterations,
+            overrides=overrides,
+        ),
+        time.time() - t0,
+    )
     return rows
 
 # %% ../nbs/14_compare.ipynb #f9d64bb2
-FEATURE_ROWS = tuple(RunSpec("ucpcl" if k == 2 else f"ucpcl-conv{k}", "ucpcl", {} if k == 2 else {"contrast_level": k}) for k in (1, 2, 3, 4))
+FEATURE_ROWS = tuple(
+    RunSpec("ucpcl" if k == 2 else f"ucpcl-conv{k}", "ucpcl", {} if k == 2 else {"contrast_level": k})
+    for k in (1, 2, 3, 4)
+)
 
-def feature_levels(labeled_sizes: Sequence[float] = (7,), seeds: Sequence[int] = (0,), dataset: str = "acdc", data_root: str | Path = "",
-                   out: str | Path = "compare", preset: str = "paper", iterations: int = 6000, device: str = "auto",
-                   progress: bool = False, **overrides) -> list[dict]:
+
+def feature_levels(
+    labeled_sizes: Sequence[float] = (7,),
+    seeds: Sequence[int] = (0,),
+    dataset: str = "acdc",
+    data_root: str | Path = "",
+    out: str | Path = "compare",
+    preset: str = "paper",
+    iterations: int = 6000,
+    device: str = "auto",
+    progress: bool = False,
+    **overrides,
+) -> list[dict]:
     "Table 3: train the method with the contrast on Conv1..Conv4 (resumable) and write table3.md/.csv/.png into `out`."
-    out, t0 = Path(out), time.time(); out.mkdir(parents=True, exist_ok=True)
-    rows = run_grid(FEATURE_ROWS, labeled_sizes, seeds, dataset, data_root, out, preset, iterations, device, progress, **overrides)
+    out, t0 = Path(out), time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run_grid(
+        FEATURE_ROWS,
+        labeled_sizes,
+        seeds,
+        dataset,
+        data_root,
+        out,
+        preset,
+        iterations,
+        device,
+        progress,
+        **overrides,
+    )
     size = overrides.get("img_size") or get_preset(preset).img_size
-    heads, tags = {l: labeled_text(dataset, data_root, l) for l in labeled_sizes}, [s.tag for s in FEATURE_ROWS]
-    info = {s.tag: {"feature": f"Conv{k}", "resolution": f"{size // STRIDES[k]}×{size // STRIDES[k]}"} for k, s in enumerate(FEATURE_ROWS, 1)}
-    write_table(out, "table3", [{**r, **info[r["tag"]]} for r in pivot(rows, tags, labeled_sizes)], ["feature", "resolution"],
-                ["Feature", "Resolution"], labeled_sizes, heads, "Table 3: feature level of the pixel contrast",
-                _caption(rows, seeds, "The paper's method with the projection head on Conv1..Conv4.", data_name(dataset, data_root)))
-    plot_runs(rows, tags, {t: info[t]["feature"] for t in tags}, heads, f"Table 3 on {data_name(dataset, data_root)}").savefig(out / "table3.png", dpi=100)
-    _finish(out, "table3", rows, dict(labeled_sizes=list(labeled_sizes), seeds=list(seeds), dataset=dataset, preset=preset,
-                                      iterations=iterations, overrides=overrides), time.time() - t0)
+    heads, tags = (
+        {l: labeled_text(dataset, data_root, l) for l in labeled_sizes},
+        [s.tag for s in FEATURE_ROWS],
+    )
+    info = {
+        s.tag: {"feature": f"Conv{k}", "resolution": f"{size // STRIDES[k]}×{size // STRIDES[k]}"}
+        for k, s in enumerate(FEATURE_ROWS, 1)
+    }
+    write_table(
+        out,
+        "table3",
+        [{**r, **info[r["tag"]]} for r in pivot(rows, tags, labeled_sizes)],
+        ["feature", "resolution"],
+        ["Feature", "Resolution"],
+        labeled_sizes,
+        heads,
+        "Table 3: feature level of the pixel contrast",
+        _caption(
+            rows,
+            seeds,
+            "The paper's method with the projection head on Conv1..Conv4.",
+            data_name(dataset, data_root),
+        ),
+    )
+    plot_runs(
+        rows,
+        tags,
+        {t: info[t]["feature"] for t in tags},
+        heads,
+        f"Table 3 on {data_name(dataset, data_root)}",
+    ).savefig(out / "table3.png", dpi=100)
+    _finish(
+        out,
+        "table3",
+        rows,
+        dict(
+            labeled_sizes=list(labeled_sizes),
+            seeds=list(seeds),
+            dataset=dataset,
+            preset=preset,
+            iterations=iterations,
+            overrides=overrides,
+        ),
+        time.time() - t0,
+    )
     return rows

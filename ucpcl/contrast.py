@@ -15,62 +15,86 @@ __all__ = ['MemoryQueue', 'pixel_info_nce', 'pixel_info_nce_loop']
 # %% ../nbs/03_contrast.ipynb #f557ffd6
 class MemoryQueue(nn.Module):
     "Per-class FIFO memory of L2-normalised pixel embeddings, the negatives and positives of Eq. 8."
-    def __init__(self, num_classes: int, # C: one queue per class
-                 dim: int, # D: dimension of the embeddings
-                 memory_size: int = 500, # slots per class
-                ):
+
+    def __init__(
+        self,
+        num_classes: int,  # C: one queue per class
+        dim: int,  # D: dimension of the embeddings
+        memory_size: int = 500,  # slots per class
+    ):
         super().__init__()
         for name, v in [("num_classes", num_classes), ("dim", dim), ("memory_size", memory_size)]:
-            if int(v) != v or v < 1: raise ValueError(f"MemoryQueue: {name} must be a positive int, got {v}")
+            if int(v) != v or v < 1:
+                raise ValueError(f"MemoryQueue: {name} must be a positive int, got {v}")
         self.num_classes, self.dim, self.memory_size = int(num_classes), int(dim), int(memory_size)
-        self.register_buffer("vectors", torch.zeros(num_classes, memory_size, dim))  # (C, S, D) stored unit vectors
+        self.register_buffer(
+            "vectors", torch.zeros(num_classes, memory_size, dim)
+        )  # (C, S, D) stored unit vectors
         self.register_buffer("ptr", torch.zeros(num_classes, dtype=torch.long))  # (C,) next slot to write
-        self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))  # (C,) filled slots, at most S
+        self.register_buffer(
+            "count", torch.zeros(num_classes, dtype=torch.long)
+        )  # (C,) filled slots, at most S
 
-    def __len__(self) -> int: return int(self.count.sum())
-    def extra_repr(self) -> str: return f"num_classes={self.num_classes}, dim={self.dim}, memory_size={self.memory_size}"
+    def __len__(self) -> int:
+        return int(self.count.sum())
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, dim={self.dim}, memory_size={self.memory_size}"
 
 # %% ../nbs/03_contrast.ipynb #30f3a68e
 @patch
 def _check_entries(self: MemoryQueue, vectors: Tensor, labels: Tensor, check: bool = True):
     "Raise a `ValueError` unless vectors are (N, dim) and labels (N,) class ids in -1..C-1."
     if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-        raise ValueError(f"vectors must be (N, {self.dim}) to match the queue's dim={self.dim}, got {tuple(vectors.shape)}")
+        raise ValueError(
+            f"vectors must be (N, {self.dim}) to match the queue's dim={self.dim}, got {tuple(vectors.shape)}"
+        )
     if labels.shape != vectors.shape[:1] or labels.is_floating_point():
-        raise ValueError(f"labels must be (N,) = ({vectors.shape[0]},) integer class ids, got {labels.dtype} of shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must be (N,) = ({vectors.shape[0]},) integer class ids, got {labels.dtype} of shape {tuple(labels.shape)}"
+        )
     if check and ((labels < -1) | (labels >= self.num_classes)).any():  # one host-device synchronisation
-        raise ValueError(f"labels hold class ids outside -1..{self.num_classes - 1}: the queue has num_classes={self.num_classes}")
+        raise ValueError(
+            f"labels hold class ids outside -1..{self.num_classes - 1}: the queue has num_classes={self.num_classes}"
+        )
 
 # %% ../nbs/03_contrast.ipynb #a97a5ff1
 @patch
-def push(self: MemoryQueue, vectors: Tensor, # (N, D) embeddings, e.g. this step's anchors
-         labels: Tensor, # (N,) their class ids; -1 entries are skipped
-         check: bool = True, # check the class ids (one host-device synchronisation)
-        ) -> MemoryQueue:
+def push(
+    self: MemoryQueue,
+    vectors: Tensor,  # (N, D) embeddings, e.g. this step's anchors
+    labels: Tensor,  # (N,) their class ids; -1 entries are skipped
+    check: bool = True,  # check the class ids (one host-device synchronisation)
+) -> MemoryQueue:
     "Enqueue detached, L2-normalised copies of `vectors` at the tail of their class's FIFO; the oldest drop out."
     self._check_entries(vectors, labels, check)
     C, S, D = self.vectors.shape
-    if len(labels) == 0: return self
+    if len(labels) == 0:
+        return self
     v, lab = F.normalize(vectors.detach().to(self.vectors), dim=1), labels.to(self.ptr.device).long()
     cls = torch.where((lab >= 0) & (lab < C), lab, C)  # -1 -> an extra class C that is never stored
     onehot = F.one_hot(cls, C + 1)  # (N, C + 1)
     arrived, rank = onehot.sum(0)[:C], (onehot.cumsum(0) - 1).gather(1, cls[:, None])[:, 0]
-    keep = (cls < C) & (rank >= arrived.index_select(0, cls.clamp(max=C - 1)) - S)  # the newest S of each class
+    keep = (cls < C) & (
+        rank >= arrived.index_select(0, cls.clamp(max=C - 1)) - S
+    )  # the newest S of each class
     slot = torch.where(keep, cls * S + (self.ptr.index_select(0, cls.clamp(max=C - 1)) + rank) % S, C * S)
     rows = torch.cat([self.vectors.reshape(C * S, D), self.vectors.new_zeros(1, D)]).index_put_((slot,), v)
     self.vectors.copy_(rows[:-1].view(C, S, D))
-    self.ptr.copy_((self.ptr + arrived) % S); self.count.copy_((self.count + arrived).clamp(max=S))
+    self.ptr.copy_((self.ptr + arrived) % S)
+    self.count.copy_((self.count + arrived).clamp(max=S))
     return self
 
 # %% ../nbs/03_contrast.ipynb #3315a851
 @patch
-def filled(self: MemoryQueue) -> Tensor: # (C, S) bool
+def filled(self: MemoryQueue) -> Tensor:  # (C, S) bool
     "Mask of the slots that hold a vector: slots never written are never used as entries."
     # the pointer starts at slot 0, so until a class is full its filled slots are 0..count-1
     return torch.arange(self.memory_size, device=self.count.device)[None] < self.count[:, None]
 
+
 @patch
-def entries(self: MemoryQueue) -> tuple[Tensor, Tensor]: # vectors (M, D) and class ids (M,)
+def entries(self: MemoryQueue) -> tuple[Tensor, Tensor]:  # vectors (M, D) and class ids (M,)
     "The filled slots as vectors (M, D) and class ids (M,), class by class, oldest first."
     C, S, D = self.vectors.shape
     # the oldest entry of class c sits count[c] slots behind the write pointer
@@ -82,46 +106,74 @@ def entries(self: MemoryQueue) -> tuple[Tensor, Tensor]: # vectors (M, D) and cl
 # %% ../nbs/03_contrast.ipynb #5926bdf4
 def _as_queue(queue: MemoryQueue | tuple[Tensor, Tensor], anchor_labels: Tensor) -> MemoryQueue:
     "A `MemoryQueue` as is; a pair (vectors (K, D), labels (K,), -1 = unused) as a temporary queue holding exactly those entries."
-    if isinstance(queue, MemoryQueue): return queue
+    if isinstance(queue, MemoryQueue):
+        return queue
     vectors, labels = queue
     if vectors.ndim != 2 or labels.shape != vectors.shape[:1] or labels.is_floating_point():
-        raise ValueError(f"queue must be a MemoryQueue or a pair (vectors (K, D), integer labels (K,)), got shapes {tuple(vectors.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"queue must be a MemoryQueue or a pair (vectors (K, D), integer labels (K,)), got shapes {tuple(vectors.shape)} and {tuple(labels.shape)}"
+        )
     known = labels[labels >= 0]
     # enough classes for every entry and every anchor, enough slots for the largest class
     C = 1 + max([0] + [int(x.max()) for x in (known, anchor_labels) if len(x)])
     S = max(1, int(torch.bincount(known, minlength=C).max()))
     return MemoryQueue(C, vectors.shape[1], S).to(vectors).push(vectors, labels)
 
-def _contrast_inputs(anchors: Tensor, anchor_labels: Tensor, queue: MemoryQueue | tuple[Tensor, Tensor], tau: float,
-                     check: bool = True) -> MemoryQueue:
+
+def _contrast_inputs(
+    anchors: Tensor,
+    anchor_labels: Tensor,
+    queue: MemoryQueue | tuple[Tensor, Tensor],
+    tau: float,
+    check: bool = True,
+) -> MemoryQueue:
     "Check the inputs of the loss, with a `ValueError` that names the fix; return the queue as a `MemoryQueue`."
-    if not tau > 0: raise ValueError(f"tau must be > 0 (the paper uses 0.07), got {tau}")
-    if anchors.ndim != 2: raise ValueError(f"anchors must be (N, D) embeddings, got shape {tuple(anchors.shape)}")
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0 (the paper uses 0.07), got {tau}")
+    if anchors.ndim != 2:
+        raise ValueError(f"anchors must be (N, D) embeddings, got shape {tuple(anchors.shape)}")
     if anchor_labels.shape != anchors.shape[:1] or anchor_labels.is_floating_point():
-        raise ValueError(f"anchor_labels must be (N,) = ({anchors.shape[0]},) integer class ids, got {anchor_labels.dtype} of shape {tuple(anchor_labels.shape)}")
+        raise ValueError(
+            f"anchor_labels must be (N,) = ({anchors.shape[0]},) integer class ids, got {anchor_labels.dtype} of shape {tuple(anchor_labels.shape)}"
+        )
     queue = _as_queue(queue, anchor_labels)
-    if anchors.shape[1] != queue.dim: raise ValueError(f"anchors must be (N, {queue.dim}) to match the queue's dim={queue.dim}, got {tuple(anchors.shape)}")
+    if anchors.shape[1] != queue.dim:
+        raise ValueError(
+            f"anchors must be (N, {queue.dim}) to match the queue's dim={queue.dim}, got {tuple(anchors.shape)}"
+        )
     if queue.vectors.device != anchors.device:
-        raise ValueError(f"the queue is on {queue.vectors.device} but the anchors are on {anchors.device}: move the queue with queue.to(device)")
-    if check and ((anchor_labels < 0) | (anchor_labels >= queue.num_classes)).any():  # one host-device synchronisation
-        raise ValueError(f"anchor_labels hold class ids outside 0..{queue.num_classes - 1}: anchors never carry -1 (sample_anchors drops ignored pixels)")
+        raise ValueError(
+            f"the queue is on {queue.vectors.device} but the anchors are on {anchors.device}: move the queue with queue.to(device)"
+        )
+    if (
+        check and ((anchor_labels < 0) | (anchor_labels >= queue.num_classes)).any()
+    ):  # one host-device synchronisation
+        raise ValueError(
+            f"anchor_labels hold class ids outside 0..{queue.num_classes - 1}: anchors never carry -1 (sample_anchors drops ignored pixels)"
+        )
     return queue
 
 # %% ../nbs/03_contrast.ipynb #5c4b9c6c
-def pixel_info_nce(anchors: Tensor, # (N, D) anchor embeddings v_i (normalised here)
-                   anchor_labels: Tensor, # (N,) their class ids
-                   queue: MemoryQueue | tuple[Tensor, Tensor], # the memory, or entries (K, D) with class ids (K,), -1 = unused
-                   tau: float = 0.07, # temperature
-                   check: bool = True, # check the class ids (one host-device synchronisation)
-                  ) -> Tensor: # scalar loss l_c
+def pixel_info_nce(
+    anchors: Tensor,  # (N, D) anchor embeddings v_i (normalised here)
+    anchor_labels: Tensor,  # (N,) their class ids
+    queue: MemoryQueue
+    | tuple[Tensor, Tensor],  # the memory, or entries (K, D) with class ids (K,), -1 = unused
+    tau: float = 0.07,  # temperature
+    check: bool = True,  # check the class ids (one host-device synchronisation)
+) -> Tensor:  # scalar loss l_c
     "Pixel contrastive loss l_c (Eq. 8-9): InfoNCE of every anchor against the queue, mean over positives, then anchors."
     queue = _contrast_inputs(anchors, anchor_labels, queue, tau, check)
     (C, S, D), lowest, filled = queue.vectors.shape, torch.finfo(anchors.dtype).min, queue.filled()
     # s = cos(v_i, v) / tau for every anchor i and every slot v, (N, C, S); unfilled slots get e^s = 0
-    s = ((F.normalize(anchors, dim=1) / tau) @ queue.vectors.to(anchors.dtype).reshape(C * S, D).T).view(-1, C, S)
+    s = ((F.normalize(anchors, dim=1) / tau) @ queue.vectors.to(anchors.dtype).reshape(C * S, D).T).view(
+        -1, C, S
+    )
     s = s.masked_fill(~filled, lowest)
     # Eq. 8 denominator, negative part, as a log: log sum_{v- in N_i} e^{s-}, per class, then over the classes != c_i
-    neg_lse = s.logsumexp(2).masked_fill(F.one_hot(anchor_labels, C).bool(), lowest).logsumexp(1, keepdim=True)
+    neg_lse = (
+        s.logsumexp(2).masked_fill(F.one_hot(anchor_labels, C).bool(), lowest).logsumexp(1, keepdim=True)
+    )
     # P_i: the slots of the anchor's own class, (N, S)
     s_pos, pos = s[torch.arange(len(s), device=s.device), anchor_labels], filled[anchor_labels]
     # Eq. 8 summand: -log(e^{s+} / (e^{s+} + sum e^{s-})) = softplus(d), d = log(sum e^{s-}) - s+
@@ -135,17 +187,19 @@ def pixel_info_nce(anchors: Tensor, # (N, D) anchor embeddings v_i (normalised h
     return (l_i * has).sum() / has.sum().clamp(min=1)
 
 # %% ../nbs/03_contrast.ipynb #b58608f7
-def pixel_info_nce_loop(anchors: Tensor, # (N, D) anchor embeddings
-                        anchor_labels: Tensor, # (N,) their class ids
-                        queue: MemoryQueue | tuple[Tensor, Tensor], # as in `pixel_info_nce`
-                        tau: float = 0.07, # temperature
-                       ) -> Tensor: # scalar loss l_c
+def pixel_info_nce_loop(
+    anchors: Tensor,  # (N, D) anchor embeddings
+    anchor_labels: Tensor,  # (N,) their class ids
+    queue: MemoryQueue | tuple[Tensor, Tensor],  # as in `pixel_info_nce`
+    tau: float = 0.07,  # temperature
+) -> Tensor:  # scalar loss l_c
     "Readable reference for `pixel_info_nce`: Eq. 8-9 with a Python loop over anchors; used by the tests and the benchmark."
     (keys, key_labels), losses = _contrast_inputs(anchors, anchor_labels, queue, tau).entries(), []
     for v_i, c in zip(F.normalize(anchors, dim=1), anchor_labels.tolist()):
         s = keys.to(v_i.dtype) @ v_i / tau  # cos(v_i, v) / tau for every entry v
         positives, negatives = s[key_labels == c], s[key_labels != c]
-        if len(positives) == 0: continue  # no positive: the anchor is left out of Eq. 9
+        if len(positives) == 0:
+            continue  # no positive: the anchor is left out of Eq. 9
         # Eq. 8: -1/|P_i| sum_{v+} log(e^{s+} / (e^{s+} + sum_{v-} e^{s-}))
         losses.append(-torch.log(positives.exp() / (positives.exp() + negatives.exp().sum())).mean())
     # Eq. 9: the mean over the anchors

@@ -20,30 +20,39 @@ def in_test() -> bool:
     "True when running under the test suite (`IN_TEST` set to a true value)."
     return os.environ.get("IN_TEST", "").strip().lower() not in ("", "0", "false", "no")
 
+
 def quick(full, short):
     "Return `short` under the test suite and `full` otherwise."
     return short if in_test() else full
 
 # %% ../nbs/00_core.ipynb #6ad0ef03
-_SCRATCH: list[tempfile.TemporaryDirectory] = []  # kept alive until exit, when each one's finalizer removes its folder
+_SCRATCH: list[
+    tempfile.TemporaryDirectory
+] = []  # kept alive until exit, when each one's finalizer removes its folder
 
-def scratch(prefix: str = "ucpcl-", # start of the folder's name
-           ) -> Path:
+
+def scratch(
+    prefix: str = "ucpcl-",  # start of the folder's name
+) -> Path:
     "A new empty temporary folder, removed with its contents when this Python process exits."
     d = tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True)
     _SCRATCH.append(d)
     return Path(d.name)
 
 # %% ../nbs/00_core.ipynb #93a9e76a
-def seed_everything(seed: int, # the seed for `random`, NumPy and PyTorch
-                    deterministic: bool = False, # also ask for deterministic kernels (slower on CUDA)
-                   ) -> torch.Generator:
+def seed_everything(
+    seed: int,  # the seed for `random`, NumPy and PyTorch
+    deterministic: bool = False,  # also ask for deterministic kernels (slower on CUDA)
+) -> torch.Generator:
     "Seed every random number generator that a training run touches; return a seeded `torch.Generator`."
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
     seed = int(seed)
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
-    if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -51,26 +60,34 @@ def seed_everything(seed: int, # the seed for `random`, NumPy and PyTorch
     return torch.Generator().manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #d40bb253
-def get_device(device: str | torch.device = "auto", # "auto", "cpu", "cuda", "cuda:1", "mps" or a `torch.device`
-              ) -> torch.device:
+def get_device(
+    device: str | torch.device = "auto",  # "auto", "cpu", "cuda", "cuda:1", "mps" or a `torch.device`
+) -> torch.device:
     "Resolve `device`; `auto` means CUDA, then MPS, then CPU."
-    if isinstance(device, torch.device): return device
+    if isinstance(device, torch.device):
+        return device
     if device == "auto":
-        if torch.cuda.is_available(): return torch.device("cuda")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
         mps = getattr(torch.backends, "mps", None)
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try: dev = torch.device(device)
+    try:
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here: use --device cpu or auto")
+        raise ValueError(
+            f"device {device!r} asked for, but CUDA is not available here: use --device cpu or auto"
+        )
     return dev
 
 # %% ../nbs/00_core.ipynb #56c51c29
 @dataclass(frozen=True)
 class Config:
     "Base for ucpcl's configurations: a frozen dataclass that round-trips through dicts and JSON."
-    def to_dict(self) -> dict: return asdict(self)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict):
@@ -88,9 +105,11 @@ class Config:
 @patch
 def save(self: Config, path: str | Path) -> Path:
     "Write the configuration as JSON to `path`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
     return path
+
 
 @patch(cls_method=True)
 def load(cls: Config, path: str | Path):

@@ -26,15 +26,20 @@ __all__ = ['init_convs', 'TwoNetworks', 'DeepCoTraining', 'CCTConfig', 'feature_
 def init_convs(net: nn.Module, scheme: str) -> nn.Module:
     "Re-initialise every convolution weight ('kaiming' or 'xavier' normal) and every BatchNorm to weight 1, bias 0."
     inits = {"kaiming": nn.init.kaiming_normal_, "xavier": nn.init.xavier_normal_}
-    if scheme not in inits: raise ValueError(f"unknown scheme {scheme!r}: use 'kaiming' or 'xavier'")
+    if scheme not in inits:
+        raise ValueError(f"unknown scheme {scheme!r}: use 'kaiming' or 'xavier'")
     for m in net.modules():
-        if isinstance(m, nn.Conv2d): inits[scheme](m.weight)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
+        if isinstance(m, nn.Conv2d):
+            inits[scheme](m.weight)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
     return net
 
 # %% ../nbs/13a_cotraining.ipynb #b04b9a7a
 class TwoNetworks(Baseline):
     "Two U-Nets with different initialisations (network 1: Kaiming, network 2: Xavier); network 1 predicts."
+
     def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig):
         super().__init__(cfg, model_cfg)
         self.model2 = plain_unet(model_cfg)
@@ -45,6 +50,7 @@ class TwoNetworks(Baseline):
 @register_method("dct")
 class DeepCoTraining(TwoNetworks):
     "Deep Co-Training (Qiao et al., ECCV 2018) with rotation views: network 2 sees G^k x and must agree with G^k f_1(x)."
+
     def training_step(self, batch: dict, iteration: int) -> dict:
         x, y, lb = batch["image"], batch["label"], self.lb
         x2, y2, k = random_rotation(x, y)  # the second view: each image (and its label) turned by its own k
@@ -61,6 +67,7 @@ class DeepCoTraining(TwoNetworks):
 @dataclass(frozen=True)
 class CCTConfig(BaselineConfig):
     "CCT: the shared ramp and the strength of the three feature perturbations of the auxiliary decoders."
+
     noise_range: float = 0.3  # feature noise z (1 + n), n ~ U(-r, r)
     dropout: float = 0.3  # probability of dropping one activation
     drop_range: tuple = (0.7, 0.9)  # salient-region drop: gamma ~ U(low, high) times the maximum attention
@@ -71,19 +78,25 @@ def _uniform(shape, low: float, high: float, like: Tensor, generator: torch.Gene
     u = torch.rand(shape, generator=generator, device=like.device if generator is None else generator.device)
     return (low + (high - low) * u).to(like)
 
+
 def feature_noise(f: Tensor, r: float = 0.3, generator: torch.Generator | None = None) -> Tensor:
     "Multiplicative noise f (1 + n), n ~ U(-r, r) of shape (C, h, w) shared by the batch."
     return f * (1 + _uniform(f.shape[1:], -r, r, f, generator))
 
+
 def feature_dropout(f: Tensor, p: float = 0.3, generator: torch.Generator | None = None) -> Tensor:
     "Dropout of single activations with probability p; the kept ones are scaled by 1 / (1 - p)."
-    if not 0 <= p < 1: raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     return f * (_uniform(f.shape, 0, 1, f, generator) >= p) / (1 - p)
 
 # %% ../nbs/13a_cotraining.ipynb #99c323fe
-def salient_dropout(f: Tensor, # (B, C, h, w) features
-                    low: float = 0.7, high: float = 0.9, # gamma ~ U(low, high), one per image
-                    generator: torch.Generator | None = None) -> Tensor:
+def salient_dropout(
+    f: Tensor,  # (B, C, h, w) features
+    low: float = 0.7,
+    high: float = 0.9,  # gamma ~ U(low, high), one per image
+    generator: torch.Generator | None = None,
+) -> Tensor:
     "Zero the most active region: the positions whose channel-mean activation exceeds gamma times its maximum."
     att = f.mean(1, keepdim=True)  # (B, 1, h, w) attention
     gamma = _uniform((f.shape[0], 1, 1, 1), low, high, f, generator)
@@ -93,7 +106,9 @@ def salient_dropout(f: Tensor, # (B, C, h, w) features
 @register_method("cct")
 class CrossConsistencyTraining(Baseline):
     "CCT (Ouali et al., CVPR 2020): auxiliary decoders on perturbed encoder features agree with the main decoder."
+
     hp = CCTConfig()
+
     def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig):
         super().__init__(cfg, model_cfg)
         ch, C = ENCODER_CHANNELS[model_cfg.encoder], model_cfg.num_classes
@@ -102,8 +117,11 @@ class CrossConsistencyTraining(Baseline):
     def perturb(self, feats: list[Tensor], j: int) -> list[Tensor]:
         "The encoder features as auxiliary decoder j sees them: feature noise, dropout, or salient-region drop."
         hp = self.hp
-        fn = (lambda f: feature_noise(f, hp.noise_range), lambda f: feature_dropout(f, hp.dropout),
-              lambda f: salient_dropout(f, *hp.drop_range))[j]
+        fn = (
+            lambda f: feature_noise(f, hp.noise_range),
+            lambda f: feature_dropout(f, hp.dropout),
+            lambda f: salient_dropout(f, *hp.drop_range),
+        )[j]
         return [fn(f) for f in feats]
 
 # %% ../nbs/13a_cotraining.ipynb #4eec9985
@@ -121,16 +139,22 @@ def training_step(self: CrossConsistencyTraining, batch: dict, iteration: int) -
     return {"loss": l_sup + w * l_con, "l_sup": l_sup, "l_con": l_con, "lambda_t": w}
 
 # %% ../nbs/13a_cotraining.ipynb #ff11cdad
-def cross_pseudo_labels(logits1: Tensor, logits2: Tensor, # (B, C, H, W) logits of the two networks
-                       ) -> tuple[Tensor, Tensor]: # (B, H, W) targets for network 1 and for network 2
+def cross_pseudo_labels(
+    logits1: Tensor,
+    logits2: Tensor,  # (B, C, H, W) logits of the two networks
+) -> tuple[Tensor, Tensor]:  # (B, H, W) targets for network 1 and for network 2
     "The hard pseudo labels of CPS: network 1 learns the argmax of network 2, and the reverse; no gradient."
-    if logits1.shape != logits2.shape: raise ValueError(f"the two networks' logits differ in shape: {tuple(logits1.shape)} vs {tuple(logits2.shape)}")
+    if logits1.shape != logits2.shape:
+        raise ValueError(
+            f"the two networks' logits differ in shape: {tuple(logits1.shape)} vs {tuple(logits2.shape)}"
+        )
     return logits2.detach().argmax(1), logits1.detach().argmax(1)
 
 # %% ../nbs/13a_cotraining.ipynb #488abef7
 @register_method("cps")
 class CrossPseudoSupervision(TwoNetworks):
     "CPS (Chen et al., CVPR 2021): each network is trained on the other's argmax pseudo labels of the unlabeled images."
+
     def training_step(self, batch: dict, iteration: int) -> dict:
         x, y, lb = batch["image"], batch["label"], self.lb
         p1, p2 = unet_logits(self.model, x), unet_logits(self.model2, x)
@@ -139,7 +163,9 @@ class CrossPseudoSupervision(TwoNetworks):
         # l_u of CPS: CE(f_1, argmax f_2) + CE(f_2, argmax f_1)
         l_con = F.cross_entropy(p1[lb:].float(), t1) + F.cross_entropy(p2[lb:].float(), t2)
         w, logs = self.weight(iteration), {}
-        if (m := batch.get("monitor_label")) is not None:  # monitoring only: how often network 2 teaches network 1 right
+        if (
+            m := batch.get("monitor_label")
+        ) is not None:  # monitoring only: how often network 2 teaches network 1 right
             known = m[lb:] >= 0
             logs["pl_acc"] = ((t1 == m[lb:]) & known).sum() / known.sum().clamp(min=1)
         return {"loss": l_sup + w * l_con, "l_sup": l_sup, "l_con": l_con, "lambda_t": w, **logs}

@@ -35,231 +35,356 @@ __all__ = ['MANIFEST', 'ACDC_LISTS', 'ACDC_PATIENTS_TO_SLICES', 'H5', 'DATASETS'
 class DataError(ValueError):
     "A data set on disk is missing, malformed or inconsistent; the message names the file and the problem."
 
+
 def _root(root: str | Path, what: str) -> Path:
     "`root` as a Path, or a `DataError` when it is not an existing folder."
     root = Path(root).expanduser()
-    if not root.is_dir(): raise DataError(f"{root}: {what} not found (no such folder)")
+    if not root.is_dir():
+        raise DataError(f"{root}: {what} not found (no such folder)")
     return root
+
 
 def read_list(path: str | Path) -> list[str]:
     "The names in a list file, one a line; a missing file or a repeated name raises a `DataError`."
     path = Path(path)
-    if not path.is_file(): raise DataError(f"{path}: list file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: list file not found")
     names = [s for line in path.read_text().splitlines() if (s := line.strip())]
     if dups := sorted(n for n, c in Counter(names).items() if c > 1):
         raise DataError(f"{path}: {len(dups)} name(s) listed twice, e.g. {dups[:3]}")
     return names
 
 # %% ../nbs/08_data.ipynb #b945f462
-def check_label(path: str | Path, # the file the label came from (named in errors)
-                shape: Sequence[int], # the image's shape
-                label: np.ndarray, # class ids, same shape
-                num_classes: int, # valid ids are 0..num_classes-1
-               ) -> np.ndarray:
+def check_label(
+    path: str | Path,  # the file the label came from (named in errors)
+    shape: Sequence[int],  # the image's shape
+    label: np.ndarray,  # class ids, same shape
+    num_classes: int,  # valid ids are 0..num_classes-1
+) -> np.ndarray:
     "The label as int64 after checking its shape against the image and its values against 0..num_classes-1."
     if tuple(label.shape) != tuple(shape):
         raise DataError(f"{path}: label shape {tuple(label.shape)} differs from image shape {tuple(shape)}")
-    if label.size and not np.issubdtype(label.dtype, np.integer) and not np.array_equal(label, np.round(label)):
-        raise DataError(f"{path}: label has non-integer values; class ids must be integers 0..{num_classes - 1}")
+    if (
+        label.size
+        and not np.issubdtype(label.dtype, np.integer)
+        and not np.array_equal(label, np.round(label))
+    ):
+        raise DataError(
+            f"{path}: label has non-integer values; class ids must be integers 0..{num_classes - 1}"
+        )
     if label.size and (label.min() < 0 or label.max() >= num_classes):
-        raise DataError(f"{path}: label values span {label.min()}..{label.max()}, expected class ids 0..{num_classes - 1}")
+        raise DataError(
+            f"{path}: label values span {label.min()}..{label.max()}, expected class ids 0..{num_classes - 1}"
+        )
     return label.astype(np.int64)
 
 # %% ../nbs/08_data.ipynb #4e6df50c
 MANIFEST = "manifest.json"
 
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     "SHA-256 hex digest of a file, read in 1 MiB chunks."
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while b := f.read(chunk): h.update(b)
+        while b := f.read(chunk):
+            h.update(b)
     return h.hexdigest()
 
-def write_manifest(root: str | Path, # the data set root; files are recorded relative to it
-                   files: Sequence[str | Path], # the files to record
-                   spacing: dict[str, Sequence[float]] | None = None, # volume name -> (z, y, x) voxel size in mm
-                   **extra, # more JSON-able entries, e.g. sources
-                  ) -> Path:
+
+def write_manifest(
+    root: str | Path,  # the data set root; files are recorded relative to it
+    files: Sequence[str | Path],  # the files to record
+    spacing: dict[str, Sequence[float]] | None = None,  # volume name -> (z, y, x) voxel size in mm
+    **extra,  # more JSON-able entries, e.g. sources
+) -> Path:
     "Write `ROOT/manifest.json`: the SHA-256 of each file and the spacing of each volume."
     root = Path(root).resolve()
     table = {Path(f).resolve().relative_to(root).as_posix(): sha256_file(f) for f in files}
-    doc = {"created_by": f"ucpcl {__version__}", "files": dict(sorted(table.items())), "spacing": spacing or {}, **extra}
+    doc = {
+        "created_by": f"ucpcl {__version__}",
+        "files": dict(sorted(table.items())),
+        "spacing": spacing or {},
+        **extra,
+    }
     (root / MANIFEST).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     return root / MANIFEST
 
 # %% ../nbs/08_data.ipynb #f5bdaf76
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
+
 def _sha_cached(path: Path) -> str:
     "SHA-256 of `path`, remembered in this process while its size and modification time are unchanged."
-    st = path.stat(); key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE: _SHA_CACHE[key] = sha256_file(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_file(path)
     return _SHA_CACHE[key]
+
 
 def read_manifest(root: str | Path) -> dict | None:
     "The parsed `ROOT/manifest.json`, or None when the root has none."
     p = Path(root) / MANIFEST
-    if not p.is_file(): return None
-    try: doc = json.loads(p.read_text())
-    except json.JSONDecodeError as e: raise DataError(f"{p}: not valid JSON ({e}); convert the release again to rewrite it") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict): raise DataError(f"{p}: has no 'files' table of SHA-256 digests")
+    if not p.is_file():
+        return None
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}: not valid JSON ({e}); convert the release again to rewrite it") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
+        raise DataError(f"{p}: has no 'files' table of SHA-256 digests")
     return doc
 
 # %% ../nbs/08_data.ipynb #e9a020fd
 def verify_manifest(root: str | Path, cache: bool = True) -> dict:
     "Check every file listed in `ROOT/manifest.json` against its SHA-256; a `DataError` names each mismatch."
-    root = Path(root); doc = read_manifest(root)
-    if doc is None: raise DataError(f"{root / MANIFEST}: manifest not found (convert_acdc writes one)")
+    root = Path(root)
+    doc = read_manifest(root)
+    if doc is None:
+        raise DataError(f"{root / MANIFEST}: manifest not found (convert_acdc writes one)")
     bad = []
     for rel, sha in doc["files"].items():
         p = root / rel
-        if not p.is_file(): bad.append(f"{p}: missing"); continue
-        if (got := _sha_cached(p) if cache else sha256_file(p)) != sha: bad.append(f"{p}: SHA-256 {got[:12]}..., manifest {sha[:12]}...")
+        if not p.is_file():
+            bad.append(f"{p}: missing")
+            continue
+        if (got := _sha_cached(p) if cache else sha256_file(p)) != sha:
+            bad.append(f"{p}: SHA-256 {got[:12]}..., manifest {sha[:12]}...")
     if bad:
-        raise DataError(f"{root / MANIFEST}: {len(bad)} of {len(doc['files'])} files differ from the manifest:\n  " + "\n  ".join(bad[:10])
-                        + ("\n  ..." if len(bad) > 10 else "") + "\nFix: convert the release again (ucpcl convert-acdc RAW OUT), or load with verify=False if the change is intended")
+        raise DataError(
+            f"{root / MANIFEST}: {len(bad)} of {len(doc['files'])} files differ from the manifest:\n  "
+            + "\n  ".join(bad[:10])
+            + ("\n  ..." if len(bad) > 10 else "")
+            + "\nFix: convert the release again (ucpcl convert-acdc RAW OUT), or load with verify=False if the change is intended"
+        )
     return doc
 
 # %% ../nbs/08_data.ipynb #46303fc3
 _PATIENT = re.compile(r"^(.+?)_frame\d+")
 ACDC_LISTS = ("train_slices", "train", "val", "test")
 
+
 def acdc_patient(name: str) -> str:
     "The patient of an ACDC volume or slice name: patient099_frame01_slice_15 -> patient099."
     if not (m := _PATIENT.match(name)):
-        raise DataError(f"cannot read the patient from {name!r}: ACDC names look like 'patient099_frame01' or 'patient099_frame01_slice_15'")
+        raise DataError(
+            f"cannot read the patient from {name!r}: ACDC names look like 'patient099_frame01' or 'patient099_frame01_slice_15'"
+        )
     return m[1]
 
 # %% ../nbs/08_data.ipynb #8332499d
-def check_no_overlap(groups: dict[str, Sequence[str]], # split name -> names in it
-                     key: Callable[[str], str] = str, # what must not repeat across splits, e.g. `acdc_patient`
-                     where: str | Path = "", # the folder or file named in the error
-                     level: str = "item", # what the key is, for the message: "patient", "image"
-                    ) -> None:
+def check_no_overlap(
+    groups: dict[str, Sequence[str]],  # split name -> names in it
+    key: Callable[[str], str] = str,  # what must not repeat across splits, e.g. `acdc_patient`
+    where: str | Path = "",  # the folder or file named in the error
+    level: str = "item",  # what the key is, for the message: "patient", "image"
+) -> None:
     "Raise a `DataError` when two splits share a patient or an image."
     sets = {g: {key(n) for n in names} for g, names in groups.items()}
     gs = list(sets)
     for i, a in enumerate(gs):
-        for b in gs[i + 1:]:
+        for b in gs[i + 1 :]:
             if both := sorted(sets[a] & sets[b]):
-                raise DataError(f"{where}: {len(both)} {level}(s) in both {a} and {b}, e.g. {both[:3]}; "
-                                f"a {level} must be in one split only: fix the split files or write them again")
+                raise DataError(
+                    f"{where}: {len(both)} {level}(s) in both {a} and {b}, e.g. {both[:3]}; "
+                    f"a {level} must be in one split only: fix the split files or write them again"
+                )
+
 
 def acdc_splits(root: str | Path) -> dict[str, list[str]]:
     "The four ACDC list files of `root`, checked that no patient is in two of train, val and test."
     root = _root(root, "ACDC root")
     lists = {k: read_list(root / f"{k}.list") for k in ACDC_LISTS}
-    check_no_overlap({"train": lists["train"] + lists["train_slices"], "val": lists["val"], "test": lists["test"]}, acdc_patient, root, "patient")
+    check_no_overlap(
+        {"train": lists["train"] + lists["train_slices"], "val": lists["val"], "test": lists["test"]},
+        acdc_patient,
+        root,
+        "patient",
+    )
     return lists
 
 # %% ../nbs/08_data.ipynb #0e2908ae
 ACDC_PATIENTS_TO_SLICES = {3: 68, 7: 136, 14: 256, 21: 396, 28: 512, 35: 664, 140: 1312}
 
-def acdc_labeled_names(root: str | Path, # preprocessed ACDC root
-                       labeled_patients: int | None = None, # whole patients, in list order (3 -> 68 slices on ACDC)
-                       labeled_slices: int | None = None, # or a number of slices: the first lines of train_slices.list
-                      ) -> list[str]:
+
+def acdc_labeled_names(
+    root: str | Path,  # preprocessed ACDC root
+    labeled_patients: int | None = None,  # whole patients, in list order (3 -> 68 slices on ACDC)
+    labeled_slices: int | None = None,  # or a number of slices: the first lines of train_slices.list
+) -> list[str]:
     "The labeled ACDC slices: the first lines of train_slices.list, as whole patients or as a count of slices."
-    if (labeled_patients is None) == (labeled_slices is None): raise ValueError("give exactly one of labeled_patients (e.g. 3 -> 68 slices on ACDC) and labeled_slices")
+    if (labeled_patients is None) == (labeled_slices is None):
+        raise ValueError(
+            "give exactly one of labeled_patients (e.g. 3 -> 68 slices on ACDC) and labeled_slices"
+        )
     n = labeled_slices if labeled_patients is None else labeled_patients
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"the labeled count must be a positive int, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the labeled count must be a positive int, got {n!r}")
     names, where = acdc_splits(root)["train_slices"], Path(root) / "train_slices.list"
     if labeled_slices is not None:
-        if n > len(names): raise DataError(f"{where}: asked for {n} labeled slices but the training set has {len(names)}")
+        if n > len(names):
+            raise DataError(f"{where}: asked for {n} labeled slices but the training set has {len(names)}")
         return names[:n]
-    patients = [acdc_patient(s) for s in names]; order = list(dict.fromkeys(patients))
-    if n > len(order): raise DataError(f"{where}: asked for {n} labeled patients but the training set has {len(order)}")
+    patients = [acdc_patient(s) for s in names]
+    order = list(dict.fromkeys(patients))
+    if n > len(order):
+        raise DataError(f"{where}: asked for {n} labeled patients but the training set has {len(order)}")
     k = patients.index(order[n]) if n < len(order) else len(names)  # first line of patient n+1
-    if late := sorted(set(patients[k:]) & set(order[:n])): raise DataError(f"{where}: slices of {late[0]} come after line {k}: the list is not grouped by patient; use labeled_slices")
+    if late := sorted(set(patients[k:]) & set(order[:n])):
+        raise DataError(
+            f"{where}: slices of {late[0]} come after line {k}: the list is not grouped by patient; use labeled_slices"
+        )
     return names[:k]
 
 # %% ../nbs/08_data.ipynb #c787df64
-def toy_acdc_release(out: str | Path, # folder to write
-                     patients: int = 4, # patient001 .. patientNNN
-                     shape: tuple[int, int, int] = (4, 32, 28), # (D, H, W) of each frame
-                     zooms: tuple[float, float, float] = (1.5, 1.25, 10.0), # voxel size (x, y, z) in mm, as NIfTI stores it
-                     seed: int = 0,
-                    ) -> Path:
+def toy_acdc_release(
+    out: str | Path,  # folder to write
+    patients: int = 4,  # patient001 .. patientNNN
+    shape: tuple[int, int, int] = (4, 32, 28),  # (D, H, W) of each frame
+    zooms: tuple[float, float, float] = (1.5, 1.25, 10.0),  # voxel size (x, y, z) in mm, as NIfTI stores it
+    seed: int = 0,
+) -> Path:
     "Write a tiny synthetic ACDC challenge release: two annotated NIfTI frames per patient and their _gt masks."
     rng, (D, H, W) = np.random.default_rng(seed), shape
     yy, xx = np.mgrid[:H, :W]
     for p in range(1, patients + 1):
-        folder = Path(out) / "training" / f"patient{p:03d}"; folder.mkdir(parents=True, exist_ok=True)
+        folder = Path(out) / "training" / f"patient{p:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
         for frame in (1, 7 + p):  # end diastole is frame 1, end systole a later frame (smaller cavity)
-            cy, cx, r = H / 2 + rng.uniform(-2, 2), W / 2 + rng.uniform(-1, 1), min(H, W) * (0.14 if frame == 1 else 0.11)
-            lab = np.select([np.hypot(yy - cy, xx - cx) < r, np.hypot(yy - cy, xx - cx) < 1.6 * r, np.hypot(yy - cy, xx - cx + 2.4 * r) < r], [3, 2, 1], 0)
+            cy, cx, r = (
+                H / 2 + rng.uniform(-2, 2),
+                W / 2 + rng.uniform(-1, 1),
+                min(H, W) * (0.14 if frame == 1 else 0.11),
+            )
+            lab = np.select(
+                [
+                    np.hypot(yy - cy, xx - cx) < r,
+                    np.hypot(yy - cy, xx - cx) < 1.6 * r,
+                    np.hypot(yy - cy, xx - cx + 2.4 * r) < r,
+                ],
+                [3, 2, 1],
+                0,
+            )
             lab = np.repeat(lab[None], D, 0).astype(np.uint8)  # (D, H, W)
             img = 300 + 200 * (lab == 3) + 100 * (lab == 1) - 150 * (lab == 2) + rng.normal(0, 40, lab.shape)
-            for arr, end in ((img.astype(np.int16), ""), (lab, "_gt")):  # NIfTI axes are (x, y, z) = (W, H, D)
-                nib.save(nib.Nifti1Image(arr.transpose(2, 1, 0), np.diag([*zooms, 1.0])), folder / f"patient{p:03d}_frame{frame:02d}{end}.nii.gz")
+            for arr, end in (
+                (img.astype(np.int16), ""),
+                (lab, "_gt"),
+            ):  # NIfTI axes are (x, y, z) = (W, H, D)
+                nib.save(
+                    nib.Nifti1Image(arr.transpose(2, 1, 0), np.diag([*zooms, 1.0])),
+                    folder / f"patient{p:03d}_frame{frame:02d}{end}.nii.gz",
+                )
     return Path(out)
 
 # %% ../nbs/08_data.ipynb #545b4a9f
 _FRAME = re.compile(r"^(patient\d+)_frame(\d+)\.nii(\.gz)?$")
 
-def find_acdc_release(raw: str | Path, # the release folder, searched at any depth
-                     ) -> dict[str, list[tuple[Path, Path]]]:
+
+def find_acdc_release(
+    raw: str | Path,  # the release folder, searched at any depth
+) -> dict[str, list[tuple[Path, Path]]]:
     "The annotated frames of an ACDC challenge release: {patient: [(image, mask), ...]} in frame order."
     raw, cases = _root(raw, "ACDC release folder"), {}
     for img in sorted(raw.rglob("patient*_frame*.nii*")):
-        if not (m := _FRAME.match(img.name)) or not (gt := img.with_name(f"{m[1]}_frame{m[2]}_gt.nii{m[3] or ''}")).is_file(): continue
+        if (
+            not (m := _FRAME.match(img.name))
+            or not (gt := img.with_name(f"{m[1]}_frame{m[2]}_gt.nii{m[3] or ''}")).is_file()
+        ):
+            continue
         frames = cases.setdefault(m[1], [])
-        if frames and frames[0][0].parent != img.parent: raise DataError(f"{img}: patient {m[1]} is also in {frames[0][0].parent}; keep one copy of each patient")
+        if frames and frames[0][0].parent != img.parent:
+            raise DataError(
+                f"{img}: patient {m[1]} is also in {frames[0][0].parent}; keep one copy of each patient"
+            )
         frames.append((img, gt))
-    if not cases: raise DataError(f"{raw}: no annotated ACDC frames; expected patientXXX/patientXXX_frameYY.nii.gz with patientXXX_frameYY_gt.nii.gz beside it")
+    if not cases:
+        raise DataError(
+            f"{raw}: no annotated ACDC frames; expected patientXXX/patientXXX_frameYY.nii.gz with patientXXX_frameYY_gt.nii.gz beside it"
+        )
     return {p: sorted(fs, key=lambda t: int(_FRAME.match(t[0].name)[2])) for p, fs in sorted(cases.items())}
 
 # %% ../nbs/08_data.ipynb #ac984ba0
-def minmax(x: np.ndarray, # any shape
-          ) -> np.ndarray:
+def minmax(
+    x: np.ndarray,  # any shape
+) -> np.ndarray:
     "Min-max normalisation to [0, 1] over the whole array, as float32; a constant array gives zeros."
     lo, hi = float(x.min()), float(x.max())
     # x' = (x - min x) / (max x - min x)
     return ((x - lo) / (hi - lo) if hi > lo else np.zeros(x.shape)).astype(np.float32)
 
-def load_nifti_case(image_path: Path, mask_path: Path, num_classes: int = 4) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+
+def load_nifti_case(
+    image_path: Path, mask_path: Path, num_classes: int = 4
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     "One frame as (D, H, W) arrays (image float64, mask uint8) and its voxel spacing in (z, y, x) order."
-    try: img, gt = nib.load(image_path), nib.load(mask_path); x, y = np.asarray(img.dataobj, np.float64), np.asarray(gt.dataobj)
-    except Exception as e: raise DataError(f"{image_path}: cannot be read as NIfTI together with {Path(mask_path).name} ({e})") from None
-    if x.ndim != 3: raise DataError(f"{image_path}: image has shape {x.shape}, expected a 3D frame (x, y, z)")
-    x, y = x.transpose(2, 1, 0), y.transpose(2, 1, 0) if y.ndim == 3 else y  # (x, y, z) -> (D, H, W) = (z, y, x)
+    try:
+        img, gt = nib.load(image_path), nib.load(mask_path)
+        x, y = np.asarray(img.dataobj, np.float64), np.asarray(gt.dataobj)
+    except Exception as e:
+        raise DataError(
+            f"{image_path}: cannot be read as NIfTI together with {Path(mask_path).name} ({e})"
+        ) from None
+    if x.ndim != 3:
+        raise DataError(f"{image_path}: image has shape {x.shape}, expected a 3D frame (x, y, z)")
+    x, y = (
+        x.transpose(2, 1, 0),
+        y.transpose(2, 1, 0) if y.ndim == 3 else y,
+    )  # (x, y, z) -> (D, H, W) = (z, y, x)
     spacing = tuple(float(s) for s in img.header.get_zooms()[:3][::-1])  # voxel size in (z, y, x) order
     return x, check_label(mask_path, x.shape, y, num_classes).astype(np.uint8), spacing
 
 # %% ../nbs/08_data.ipynb #91be90b6
 def _count(v: int | float, n: int, what: str) -> int:
     "A count given as an int, or as a fraction of n (rounded, at least 1)."
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0: raise ValueError(f"{what} must be a count or a fraction, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise ValueError(f"{what} must be a count or a fraction, got {v!r}")
     return v if isinstance(v, int) else max(1, round(v * n)) if v > 0 else 0
 
-def split_patients(patients: Sequence[str], # patient ids
-                   seed: int = 0,
-                   val: int | float = 0.1, # validation patients: a count, or a fraction
-                   test: int | float = 0.2, # test patients: a count, or a fraction
-                  ) -> dict[str, list[str]]:
+
+def split_patients(
+    patients: Sequence[str],  # patient ids
+    seed: int = 0,
+    val: int | float = 0.1,  # validation patients: a count, or a fraction
+    test: int | float = 0.2,  # test patients: a count, or a fraction
+) -> dict[str, list[str]]:
     "A seeded patient split: train in a seeded order (it decides the labeled patients), val and test sorted."
-    order = sorted(set(patients)); n = len(order)
+    order = sorted(set(patients))
+    n = len(order)
     nv, nt = _count(val, n, "val_patients"), _count(test, n, "test_patients")
-    if nv + nt >= n: raise ValueError(f"{n} patients cannot give {nv} validation and {nt} test patients and keep one for training")
+    if nv + nt >= n:
+        raise ValueError(
+            f"{n} patients cannot give {nv} validation and {nt} test patients and keep one for training"
+        )
     random.Random(seed).shuffle(order)
-    return dict(train=order[nv + nt:], val=sorted(order[:nv]), test=sorted(order[nv:nv + nt]))
+    return dict(train=order[nv + nt :], val=sorted(order[:nv]), test=sorted(order[nv : nv + nt]))
 
 # %% ../nbs/08_data.ipynb #a24fb9a4
 def _write_h5(path: Path, **arrays) -> Path:
     "Write arrays to an HDF5 file, gzip-compressed and without timestamps (equal inputs give equal bytes)."
-    tmp = path.with_name(path.name + ".tmp")  # then renamed: a reader holding the old file open is not disturbed
+    tmp = path.with_name(
+        path.name + ".tmp"
+    )  # then renamed: a reader holding the old file open is not disturbed
     with h5py.File(tmp, "w") as f:
-        for k, v in arrays.items(): f.create_dataset(k, data=v, compression="gzip" if np.ndim(v) > 1 else None, track_times=False)
+        for k, v in arrays.items():
+            f.create_dataset(k, data=v, compression="gzip" if np.ndim(v) > 1 else None, track_times=False)
     os.replace(tmp, path)
     return path
 
-def _convert_case(image_path: Path, mask_path: Path, out: Path, volume: str) -> tuple[list[Path], list[str], list[float]]:
+
+def _convert_case(
+    image_path: Path, mask_path: Path, out: Path, volume: str
+) -> tuple[list[Path], list[str], list[float]]:
     "Write one normalised frame as a volume file and its slice files; return the files, slice names and spacing."
     x, y, spacing = load_nifti_case(image_path, mask_path)
     x = minmax(x)  # normalised over the volume, then cut into slices
-    files = [_write_h5(out / "data" / f"{volume}.h5", image=x, label=y, spacing=np.asarray(spacing, np.float32))]
+    files = [
+        _write_h5(out / "data" / f"{volume}.h5", image=x, label=y, spacing=np.asarray(spacing, np.float32))
+    ]
     slices = [f"{volume}_slice_{k + 1}" for k in range(len(x))]
-    files += [_write_h5(out / "data" / "slices" / f"{s}.h5", image=x[k], label=y[k]) for k, s in enumerate(slices)]
+    files += [
+        _write_h5(out / "data" / "slices" / f"{s}.h5", image=x[k], label=y[k]) for k, s in enumerate(slices)
+    ]
     return files, slices, list(spacing)
 
 # %% ../nbs/08_data.ipynb #f9ef9286
@@ -269,29 +394,39 @@ def _acdc_lists(volumes: dict[str, list[str]], seed: int, val, test, lists_from)
         src = _root(lists_from, "folder with the list files")
         lists = {k: read_list(src / f"{k}.list") for k in ("train", "val", "test")}
         ts = src / "train_slices.list"
-        lists["train_slices"] = read_list(ts) if ts.is_file() else [s for v in lists["train"] for s in volumes.get(v, [])]
+        lists["train_slices"] = (
+            read_list(ts) if ts.is_file() else [s for v in lists["train"] for s in volumes.get(v, [])]
+        )
         return lists
     split = split_patients({acdc_patient(v) for v in volumes}, seed, val, test)
-    lists = {k: [v for p in split[k] for v in volumes if acdc_patient(v) == p] for k in ("train", "val", "test")}
+    lists = {
+        k: [v for p in split[k] for v in volumes if acdc_patient(v) == p] for k in ("train", "val", "test")
+    }
     return lists | {"train_slices": [s for v in lists["train"] for s in volumes[v]]}
+
 
 def _write_lists(out: Path, lists: dict[str, list[str]], volumes: dict[str, list[str]]) -> list[Path]:
     "Write the list files after checking that every name is a converted volume or slice."
     known = set(volumes) | {s for v in volumes.values() for s in v}
     for k, names in lists.items():
         if bad := [n for n in names if n not in known]:
-            raise DataError(f"{k}.list names {bad[:3]} ({len(bad)} in all) that the conversion did not produce; the lists must come from the same release")
+            raise DataError(
+                f"{k}.list names {bad[:3]} ({len(bad)} in all) that the conversion did not produce; the lists must come from the same release"
+            )
         (out / f"{k}.list").write_text("".join(n + "\n" for n in names))
     return [out / f"{k}.list" for k in lists]
 
 # %% ../nbs/08_data.ipynb #d0ce59fa
-def convert_acdc(raw: str | Path, # the challenge release: patientXXX/patientXXX_frameYY.nii.gz and _gt masks
-                 out: str | Path, # output root: data/, data/slices/, the four list files, manifest.json
-                 seed: int = 0, # seed of the patient split
-                 val_patients: int | float = 0.1, # a count, or a fraction of the patients
-                 test_patients: int | float = 0.2, # a count, or a fraction of the patients
-                 lists_from: str | Path | None = None, # a folder with train/val/test(.list) to reuse instead of a seeded split
-                ) -> Path:
+def convert_acdc(
+    raw: str | Path,  # the challenge release: patientXXX/patientXXX_frameYY.nii.gz and _gt masks
+    out: str | Path,  # output root: data/, data/slices/, the four list files, manifest.json
+    seed: int = 0,  # seed of the patient split
+    val_patients: int | float = 0.1,  # a count, or a fraction of the patients
+    test_patients: int | float = 0.2,  # a count, or a fraction of the patients
+    lists_from: str
+    | Path
+    | None = None,  # a folder with train/val/test(.list) to reuse instead of a seeded split
+) -> Path:
     "Convert the ACDC challenge release to the common preprocessed layout, with split lists and a manifest."
     raw, out = Path(raw).expanduser(), Path(out).expanduser()
     cases = find_acdc_release(raw)
@@ -301,7 +436,8 @@ def convert_acdc(raw: str | Path, # the challenge release: patientXXX/patientXXX
         for i, (img, gt) in enumerate(frames):  # frame01 = end diastole, frame02 = end systole
             vol = f"{patient}_frame{i + 1:02d}"
             fs, volumes[vol], spacing[vol] = _convert_case(img, gt, out, vol)
-            files += fs; sources[vol] = img.relative_to(raw).as_posix()
+            files += fs
+            sources[vol] = img.relative_to(raw).as_posix()
     files += _write_lists(out, _acdc_lists(volumes, seed, val_patients, test_patients, lists_from), volumes)
     write_manifest(out, files, spacing=spacing, sources=sources)
     acdc_splits(out)  # the result loads: every patient in one split
@@ -310,121 +446,187 @@ def convert_acdc(raw: str | Path, # the challenge release: patientXXX/patientXXX
 # %% ../nbs/08_data.ipynb #d8ca912e
 class H5Files:
     "The h5 files this process has open, at most `max_open`, least recently used closed first."
-    def __init__(self, max_open: int = 256): self.max_open, self.files, self.pid = max_open, OrderedDict(), os.getpid()
+
+    def __init__(self, max_open: int = 256):
+        self.max_open, self.files, self.pid = max_open, OrderedDict(), os.getpid()
 
     def get(self, path: Path) -> h5py.File:
-        if os.getpid() != self.pid: self.files, self.pid = OrderedDict(), os.getpid()  # a forked worker: the parent's handles are not ours
+        if os.getpid() != self.pid:
+            self.files, self.pid = (
+                OrderedDict(),
+                os.getpid(),
+            )  # a forked worker: the parent's handles are not ours
         st = os.stat(path)
         key = (str(path), st.st_mtime_ns, st.st_size)
-        if key in self.files: self.files.move_to_end(key); return self.files[key]
+        if key in self.files:
+            self.files.move_to_end(key)
+            return self.files[key]
         f = self.files[key] = h5py.File(path, "r")
-        while len(self.files) > self.max_open: self.files.popitem(last=False)[1].close()
+        while len(self.files) > self.max_open:
+            self.files.popitem(last=False)[1].close()
         return f
+
 
 H5 = H5Files()
 
 # %% ../nbs/08_data.ipynb #913194a4
-def read_h5(path: Path, # an ACDC slice or volume file
-            ndim: int, # 2 for slices (H, W), 3 for volumes (D, H, W)
-            labels: str = "required", # "required", "optional" (a file without `label` gives None) or "none" (not read)
-            num_classes: int = 4, # label values must be in 0..num_classes-1
-           ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def read_h5(
+    path: Path,  # an ACDC slice or volume file
+    ndim: int,  # 2 for slices (H, W), 3 for volumes (D, H, W)
+    labels: str = "required",  # "required", "optional" (a file without `label` gives None) or "none" (not read)
+    num_classes: int = 4,  # label values must be in 0..num_classes-1
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     "Image (float32), label (int64 or None) and the optional spacing of one ACDC h5 file; errors name the file."
     try:
         f = H5.get(Path(path))
         if "image" not in f or (labels == "required" and "label" not in f):
-            raise DataError(f"{path}: has datasets {sorted(f.keys())}, needs 'image' and 'label' of the same shape")
+            raise DataError(
+                f"{path}: has datasets {sorted(f.keys())}, needs 'image' and 'label' of the same shape"
+            )
         image, spacing = f["image"][()], f["spacing"][()] if "spacing" in f else None
         label = f["label"][()] if labels != "none" and "label" in f else None
-    except OSError as e: raise DataError(f"{path}: cannot be read as HDF5 ({e})") from None
-    if image.ndim != ndim: raise DataError(f"{path}: image has shape {image.shape}, expected {ndim} axes {'(H, W)' if ndim == 2 else '(D, H, W)'}")
-    return image.astype(np.float32, copy=False), None if label is None else check_label(path, image.shape, label, num_classes), spacing
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read as HDF5 ({e})") from None
+    if image.ndim != ndim:
+        raise DataError(
+            f"{path}: image has shape {image.shape}, expected {ndim} axes {'(H, W)' if ndim == 2 else '(D, H, W)'}"
+        )
+    return (
+        image.astype(np.float32, copy=False),
+        None if label is None else check_label(path, image.shape, label, num_classes),
+        spacing,
+    )
 
 # %% ../nbs/08_data.ipynb #0773ff26
 def _existing(paths: list[Path], what: str, source: str) -> list[Path]:
     "`paths`, or a `DataError` naming the first missing one and where its name came from."
     if missing := [p for p in paths if not p.is_file()]:
-        raise DataError(f"{missing[0]}: {what} not found ({len(missing)} of {len(paths)} missing), named in {source}")
+        raise DataError(
+            f"{missing[0]}: {what} not found ({len(missing)} of {len(paths)} missing), named in {source}"
+        )
     return paths
+
 
 def _pack(image: Tensor, label: Tensor | None, name: str, transform: Callable | None) -> dict:
     "One item: dict(image, label, name, has_label); no label gives a mask of -1 after the transform."
     has = label is not None
-    if label is None: label = torch.zeros(image.shape[-2:], dtype=torch.long)
-    if transform is not None: image, label = transform(image, label)
+    if label is None:
+        label = torch.zeros(image.shape[-2:], dtype=torch.long)
+    if transform is not None:
+        image, label = transform(image, label)
     return dict(image=image, label=label if has else torch.full_like(label, -1), name=name, has_label=has)
 
 # %% ../nbs/08_data.ipynb #415af946
 class ACDCSlices(Dataset):
     "ACDC 2D slices ROOT/data/slices/NAME.h5 as dict(image (1, H, W), label (H, W), name, has_label)."
-    def __init__(self, root: str | Path, # preprocessed ACDC root
-                 names: Sequence[str] | None = None, # slice names; None = all of train_slices.list
-                 transform: Callable | None = None, # (image, label) -> (image, label), e.g. `train_transform(224, rgb=False)`
-                 with_labels: bool = True, # False: masks are never read, labels are all -1
-                 optional_labels: bool = False, # True: a file without `label` gives -1s instead of an error
-                 num_classes: int = 4, # 0 background, 1 RV, 2 myocardium, 3 LV
-                 verify: bool = True, # check ROOT/manifest.json when there is one
-                ):
+
+    def __init__(
+        self,
+        root: str | Path,  # preprocessed ACDC root
+        names: Sequence[str] | None = None,  # slice names; None = all of train_slices.list
+        transform: Callable
+        | None = None,  # (image, label) -> (image, label), e.g. `train_transform(224, rgb=False)`
+        with_labels: bool = True,  # False: masks are never read, labels are all -1
+        optional_labels: bool = False,  # True: a file without `label` gives -1s instead of an error
+        num_classes: int = 4,  # 0 background, 1 RV, 2 myocardium, 3 LV
+        verify: bool = True,  # check ROOT/manifest.json when there is one
+    ):
         lists, self.root = acdc_splits(root), Path(root)
-        if verify and read_manifest(self.root) is not None: verify_manifest(self.root)
+        if verify and read_manifest(self.root) is not None:
+            verify_manifest(self.root)
         self.names = list(lists["train_slices"] if names is None else names)
-        self.paths = _existing([self.root / "data" / "slices" / f"{n}.h5" for n in self.names], "slice file", "train_slices.list" if names is None else "the names given")
+        self.paths = _existing(
+            [self.root / "data" / "slices" / f"{n}.h5" for n in self.names],
+            "slice file",
+            "train_slices.list" if names is None else "the names given",
+        )
         self.labels = "none" if not with_labels else "optional" if optional_labels else "required"
         self.transform, self.num_classes = transform, num_classes
 
-    def __len__(self): return len(self.paths)
+    def __len__(self):
+        return len(self.paths)
 
 # %% ../nbs/08_data.ipynb #ec53a2d6
 @patch
 def __getitem__(self: ACDCSlices, i: int) -> dict:
     image, label, _ = read_h5(self.paths[i], 2, self.labels, self.num_classes)
-    return _pack(torch.from_numpy(image)[None], None if label is None else torch.from_numpy(label), self.names[i], self.transform)
+    return _pack(
+        torch.from_numpy(image)[None],
+        None if label is None else torch.from_numpy(label),
+        self.names[i],
+        self.transform,
+    )
 
 # %% ../nbs/08_data.ipynb #24f3ab75
 class ACDCVolumes(Dataset):
     "Whole ACDC volumes ROOT/data/NAME.h5 of one split: dict(image (D, H, W), label (D, H, W), name, spacing (3,) or None)."
-    def __init__(self, root: str | Path, # preprocessed ACDC root
-                 split: str = "val", # "val", "test" (or "train")
-                 num_classes: int = 4,
-                 verify: bool = True, # check ROOT/manifest.json when there is one
-                ):
-        if split not in ("train", "val", "test"): raise ValueError(f"unknown split {split!r}: use 'val', 'test' or 'train'")
+
+    def __init__(
+        self,
+        root: str | Path,  # preprocessed ACDC root
+        split: str = "val",  # "val", "test" (or "train")
+        num_classes: int = 4,
+        verify: bool = True,  # check ROOT/manifest.json when there is one
+    ):
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}: use 'val', 'test' or 'train'")
         lists, self.root, self.split, self.num_classes = acdc_splits(root), Path(root), split, num_classes
         manifest = read_manifest(self.root)
-        if verify and manifest is not None: verify_manifest(self.root)
+        if verify and manifest is not None:
+            verify_manifest(self.root)
         self._spacing = (manifest or {}).get("spacing", {})
         self.names = lists[split]
-        self.paths = _existing([self.root / "data" / f"{n}.h5" for n in self.names], "volume file", f"{split}.list")
+        self.paths = _existing(
+            [self.root / "data" / f"{n}.h5" for n in self.names], "volume file", f"{split}.list"
+        )
 
-    def __len__(self): return len(self.paths)
+    def __len__(self):
+        return len(self.paths)
 
 # %% ../nbs/08_data.ipynb #b54707f5
 @patch
 def __getitem__(self: ACDCVolumes, i: int) -> dict:
     path, name = self.paths[i], self.names[i]
     image, label, spacing = read_h5(path, 3, "required", self.num_classes)
-    if spacing is None: spacing = self._spacing.get(name)  # the file's own spacing first, then the manifest's
+    if spacing is None:
+        spacing = self._spacing.get(name)  # the file's own spacing first, then the manifest's
     if spacing is not None:
         spacing = np.asarray(spacing, np.float32)
-        if spacing.shape != (3,) or not (spacing > 0).all(): raise DataError(f"{path}: spacing {spacing.tolist()} is not three positive voxel sizes (z, y, x)")
-    return dict(image=torch.from_numpy(image), label=torch.from_numpy(label), name=name,
-                spacing=None if spacing is None else torch.from_numpy(spacing))
+        if spacing.shape != (3,) or not (spacing > 0).all():
+            raise DataError(f"{path}: spacing {spacing.tolist()} is not three positive voxel sizes (z, y, x)")
+    return dict(
+        image=torch.from_numpy(image),
+        label=torch.from_numpy(label),
+        name=name,
+        spacing=None if spacing is None else torch.from_numpy(spacing),
+    )
 
 # %% ../nbs/08_data.ipynb #6bce8cf9
 _ISIC_IMAGE, _ISIC_MASK = re.compile(r"^(ISIC_\d+)\.jpe?g$"), re.compile(r"^(ISIC_\d+)_segmentation\.png$")
 
-def isic_index(root: str | Path, # the official two folders inside, or one folder with images and masks
-              ) -> dict[str, tuple[Path, Path | None]]:
+
+def isic_index(
+    root: str | Path,  # the official two folders inside, or one folder with images and masks
+) -> dict[str, tuple[Path, Path | None]]:
     "Pair ISIC 2018 images with their masks: {name: (jpg, png or None)}, sorted by name."
     root = _root(root, "ISIC root")
     inp = sorted(d for d in root.iterdir() if d.is_dir() and d.name.endswith("Training_Input"))
     gt = sorted(d for d in root.iterdir() if d.is_dir() and d.name.endswith("Training_GroundTruth"))
-    if len(inp) > 1 or len(gt) > 1: raise DataError(f"{root}: several image or mask folders {[d.name for d in inp + gt]}; keep one of each")
+    if len(inp) > 1 or len(gt) > 1:
+        raise DataError(
+            f"{root}: several image or mask folders {[d.name for d in inp + gt]}; keep one of each"
+        )
     img_dir, mask_dir = (inp or [root])[0], (gt or [root])[0]
     images = {m[1]: p for p in img_dir.iterdir() if (m := _ISIC_IMAGE.match(p.name))}
     masks = {m[1]: p for p in mask_dir.iterdir() if (m := _ISIC_MASK.match(p.name))}
-    if not images: raise DataError(f"{img_dir}: no ISIC_XXXXXXX.jpg images; use ISIC2018_Task1-2_Training_Input/ and ISIC2018_Task1_Training_GroundTruth/, or one folder with both")
-    if orphans := sorted(set(masks) - set(images)): raise DataError(f"{masks[orphans[0]]}: mask without its image {orphans[0]}.jpg in {img_dir} ({len(orphans)} such masks)")
+    if not images:
+        raise DataError(
+            f"{img_dir}: no ISIC_XXXXXXX.jpg images; use ISIC2018_Task1-2_Training_Input/ and ISIC2018_Task1_Training_GroundTruth/, or one folder with both"
+        )
+    if orphans := sorted(set(masks) - set(images)):
+        raise DataError(
+            f"{masks[orphans[0]]}: mask without its image {orphans[0]}.jpg in {img_dir} ({len(orphans)} such masks)"
+        )
     return {n: (images[n], masks.get(n)) for n in sorted(images)}
 
 # %% ../nbs/08_data.ipynb #1a1ea65d
@@ -433,50 +635,77 @@ def _draft_size(full: tuple[int, int], min_side: int) -> tuple[int, int]:
     k = min_side / min(full)
     return (max(1, math.ceil(full[1] * k)), max(1, math.ceil(full[0] * k)))
 
-def read_image(path: Path, mode: str = "RGB",
-               min_side: int | None = None, # JPEG only: decode at a reduced scale whose shorter side is >= min_side
-              ) -> tuple[Tensor, tuple[int, int]]:
+
+def read_image(
+    path: Path,
+    mode: str = "RGB",
+    min_side: int | None = None,  # JPEG only: decode at a reduced scale whose shorter side is >= min_side
+) -> tuple[Tensor, tuple[int, int]]:
     "Decode an image file to a uint8 tensor (C, H, W) (RGB or L) and its full size (H, W); unreadable files raise a `DataError`."
     try:
         with Image.open(path) as im:
             full = (im.height, im.width)
-            if min_side and im.format == "JPEG" and min(full) > min_side: im.draft(mode, _draft_size(full, min_side))
+            if min_side and im.format == "JPEG" and min(full) > min_side:
+                im.draft(mode, _draft_size(full, min_side))
             a = np.array(im.convert(mode))
-    except (OSError, ValueError, SyntaxError) as e: raise DataError(f"{path}: cannot be decoded as an image ({e})") from None
-    return (torch.from_numpy(a).permute(2, 0, 1).contiguous() if a.ndim == 3 else torch.from_numpy(a)[None]), full
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: cannot be decoded as an image ({e})") from None
+    return (
+        torch.from_numpy(a).permute(2, 0, 1).contiguous() if a.ndim == 3 else torch.from_numpy(a)[None]
+    ), full
 
 # %% ../nbs/08_data.ipynb #1ba3b2da
-def read_binary_mask(path: Path, shape: Sequence[int], # the mask file; its image's full size (H, W)
-                     out_shape: Sequence[int] | None = None, # the size the image was decoded at, if reduced
-                    ) -> Tensor:
+def read_binary_mask(
+    path: Path,
+    shape: Sequence[int],  # the mask file; its image's full size (H, W)
+    out_shape: Sequence[int] | None = None,  # the size the image was decoded at, if reduced
+) -> Tensor:
     "A binary lesion mask (H, W) int64 in {0, 1} from a PNG with values 0 and one positive level, at out_shape (nearest)."
     m = read_image(path, "L")[0][0]
-    if tuple(m.shape) != tuple(shape): raise DataError(f"{path}: mask is {tuple(m.shape)} but its image is {tuple(shape)} (H, W)")
-    if ((m != 0) & (m != m.max())).any(): raise DataError(f"{path}: mask has more than two values ({m.unique()[:5].tolist()}...); ISIC masks are binary, 0 and 255")
+    if tuple(m.shape) != tuple(shape):
+        raise DataError(f"{path}: mask is {tuple(m.shape)} but its image is {tuple(shape)} (H, W)")
+    if ((m != 0) & (m != m.max())).any():
+        raise DataError(
+            f"{path}: mask has more than two values ({m.unique()[:5].tolist()}...); ISIC masks are binary, 0 and 255"
+        )
     m = (m > 0).long()
     if out_shape is not None and tuple(out_shape) != tuple(shape):
-        m = torch.nn.functional.interpolate(m[None, None].float(), size=tuple(out_shape), mode="nearest")[0, 0].long()
+        m = torch.nn.functional.interpolate(m[None, None].float(), size=tuple(out_shape), mode="nearest")[
+            0, 0
+        ].long()
     return m
 
 # %% ../nbs/08_data.ipynb #27ad5704
 class ISICImages(Dataset):
     "ISIC 2018 images and lesion masks: dict(image (3, H, W) in [0, 1], label (H, W) in {0, 1} or all -1, name, has_label)."
-    def __init__(self, root: str | Path, # ISIC root (see `isic_index`)
-                 names: Sequence[str] | None = None, # image names ISIC_XXXXXXX; None = every image
-                 transform: Callable | None = None, # (image, label) -> (image, label); images vary in size, so resize here
-                 with_labels: bool = True, # False: masks are never read, labels are all -1
-                 optional_labels: bool = False, # True: an image without a mask gives -1s instead of an error
-                 min_side: int | None = None, # decode JPEGs at a reduced scale keeping the shorter side >= min_side
-                ):
+
+    def __init__(
+        self,
+        root: str | Path,  # ISIC root (see `isic_index`)
+        names: Sequence[str] | None = None,  # image names ISIC_XXXXXXX; None = every image
+        transform: Callable
+        | None = None,  # (image, label) -> (image, label); images vary in size, so resize here
+        with_labels: bool = True,  # False: masks are never read, labels are all -1
+        optional_labels: bool = False,  # True: an image without a mask gives -1s instead of an error
+        min_side: int | None = None,  # decode JPEGs at a reduced scale keeping the shorter side >= min_side
+    ):
         index, self.root, self.min_side = isic_index(root), Path(root), min_side
         self.names = list(index if names is None else names)
-        if bad := [n for n in self.names if n not in index]: raise DataError(f"{self.root}: no image {bad[0]}.jpg ({len(bad)} of the names given have none)")
+        if bad := [n for n in self.names if n not in index]:
+            raise DataError(f"{self.root}: no image {bad[0]}.jpg ({len(bad)} of the names given have none)")
         self.items = [(n, *index[n]) for n in self.names]
-        if with_labels and not optional_labels and (nomask := [(n, p) for n, p, m in self.items if m is None]):
-            raise DataError(f"{nomask[0][1]}: no mask {nomask[0][0]}_segmentation.png for this labeled image ({len(nomask)} without masks)")
+        if (
+            with_labels
+            and not optional_labels
+            and (nomask := [(n, p) for n, p, m in self.items if m is None])
+        ):
+            raise DataError(
+                f"{nomask[0][1]}: no mask {nomask[0][0]}_segmentation.png for this labeled image ({len(nomask)} without masks)"
+            )
         self.transform, self.with_labels = transform, with_labels
 
-    def __len__(self): return len(self.items)
+    def __len__(self):
+        return len(self.items)
 
 # %% ../nbs/08_data.ipynb #76fd563a
 @patch
@@ -492,54 +721,82 @@ def isic_val_count(n: int) -> int:
     "Validation images out of n: ceil(0.3 n), which gives the paper's 779 of 2594."
     return -(-3 * n // 10)
 
-def labeled_count(labeled: int | float, # a number of images, or a fraction in (0, 1]
-                  n: int, # training images
-                  where: str | Path = "", # the file named in errors
-                 ) -> int:
+
+def labeled_count(
+    labeled: int | float,  # a number of images, or a fraction in (0, 1]
+    n: int,  # training images
+    where: str | Path = "",  # the file named in errors
+) -> int:
     "Labeled images: an int as given, a fraction f as f n rounded with ties down (1815 images: 0.05 -> 91, 0.1 -> 181)."
-    if isinstance(labeled, bool) or not isinstance(labeled, (int, float)) or labeled <= 0: raise ValueError(f"labeled must be a positive count or a fraction in (0, 1], got {labeled!r}")
+    if isinstance(labeled, bool) or not isinstance(labeled, (int, float)) or labeled <= 0:
+        raise ValueError(f"labeled must be a positive count or a fraction in (0, 1], got {labeled!r}")
     if isinstance(labeled, float):
-        if labeled > 1: raise ValueError(f"a labeled fraction must be in (0, 1], got {labeled}; give an int for a count")
+        if labeled > 1:
+            raise ValueError(f"a labeled fraction must be in (0, 1], got {labeled}; give an int for a count")
         labeled = math.ceil(Fraction(repr(labeled)) * n - Fraction(1, 2))  # nearest, ties down
-    if labeled > n: raise DataError(f"{where}: asked for {labeled} labeled images but the training split has {n}")
+    if labeled > n:
+        raise DataError(f"{where}: asked for {labeled} labeled images but the training split has {n}")
     return labeled
 
 # %% ../nbs/08_data.ipynb #e301ff9f
 def _write_names(path: Path, names: Sequence[str]):
-    path.parent.mkdir(parents=True, exist_ok=True); path.write_text("".join(n + "\n" for n in names))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(n + "\n" for n in names))
+
 
 def _write_isic_split(index: dict, d: Path, seed: int):
     "Draw train/val from the images that have masks; test is the validation set; train.txt last (it marks completion)."
     pool = sorted(n for n, (_, m) in index.items() if m is not None)
-    if len(pool) < 2: raise DataError(f"{d}: {len(pool)} image(s) with masks, too few to split into train and validation")
-    random.Random(seed).shuffle(pool); nv = isic_val_count(len(pool))
-    _write_names(d / "val.txt", sorted(pool[:nv])); _write_names(d / "test.txt", sorted(pool[:nv])); _write_names(d / "train.txt", pool[nv:])
+    if len(pool) < 2:
+        raise DataError(f"{d}: {len(pool)} image(s) with masks, too few to split into train and validation")
+    random.Random(seed).shuffle(pool)
+    nv = isic_val_count(len(pool))
+    _write_names(d / "val.txt", sorted(pool[:nv]))
+    _write_names(d / "test.txt", sorted(pool[:nv]))
+    _write_names(d / "train.txt", pool[nv:])
+
 
 def _check_isic_split(split: dict[str, list[str]], index: dict, d: Path):
     "Every name is an indexed image, labeled/val/test images have masks, and no image is in two splits."
     for k, names in split.items():
-        if bad := [n for n in names if n not in index]: raise DataError(f"{d / k}.txt: names {bad[:3]} have no image under the ISIC root ({len(bad)} in all)")
+        if bad := [n for n in names if n not in index]:
+            raise DataError(
+                f"{d / k}.txt: names {bad[:3]} have no image under the ISIC root ({len(bad)} in all)"
+            )
         if k != "unlabeled" and (nomask := [n for n in names if index[n][1] is None]):
-            raise DataError(f"{index[nomask[0]][0]}: no mask {nomask[0]}_segmentation.png, but it is in {k}.txt; labeled, val and test images need masks")
-    held = {"val": split["val"]} if set(split["test"]) == set(split["val"]) else {"val": split["val"], "test": split["test"]}
+            raise DataError(
+                f"{index[nomask[0]][0]}: no mask {nomask[0]}_segmentation.png, but it is in {k}.txt; labeled, val and test images need masks"
+            )
+    held = (
+        {"val": split["val"]}
+        if set(split["test"]) == set(split["val"])
+        else {"val": split["val"], "test": split["test"]}
+    )
     check_no_overlap({"train": split["train"], **held}, where=d, level="image")
-    if "labeled" in split: check_no_overlap({"labeled": split["labeled"], "unlabeled": split["unlabeled"], **held}, where=d, level="image")
+    if "labeled" in split:
+        check_no_overlap(
+            {"labeled": split["labeled"], "unlabeled": split["unlabeled"], **held}, where=d, level="image"
+        )
 
 # %% ../nbs/08_data.ipynb #9505a9df
-def isic_split(root: str | Path, # ISIC root
-               seed: int = 0, # the split's seed; the files go to ROOT/splits/seed<seed>/
-               labeled: int | float | None = None, # labeled images (count or fraction); None: train/val/test only
-               splits_dir: str | Path | None = None, # where the split files live, if not under the root
-              ) -> dict[str, list[str]]:
+def isic_split(
+    root: str | Path,  # ISIC root
+    seed: int = 0,  # the split's seed; the files go to ROOT/splits/seed<seed>/
+    labeled: int | float | None = None,  # labeled images (count or fraction); None: train/val/test only
+    splits_dir: str | Path | None = None,  # where the split files live, if not under the root
+) -> dict[str, list[str]]:
     "The seeded ISIC split: train, val, test (and labeled, unlabeled), written once, read back and checked on every call."
     index = isic_index(root)
     d = Path(splits_dir) if splits_dir is not None else Path(root) / "splits" / f"seed{seed}"
-    if not (d / "train.txt").is_file(): _write_isic_split(index, d, seed)
+    if not (d / "train.txt").is_file():
+        _write_isic_split(index, d, seed)
     split = {k: read_list(d / f"{k}.txt") for k in ("train", "val", "test")}
     if labeled is not None:
         n = labeled_count(labeled, len(split["train"]), d / "train.txt")
         if not (d / f"labeled_{n}.txt").is_file():
-            _write_names(d / f"unlabeled_{n}.txt", split["train"][n:] + [k for k, (_, m) in index.items() if m is None])
+            _write_names(
+                d / f"unlabeled_{n}.txt", split["train"][n:] + [k for k, (_, m) in index.items() if m is None]
+            )
             _write_names(d / f"labeled_{n}.txt", split["train"][:n])
         split |= {k: read_list(d / f"{k}_{n}.txt") for k in ("labeled", "unlabeled")}
     _check_isic_split(split, index, d)
@@ -548,20 +805,36 @@ def isic_split(root: str | Path, # ISIC root
 # %% ../nbs/08_data.ipynb #8727d044
 class TwoStreamBatchSampler(Sampler[list[int]]):
     "Batches of labeled_bs labeled indices then batch_size - labeled_bs unlabeled ones; the labeled stream cycles on its own."
-    def __init__(self, labeled_idx: Sequence[int], # data set indices of labeled items
-                 unlabeled_idx: Sequence[int], # data set indices of unlabeled items
-                 batch_size: int, # items per batch, e.g. 16
-                 labeled_bs: int, # labeled items per batch, e.g. 8
-                 seed: int = 0,
-                ):
-        self.labeled_idx, self.unlabeled_idx = [int(i) for i in labeled_idx], [int(i) for i in unlabeled_idx]
-        if not 0 < labeled_bs < batch_size: raise ValueError(f"labeled_bs must be in 1..batch_size-1, got {labeled_bs} of {batch_size}")
-        if len(self.labeled_idx) < labeled_bs: raise ValueError(f"{len(self.labeled_idx)} labeled items cannot fill labeled_bs={labeled_bs}")
-        if len(self.unlabeled_idx) < batch_size - labeled_bs: raise ValueError(f"{len(self.unlabeled_idx)} unlabeled items cannot fill one batch of {batch_size - labeled_bs}")
-        if both := set(self.labeled_idx) & set(self.unlabeled_idx): raise ValueError(f"indices {sorted(both)[:5]} are both labeled and unlabeled")
-        self.batch_size, self.labeled_bs, self.unlabeled_bs, self.seed, self.epoch = batch_size, labeled_bs, batch_size - labeled_bs, seed, 0
 
-    def __len__(self) -> int: return len(self.unlabeled_idx) // self.unlabeled_bs
+    def __init__(
+        self,
+        labeled_idx: Sequence[int],  # data set indices of labeled items
+        unlabeled_idx: Sequence[int],  # data set indices of unlabeled items
+        batch_size: int,  # items per batch, e.g. 16
+        labeled_bs: int,  # labeled items per batch, e.g. 8
+        seed: int = 0,
+    ):
+        self.labeled_idx, self.unlabeled_idx = [int(i) for i in labeled_idx], [int(i) for i in unlabeled_idx]
+        if not 0 < labeled_bs < batch_size:
+            raise ValueError(f"labeled_bs must be in 1..batch_size-1, got {labeled_bs} of {batch_size}")
+        if len(self.labeled_idx) < labeled_bs:
+            raise ValueError(f"{len(self.labeled_idx)} labeled items cannot fill labeled_bs={labeled_bs}")
+        if len(self.unlabeled_idx) < batch_size - labeled_bs:
+            raise ValueError(
+                f"{len(self.unlabeled_idx)} unlabeled items cannot fill one batch of {batch_size - labeled_bs}"
+            )
+        if both := set(self.labeled_idx) & set(self.unlabeled_idx):
+            raise ValueError(f"indices {sorted(both)[:5]} are both labeled and unlabeled")
+        self.batch_size, self.labeled_bs, self.unlabeled_bs, self.seed, self.epoch = (
+            batch_size,
+            labeled_bs,
+            batch_size - labeled_bs,
+            seed,
+            0,
+        )
+
+    def __len__(self) -> int:
+        return len(self.unlabeled_idx) // self.unlabeled_bs
 
     def set_epoch(self, epoch: int):
         "Make the next `__iter__` produce epoch `epoch` (for resuming a run)."
@@ -572,103 +845,186 @@ class TwoStreamBatchSampler(Sampler[list[int]]):
 def _labeled_stream(self: TwoStreamBatchSampler, start: int, n: int) -> list[int]:
     "Positions start..start+n-1 of the endless labeled stream: one seeded shuffle per pass over the labeled set."
     L = len(self.labeled_idx)
-    perms = [np.random.default_rng([self.seed, 0, c]).permutation(L) for c in range(start // L, (start + n - 1) // L + 1)]
-    pos = np.concatenate(perms)[start % L: start % L + n]
+    perms = [
+        np.random.default_rng([self.seed, 0, c]).permutation(L)
+        for c in range(start // L, (start + n - 1) // L + 1)
+    ]
+    pos = np.concatenate(perms)[start % L : start % L + n]
     return [self.labeled_idx[p] for p in pos]
+
 
 @patch
 def __iter__(self: TwoStreamBatchSampler):
-    e, nb = self.epoch, len(self); self.epoch += 1
-    unl = [self.unlabeled_idx[p] for p in np.random.default_rng([self.seed, 1, e]).permutation(len(self.unlabeled_idx))]
-    lab = self._labeled_stream(e * nb * self.labeled_bs, nb * self.labeled_bs)  # continues where epoch e-1 stopped
+    e, nb = self.epoch, len(self)
+    self.epoch += 1
+    unl = [
+        self.unlabeled_idx[p]
+        for p in np.random.default_rng([self.seed, 1, e]).permutation(len(self.unlabeled_idx))
+    ]
+    lab = self._labeled_stream(
+        e * nb * self.labeled_bs, nb * self.labeled_bs
+    )  # continues where epoch e-1 stopped
     for b in range(nb):
-        yield lab[b * self.labeled_bs:(b + 1) * self.labeled_bs] + unl[b * self.unlabeled_bs:(b + 1) * self.unlabeled_bs]
+        yield (
+            lab[b * self.labeled_bs : (b + 1) * self.labeled_bs]
+            + unl[b * self.unlabeled_bs : (b + 1) * self.unlabeled_bs]
+        )
 
 # %% ../nbs/08_data.ipynb #0b0ea42d
 def seed_worker(worker_id: int):
     "`worker_init_fn` for a DataLoader: seed NumPy and `random` from the worker's PyTorch seed."
     s = torch.initial_seed() % 2**32
-    np.random.seed(s); random.seed(s)
+    np.random.seed(s)
+    random.seed(s)
 
 # %% ../nbs/08_data.ipynb #3a310263
 class SemiSupervisedSet(Dataset):
     "The labeled items then the unlabeled ones; unlabeled labels are all -1, their masks (if any) go to monitor_label."
-    def __init__(self, labeled: Dataset, unlabeled: Dataset): self.labeled, self.unlabeled = labeled, unlabeled
-    def __len__(self): return len(self.labeled) + len(self.unlabeled)
+
+    def __init__(self, labeled: Dataset, unlabeled: Dataset):
+        self.labeled, self.unlabeled = labeled, unlabeled
+
+    def __len__(self):
+        return len(self.labeled) + len(self.unlabeled)
+
     @property
-    def labeled_idx(self) -> list[int]: return list(range(len(self.labeled)))
+    def labeled_idx(self) -> list[int]:
+        return list(range(len(self.labeled)))
+
     @property
-    def unlabeled_idx(self) -> list[int]: return list(range(len(self.labeled), len(self)))
+    def unlabeled_idx(self) -> list[int]:
+        return list(range(len(self.labeled), len(self)))
 
     def __getitem__(self, i: int) -> dict:
-        if i < len(self.labeled): return (it := self.labeled[i]) | {"monitor_label": it["label"]}
+        if i < len(self.labeled):
+            return (it := self.labeled[i]) | {"monitor_label": it["label"]}
         it = self.unlabeled[i - len(self.labeled)]
-        return it | {"label": torch.full_like(it["label"], -1), "monitor_label": it["label"], "has_label": False}
+        return it | {
+            "label": torch.full_like(it["label"], -1),
+            "monitor_label": it["label"],
+            "has_label": False,
+        }
 
 # %% ../nbs/08_data.ipynb #55b97edb
 @dataclass
 class SemiSupervisedData:
     "The sets of a semi-supervised run: train (labeled then unlabeled), its two index lists, val, test, and their shapes."
-    dataset: str # "acdc" or "isic"
+
+    dataset: str  # "acdc" or "isic"
     root: Path
     train: SemiSupervisedSet
     labeled_idx: list[int]
     unlabeled_idx: list[int]
-    val: Dataset # ACDC: whole volumes at native resolution; ISIC: images resized to size
+    val: Dataset  # ACDC: whole volumes at native resolution; ISIC: images resized to size
     test: Dataset
     num_classes: int
     in_channels: int
-    size: int # training (and ISIC evaluation) side in pixels
+    size: int  # training (and ISIC evaluation) side in pixels
     seed: int = 0
-    labeled_patients: int | None = None # ACDC only
+    labeled_patients: int | None = None  # ACDC only
 
     def describe(self) -> str:
         "One line of counts."
         unit = "volumes" if self.dataset == "acdc" else "images"
-        lab = f"{len(self.labeled_idx)} labeled {'slices' if self.dataset == 'acdc' else 'images'}" + (f" ({self.labeled_patients} patients)" if self.labeled_patients else "")
-        return (f"{self.dataset} at {self.root}: {lab} + {len(self.unlabeled_idx)} unlabeled; val {len(self.val)} {unit}, test {len(self.test)} {unit}; "
-                f"{self.num_classes} classes, {self.in_channels} input channel(s), {self.size}x{self.size}")
+        lab = f"{len(self.labeled_idx)} labeled {'slices' if self.dataset == 'acdc' else 'images'}" + (
+            f" ({self.labeled_patients} patients)" if self.labeled_patients else ""
+        )
+        return (
+            f"{self.dataset} at {self.root}: {lab} + {len(self.unlabeled_idx)} unlabeled; val {len(self.val)} {unit}, test {len(self.test)} {unit}; "
+            f"{self.num_classes} classes, {self.in_channels} input channel(s), {self.size}x{self.size}"
+        )
 
 # %% ../nbs/08_data.ipynb #fbf8a7e5
 @patch
-def train_loader(self: SemiSupervisedData, batch_size: int = 16, labeled_bs: int = 8, num_workers: int = 0, seed: int | None = None, **kw) -> DataLoader:
+def train_loader(
+    self: SemiSupervisedData,
+    batch_size: int = 16,
+    labeled_bs: int = 8,
+    num_workers: int = 0,
+    seed: int | None = None,
+    **kw,
+) -> DataLoader:
     "A DataLoader over `train` with two-stream batches, seeded workers and a seeded generator (seed defaults to the data's)."
     seed = self.seed if seed is None else seed
     sampler = TwoStreamBatchSampler(self.labeled_idx, self.unlabeled_idx, batch_size, labeled_bs, seed=seed)
-    return DataLoader(self.train, batch_sampler=sampler, num_workers=num_workers, worker_init_fn=seed_worker,
-                      generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0, **kw)
+    return DataLoader(
+        self.train,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=num_workers > 0,
+        **kw,
+    )
 
 # %% ../nbs/08_data.ipynb #5c239e10
-def _acdc_sets(root: Path, size: int, labeled: int, verify: bool, monitor: bool) -> tuple[SemiSupervisedSet, Dataset, Dataset]:
+def _acdc_sets(
+    root: Path, size: int, labeled: int, verify: bool, monitor: bool
+) -> tuple[SemiSupervisedSet, Dataset, Dataset]:
     "ACDC: `labeled` whole patients from the top of train_slices.list, the rest unlabeled; val/test volumes."
-    if isinstance(labeled, bool) or not isinstance(labeled, int): raise ValueError(f"for ACDC, labeled is a number of patients (an int: 3 -> 68 slices, 7 -> 136), got {labeled!r}")
-    lab = acdc_labeled_names(root, labeled_patients=labeled); unl = acdc_splits(root)["train_slices"][len(lab):]
+    if isinstance(labeled, bool) or not isinstance(labeled, int):
+        raise ValueError(
+            f"for ACDC, labeled is a number of patients (an int: 3 -> 68 slices, 7 -> 136), got {labeled!r}"
+        )
+    lab = acdc_labeled_names(root, labeled_patients=labeled)
+    unl = acdc_splits(root)["train_slices"][len(lab) :]
     tf = train_transform(size, rgb=False)
-    train = SemiSupervisedSet(ACDCSlices(root, lab, tf, verify=verify), ACDCSlices(root, unl, tf, with_labels=monitor, optional_labels=True, verify=False))
+    train = SemiSupervisedSet(
+        ACDCSlices(root, lab, tf, verify=verify),
+        ACDCSlices(root, unl, tf, with_labels=monitor, optional_labels=True, verify=False),
+    )
     return train, ACDCVolumes(root, "val", verify=False), ACDCVolumes(root, "test", verify=False)
 
-def _isic_sets(root: Path, size: int, labeled: int | float, seed: int, monitor: bool) -> tuple[SemiSupervisedSet, Dataset, Dataset]:
+
+def _isic_sets(
+    root: Path, size: int, labeled: int | float, seed: int, monitor: bool
+) -> tuple[SemiSupervisedSet, Dataset, Dataset]:
     "ISIC: the seeded split files; labeled images need masks, unlabeled ones may lack them."
     sp, tf, ev = isic_split(root, seed, labeled), train_transform(size, rgb=True), eval_transform(size)
     m = math.ceil(size / math.sqrt(0.5))  # a random crop keeps at least half the area: its side stays >= size
-    train = SemiSupervisedSet(ISICImages(root, sp["labeled"], tf, min_side=m),
-                              ISICImages(root, sp["unlabeled"], tf, with_labels=monitor, optional_labels=True, min_side=m))
-    return train, ISICImages(root, sp["val"], ev, min_side=size), ISICImages(root, sp["test"], ev, min_side=size)
+    train = SemiSupervisedSet(
+        ISICImages(root, sp["labeled"], tf, min_side=m),
+        ISICImages(root, sp["unlabeled"], tf, with_labels=monitor, optional_labels=True, min_side=m),
+    )
+    return (
+        train,
+        ISICImages(root, sp["val"], ev, min_side=size),
+        ISICImages(root, sp["test"], ev, min_side=size),
+    )
 
 # %% ../nbs/08_data.ipynb #6be08a5d
 DATASETS = ("acdc", "isic")
 
-def build_data(dataset: str, # "acdc" or "isic"
-               root: str | Path, # the data set root
-               size: int, # training side in pixels (224 in the paper)
-               labeled: int | float, # ACDC: labeled patients (int); ISIC: labeled images (int) or a fraction (float)
-               seed: int = 0, # ISIC split seed and sampler seed (ACDC's split is its list files)
-               verify: bool = True, # check ACDC's manifest when there is one
-               monitor: bool = True, # read unlabeled masks, where they exist, into monitor_label
-              ) -> SemiSupervisedData:
+
+def build_data(
+    dataset: str,  # "acdc" or "isic"
+    root: str | Path,  # the data set root
+    size: int,  # training side in pixels (224 in the paper)
+    labeled: int | float,  # ACDC: labeled patients (int); ISIC: labeled images (int) or a fraction (float)
+    seed: int = 0,  # ISIC split seed and sampler seed (ACDC's split is its list files)
+    verify: bool = True,  # check ACDC's manifest when there is one
+    monitor: bool = True,  # read unlabeled masks, where they exist, into monitor_label
+) -> SemiSupervisedData:
     "Training, validation and test sets of ACDC or ISIC with the paper's augmentation and a labeled split."
-    if dataset not in DATASETS: raise ValueError(f"unknown dataset {dataset!r}: valid ones are {list(DATASETS)}")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}: valid ones are {list(DATASETS)}")
     root, acdc = Path(root).expanduser(), dataset == "acdc"
-    train, val, test = _acdc_sets(root, size, labeled, verify, monitor) if acdc else _isic_sets(root, size, labeled, seed, monitor)
-    return SemiSupervisedData(dataset, root, train, train.labeled_idx, train.unlabeled_idx, val, test, num_classes=4 if acdc else 2,
-                              in_channels=1 if acdc else 3, size=size, seed=seed, labeled_patients=labeled if acdc else None)
+    train, val, test = (
+        _acdc_sets(root, size, labeled, verify, monitor)
+        if acdc
+        else _isic_sets(root, size, labeled, seed, monitor)
+    )
+    return SemiSupervisedData(
+        dataset,
+        root,
+        train,
+        train.labeled_idx,
+        train.unlabeled_idx,
+        val,
+        test,
+        num_classes=4 if acdc else 2,
+        in_channels=1 if acdc else 3,
+        size=size,
+        seed=seed,
+        labeled_patients=labeled if acdc else None,
+    )

@@ -17,8 +17,10 @@ __all__ = ['world', 'is_main', 'setup', 'rank_share', 'all_gather_rows', 'reduce
 # %% ../nbs/16_distributed.ipynb #83874f1d
 def world() -> tuple[int, int]:
     "(rank, world size) of this process; (0, 1) outside a process group."
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
 
 def is_main() -> bool:
     "True on the process that writes logs, figures and checkpoints (rank 0)."
@@ -27,9 +29,12 @@ def is_main() -> bool:
 # %% ../nbs/16_distributed.ipynb #bb7dad7f
 def setup(device: torch.device) -> tuple[int, int, torch.device]:
     "Join the process group that torchrun describes (if any); returns rank, world size and this process's device."
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1: return 0, 1, device
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, device
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda": device = torch.device("cuda", local); torch.cuda.set_device(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
     return dist.get_rank(), dist.get_world_size(), device
@@ -39,16 +44,19 @@ def rank_share(batch: list, labeled_bs: int, rank: int, world_size: int) -> list
     "This rank's items of a two-stream batch: its slice of the labeled part, then its slice of the unlabeled part."
     B = len(batch)
     if labeled_bs % world_size or (B - labeled_bs) % world_size:
-        raise ValueError(f"a batch of {B} with {labeled_bs} labeled cannot be split evenly over {world_size} processes: "
-                         f"make batch_size and labeled_bs multiples of {world_size}")
+        raise ValueError(
+            f"a batch of {B} with {labeled_bs} labeled cannot be split evenly over {world_size} processes: "
+            f"make batch_size and labeled_bs multiples of {world_size}"
+        )
     lb, ub = labeled_bs // world_size, (B - labeled_bs) // world_size
-    return batch[rank * lb:(rank + 1) * lb] + batch[labeled_bs + rank * ub:labeled_bs + (rank + 1) * ub]
+    return batch[rank * lb : (rank + 1) * lb] + batch[labeled_bs + rank * ub : labeled_bs + (rank + 1) * ub]
 
 # %% ../nbs/16_distributed.ipynb #a0893033
 def all_gather_rows(x: Tensor) -> Tensor:
     "Concatenate the (N_r, ...) tensors of all processes in rank order (N_r may differ); identity in one process."
     rank, n = world()
-    if n == 1: return x
+    if n == 1:
+        return x
     count = torch.tensor([x.shape[0]], device=x.device)
     counts = [torch.zeros_like(count) for _ in range(n)]
     dist.all_gather(counts, count)
@@ -56,26 +64,35 @@ def all_gather_rows(x: Tensor) -> Tensor:
     padded = torch.cat([x, x.new_zeros((m - x.shape[0], *x.shape[1:]))]) if x.shape[0] < m else x
     parts = [torch.zeros_like(padded) for _ in range(n)]
     dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:int(c.item())] for p, c in zip(parts, counts)])
+    return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts)])
 
 # %% ../nbs/16_distributed.ipynb #a3a2012b
 def reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
     "The mean over processes of each float in `values` (the logged loss terms); identity in one process."
-    if world()[1] == 1 or not values: return values
+    if world()[1] == 1 or not values:
+        return values
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], device=device, dtype=torch.float64)
-    dist.all_reduce(t); t /= world()[1]
+    dist.all_reduce(t)
+    t /= world()[1]
     return dict(zip(keys, t.tolist()))
+
 
 def broadcast_buffers(module: torch.nn.Module):
     "Give every process rank 0's buffers (batch-norm statistics), as DDP does before each forward pass."
-    if world()[1] == 1: return
-    for b in module.buffers(): dist.broadcast(b.data, 0)
+    if world()[1] == 1:
+        return
+    for b in module.buffers():
+        dist.broadcast(b.data, 0)
+
 
 def barrier():
     "Wait for every process (no-op in one process)."
-    if world()[1] > 1: dist.barrier()
+    if world()[1] > 1:
+        dist.barrier()
+
 
 def cleanup():
     "Leave the process group."
-    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

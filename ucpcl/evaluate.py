@@ -8,7 +8,6 @@ import math, warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,42 +18,57 @@ __all__ = ['worst_case_distance', 'case_metrics', 'predict_case', 'EvalResult', 
            'plot_tsne']
 
 # %% ../nbs/09_evaluate.ipynb #10fcfe3d
-def worst_case_distance(shape: Sequence[int], # spatial shape, (H, W) or (D, H, W)
-                        spacing: Sequence[float] | None = None, # voxel size per axis, same order; None = 1
-                       ) -> float:
+def worst_case_distance(
+    shape: Sequence[int],  # spatial shape, (H, W) or (D, H, W)
+    spacing: Sequence[float] | None = None,  # voxel size per axis, same order; None = 1
+) -> float:
     "The largest distance inside an image: its diagonal in physical units (the HD95 given to missed structures)."
     spacing = [1.0] * len(shape) if spacing is None else [float(s) for s in spacing]
-    if len(spacing) != len(shape): raise ValueError(f"spacing {spacing} does not match a shape with {len(shape)} axes")
+    if len(spacing) != len(shape):
+        raise ValueError(f"spacing {spacing} does not match a shape with {len(shape)} axes")
     return math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing)))
 
 # %% ../nbs/09_evaluate.ipynb #8abe60b5
 def _check_labels(pred: Tensor, target: Tensor, num_classes: int):
-    if pred.shape != target.shape: raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} differ in shape")
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} differ in shape"
+        )
     if pred.dtype.is_floating_point or target.dtype.is_floating_point:
         raise ValueError("case_metrics takes integer label maps (argmax of the logits), not probabilities")
     for nm, t in (("prediction", pred), ("ground truth", target)):
         lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or hi >= num_classes: raise ValueError(f"{nm} has class ids in [{lo}, {hi}], expected 0..{num_classes - 1}")
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{nm} has class ids in [{lo}, {hi}], expected 0..{num_classes - 1}")
+
 
 def _one_hot(t: Tensor, num_classes: int) -> Tensor:
     "(spatial...) long -> (1, C, spatial...) float, the layout MONAI's metrics expect."
     return F.one_hot(t.long(), num_classes).movedim(-1, 0).unsqueeze(0).float()
 
 # %% ../nbs/09_evaluate.ipynb #9f8783bd
-def case_metrics(pred: Tensor, # (H, W) or (D, H, W) predicted class ids
-                 target: Tensor, # same shape, ground-truth class ids
-                 num_classes: int, # C, including background
-                 spacing: Sequence[float] | None = None, # voxel size per axis for HD95, e.g. (z, y, x) mm
-                 hd95: bool = True, # also compute HD95 (slower)
-                ) -> dict:
+def case_metrics(
+    pred: Tensor,  # (H, W) or (D, H, W) predicted class ids
+    target: Tensor,  # same shape, ground-truth class ids
+    num_classes: int,  # C, including background
+    spacing: Sequence[float] | None = None,  # voxel size per axis for HD95, e.g. (z, y, x) mm
+    hd95: bool = True,  # also compute HD95 (slower)
+) -> dict:
     "Per foreground class Dice, Jaccard, HD95 and the missed/spurious/both-empty flags of one case."
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou  # here: importing MONAI takes seconds
+    from monai.metrics import (
+        compute_dice,
+        compute_hausdorff_distance,
+        compute_iou,
+    )  # here: importing MONAI takes seconds
+
     _check_labels(pred, target, num_classes)
     p, g = _one_hot(pred.cpu(), num_classes), _one_hot(target.cpu(), num_classes)
     dice = compute_dice(p, g, include_background=False, ignore_empty=False)[0]
     jac = compute_iou(p, g, include_background=False, ignore_empty=False)[0]
     has_p, has_g = p[0, 1:].flatten(1).any(1), g[0, 1:].flatten(1).any(1)
-    out = dict(dice=dice, jaccard=jac, missed=has_g & ~has_p, spurious=has_p & ~has_g, both_empty=~has_p & ~has_g)
+    out = dict(
+        dice=dice, jaccard=jac, missed=has_g & ~has_p, spurious=has_p & ~has_g, both_empty=~has_p & ~has_g
+    )
     if hd95:
         worst = worst_case_distance(pred.shape, spacing)
         hd = torch.full((num_classes - 1,), worst)
@@ -62,8 +76,13 @@ def case_metrics(pred: Tensor, # (H, W) or (D, H, W) predicted class ids
         if both.any():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                d = compute_hausdorff_distance(p, g, include_background=False, percentile=95,
-                                               spacing=None if spacing is None else list(map(float, spacing)))[0]
+                d = compute_hausdorff_distance(
+                    p,
+                    g,
+                    include_background=False,
+                    percentile=95,
+                    spacing=None if spacing is None else list(map(float, spacing)),
+                )[0]
             hd[both] = d[both].float()
         hd[out["both_empty"]] = 0.0
         out["hd95"] = hd
@@ -71,13 +90,14 @@ def case_metrics(pred: Tensor, # (H, W) or (D, H, W) predicted class ids
 
 # %% ../nbs/09_evaluate.ipynb #1869a59c
 @torch.no_grad()
-def predict_case(logits_fn: Callable[[Tensor], Tensor], # (B, C_in, s, s) -> (B, K, s, s) logits
-                 image: Tensor, # (D, H, W) grey volume of D slices, or (C_in, H, W) one image
-                 size: int, # the network's input size s
-                 volume: bool, # True: image is a stack of grey slices; False: one (C_in, H, W) image
-                 batch_size: int = 16, # slices per forward pass
-                 device: torch.device | str = "cpu",
-                ) -> Tensor:
+def predict_case(
+    logits_fn: Callable[[Tensor], Tensor],  # (B, C_in, s, s) -> (B, K, s, s) logits
+    image: Tensor,  # (D, H, W) grey volume of D slices, or (C_in, H, W) one image
+    size: int,  # the network's input size s
+    volume: bool,  # True: image is a stack of grey slices; False: one (C_in, H, W) image
+    batch_size: int = 16,  # slices per forward pass
+    device: torch.device | str = "cpu",
+) -> Tensor:
     "Class ids (D, H, W) or (H, W) on the case's own grid: resize, predict, resize the logits back, argmax."
     x = image.unsqueeze(1) if volume else image.unsqueeze(0)  # (N, C_in, H, W)
     H, W = x.shape[-2:]
@@ -93,22 +113,28 @@ def predict_case(logits_fn: Callable[[Tensor], Tensor], # (B, C_in, s, s) -> (B,
 @dataclass
 class EvalResult:
     "Per-case rows and the summary of an evaluation."
+
     cases: list[dict]
     summary: dict
     class_names: list[str] = field(default_factory=list)
 
     def __repr__(self):
         s = self.summary
-        return (f"EvalResult({s['n_cases']} cases: Dice {s['dice']:.4f}, Jaccard {s['jaccard']:.4f}"
-                + (f", HD95 {s['hd95']:.2f}" if "hd95" in s else "") + f", missed {s['missed']}, spurious {s['spurious']})")
+        return (
+            f"EvalResult({s['n_cases']} cases: Dice {s['dice']:.4f}, Jaccard {s['jaccard']:.4f}"
+            + (f", HD95 {s['hd95']:.2f}" if "hd95" in s else "")
+            + f", missed {s['missed']}, spurious {s['spurious']})"
+        )
 
 # %% ../nbs/09_evaluate.ipynb #74581fb7
 def summarize(cases: list[dict], class_names: Sequence[str]) -> dict:
     "Means over cases per class and over the foreground classes, plus edge-case counts."
-    if not cases: raise ValueError("no cases to summarise: the evaluation data set is empty")
+    if not cases:
+        raise ValueError("no cases to summarise: the evaluation data set is empty")
     out = {"n_cases": len(cases)}
     for key in ("dice", "jaccard", "hd95"):
-        if key not in cases[0]: continue
+        if key not in cases[0]:
+            continue
         per_class = torch.stack([torch.as_tensor(c[key]) for c in cases]).float().mean(0)
         out[key] = per_class.mean().item()
         out[f"{key}_per_class"] = dict(zip(class_names, per_class.tolist()))
@@ -117,60 +143,87 @@ def summarize(cases: list[dict], class_names: Sequence[str]) -> dict:
     return out
 
 # %% ../nbs/09_evaluate.ipynb #feb5bc97
-def evaluate(logits_fn: Callable[[Tensor], Tensor], # (B, C_in, s, s) -> (B, K, s, s) logits
-             dataset, # items: dict(image, label, name[, spacing])
-             num_classes: int, size: int, # classes K incl. background; network input size s
-             volume: bool, # ACDC-style volumes (D, H, W) or single images (C_in, H, W)
-             hd95: bool = True, device="cpu", batch_size: int = 16,
-             class_names: Sequence[str] | None = None, # foreground class names
-            ) -> EvalResult:
+def evaluate(
+    logits_fn: Callable[[Tensor], Tensor],  # (B, C_in, s, s) -> (B, K, s, s) logits
+    dataset,  # items: dict(image, label, name[, spacing])
+    num_classes: int,
+    size: int,  # classes K incl. background; network input size s
+    volume: bool,  # ACDC-style volumes (D, H, W) or single images (C_in, H, W)
+    hd95: bool = True,
+    device="cpu",
+    batch_size: int = 16,
+    class_names: Sequence[str] | None = None,  # foreground class names
+) -> EvalResult:
     "Predict every case of `dataset` deterministically and measure Dice, Jaccard (and HD95) per case."
     class_names = list(class_names or [f"class{k}" for k in range(1, num_classes)])
-    if len(class_names) != num_classes - 1: raise ValueError(f"{len(class_names)} class names for {num_classes - 1} foreground classes")
+    if len(class_names) != num_classes - 1:
+        raise ValueError(f"{len(class_names)} class names for {num_classes - 1} foreground classes")
     cases = []
     for i in range(len(dataset)):
         item = dataset[i]
         pred = predict_case(logits_fn, item["image"], size, volume, batch_size, device)
         sp = item.get("spacing")
-        sp = None if sp is None else [float(v) for v in sp][-pred.ndim:]
+        sp = None if sp is None else [float(v) for v in sp][-pred.ndim :]
         m = case_metrics(pred, item["label"].long(), num_classes, spacing=sp, hd95=hd95)
         cases.append({"name": item.get("name", str(i)), **{k: v.tolist() for k, v in m.items()}})
     return EvalResult(cases, summarize(cases, class_names), class_names)
 
 # %% ../nbs/09_evaluate.ipynb #2145872d
-def plot_predictions(images: Sequence[Tensor], # each (H, W) or (C, H, W)
-                     targets: Sequence[Tensor], # each (H, W) class ids
-                     predictions: dict[str, Sequence[Tensor]], # method name -> one (H, W) map per image
-                     num_classes: int = 4, size: float = 2.0):
+def plot_predictions(
+    images: Sequence[Tensor],  # each (H, W) or (C, H, W)
+    targets: Sequence[Tensor],  # each (H, W) class ids
+    predictions: dict[str, Sequence[Tensor]],  # method name -> one (H, W) map per image
+    num_classes: int = 4,
+    size: float = 2.0,
+):
     "Fig. 3: each row a case; columns image, ground truth, and one prediction per method."
     cols = ["image", "ground truth", *predictions]
     fig, axs = subplots(len(images) * len(cols), ncols=len(cols), size=size)
     for r, (im, gt) in enumerate(zip(images, targets)):
-        row = axs[r * len(cols):(r + 1) * len(cols)]
-        show_image(im, row[0]); show_label(gt, row[1], image=im, num_classes=num_classes)
-        for ax, preds in zip(row[2:], predictions.values()): show_label(preds[r], ax, image=im, num_classes=num_classes)
-    for ax, c in zip(axs, cols): ax.set_title(c, fontsize=9)
+        row = axs[r * len(cols) : (r + 1) * len(cols)]
+        show_image(im, row[0])
+        show_label(gt, row[1], image=im, num_classes=num_classes)
+        for ax, preds in zip(row[2:], predictions.values()):
+            show_label(preds[r], ax, image=im, num_classes=num_classes)
+    for ax, c in zip(axs, cols):
+        ax.set_title(c, fontsize=9)
     fig.tight_layout()
     return fig
 
 # %% ../nbs/09_evaluate.ipynb #416ff642
-def plot_tsne(embeddings: Tensor, # (N, D) pixel embeddings
-              labels: Tensor, # (N,) class ids
-              ax=None, title: str | None = None, class_names: Sequence[str] | None = None,
-              per_class: int = 300, seed: int = 0):
+def plot_tsne(
+    embeddings: Tensor,  # (N, D) pixel embeddings
+    labels: Tensor,  # (N,) class ids
+    ax=None,
+    title: str | None = None,
+    class_names: Sequence[str] | None = None,
+    per_class: int = 300,
+    seed: int = 0,
+):
     "Fig. 4: t-SNE of pixel embeddings coloured by class, at most `per_class` random points of each class."
     from sklearn.manifold import TSNE
     import matplotlib.pyplot as plt
+
     emb, lab = embeddings.detach().float().cpu(), labels.detach().cpu().long()
-    if emb.ndim != 2 or len(emb) != len(lab): raise ValueError(f"embeddings (N, D) and labels (N,) expected, got {tuple(emb.shape)} and {tuple(lab.shape)}")
+    if emb.ndim != 2 or len(emb) != len(lab):
+        raise ValueError(
+            f"embeddings (N, D) and labels (N,) expected, got {tuple(emb.shape)} and {tuple(lab.shape)}"
+        )
     perm = torch.randperm(len(emb), generator=torch.Generator().manual_seed(seed))
-    idx = torch.cat([perm[lab[perm] == k][:per_class] for k in lab.unique().tolist() if k >= 0])  # balanced: background would swamp the rest
-    xy = TSNE(n_components=2, init="pca", perplexity=min(30, max(5, len(idx) // 4)), random_state=seed).fit_transform(emb[idx].numpy())
+    idx = torch.cat(
+        [perm[lab[perm] == k][:per_class] for k in lab.unique().tolist() if k >= 0]
+    )  # balanced: background would swamp the rest
+    xy = TSNE(
+        n_components=2, init="pca", perplexity=min(30, max(5, len(idx) // 4)), random_state=seed
+    ).fit_transform(emb[idx].numpy())
     ax = ax or plt.subplots(figsize=(3, 3))[1]
     for k in lab[idx].unique().tolist():
         sel = (lab[idx] == k).numpy()
         name = class_names[k] if class_names else f"class {k}"
         ax.scatter(xy[sel, 0], xy[sel, 1], s=4, color=CLASS_COLORS[k] if k > 0 else "#777777", label=name)
-    ax.set_xticks([]); ax.set_yticks([]); ax.legend(fontsize=7, markerscale=2, loc="best")
-    if title: ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    if title:
+        ax.set_title(title, fontsize=9)
     return ax

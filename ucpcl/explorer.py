@@ -29,7 +29,16 @@ from .phantoms import write_phantom
 from .train import CLASS_NAMES, TrainConfig, Trainer
 from .transforms import eval_transform
 from .uncertainty import ThresholdSchedule, entropy_map
-from .viz import CLASS_COLORS, IGNORE_COLOR, show_image, show_label, show_map, show_points, subplots, to_numpy
+from ucpcl.viz import (
+    CLASS_COLORS,
+    IGNORE_COLOR,
+    show_image,
+    show_label,
+    show_map,
+    show_points,
+    subplots,
+    to_numpy,
+)
 
 # %% auto #0
 __all__ = ['MASKED', 'RIGHT', 'WRONG', 'UNKNOWN', 'ERROR_COLORS', 'ERROR_CMAP', 'MARK_STYLES', 'H_MODES', 'logits_fn_of',
@@ -43,37 +52,51 @@ def _network(source) -> UCPCLNet | None:
     return net if isinstance(net, UCPCLNet) else None
 
 # %% ../nbs/15_explorer.ipynb #8d1e49e7
-def logits_fn_of(source, # a `UCPCLNet`, a training method, a `Trainer`, or a function images -> (logits_c, logits_t)
-                ) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+def logits_fn_of(
+    source,  # a `UCPCLNet`, a training method, a `Trainer`, or a function images -> (logits_c, logits_t)
+) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     "A function from images (B, C_in, H, W) to the logits (B, C, H, W) of both decoders, in eval mode, without gradients."
     if (net := _network(source)) is None:
-        if callable(source): return source
-        raise ValueError(f"cannot get logits from a {type(source).__name__}: give a UCPCLNet, a training method, a Trainer or a function x -> (logits_c, logits_t)")
+        if callable(source):
+            return source
+        raise ValueError(
+            f"cannot get logits from a {type(source).__name__}: give a UCPCLNet, a training method, a Trainer or a function x -> (logits_c, logits_t)"
+        )
+
     def fn(x: Tensor) -> tuple[Tensor, Tensor]:
-        was = net.training; net.eval()
+        was = net.training
+        net.eval()
         try:
             with torch.no_grad():
                 feats = net.encode(x.to(next(net.parameters()).device))
                 logits_c = net.decode_cnn(feats)
                 return logits_c, net.decode_transformer(feats) if net.transformer is not None else logits_c
-        finally: net.train(was)
+        finally:
+            net.train(was)
+
     return fn
 
 # %% ../nbs/15_explorer.ipynb #3e6f1dd2
-def compute_probs(logits_fn: Callable, # images -> (logits_c, logits_t), e.g. from `logits_fn_of`
-                  images: Tensor, # (N, C_in, H, W) images
-                  batch_size: int = 8, # images per call of logits_fn
-                 ) -> tuple[Tensor, Tensor]: # p_c and p_t, (N, C, H, W) on the CPU
+def compute_probs(
+    logits_fn: Callable,  # images -> (logits_c, logits_t), e.g. from `logits_fn_of`
+    images: Tensor,  # (N, C_in, H, W) images
+    batch_size: int = 8,  # images per call of logits_fn
+) -> tuple[Tensor, Tensor]:  # p_c and p_t, (N, C, H, W) on the CPU
     "Softmax probabilities of both decoders: the only place where the explorer runs the model."
-    if not isinstance(images, Tensor) or images.ndim != 4: raise ValueError(f"images must be a (N, C_in, H, W) tensor, got shape {tuple(getattr(images, 'shape', ()))}")
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        raise ValueError(
+            f"images must be a (N, C_in, H, W) tensor, got shape {tuple(getattr(images, 'shape', ()))}"
+        )
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            logits = logits_fn(images[i:i + batch_size])
+            logits = logits_fn(images[i : i + batch_size])
             out.append(tuple(l.detach().float().softmax(1).cpu() for l in logits))
     p_c, p_t = (torch.cat(p) for p in zip(*out))
     if p_c.shape != p_t.shape or p_c.shape[-2:] != images.shape[-2:]:
-        raise ValueError(f"logits_fn gave {tuple(p_c.shape)} and {tuple(p_t.shape)} for images {tuple(images.shape)}: both must be (N, C, H, W) at the images' size")
+        raise ValueError(
+            f"logits_fn gave {tuple(p_c.shape)} and {tuple(p_t.shape)} for images {tuple(images.shape)}: both must be (N, C, H, W) at the images' size"
+        )
     return p_c, p_t
 
 # %% ../nbs/15_explorer.ipynb #488a5a9f
@@ -81,57 +104,86 @@ def _items(dataset, n: int) -> list[tuple[Tensor, Tensor, str]]:
     "(image (C, H, W), label (H, W), name) of n items spread over `dataset`; volumes give their slices with foreground."
     pick = lambda k, m: np.unique(np.linspace(0, k - 1, min(m, k)).round().astype(int)).tolist()
     first = dataset[0]
-    if first["label"].ndim == 2: return [(it["image"], it["label"], it["name"]) for it in (dataset[i] for i in pick(len(dataset), n))]
+    if first["label"].ndim == 2:
+        return [(it["image"], it["label"], it["name"]) for it in (dataset[i] for i in pick(len(dataset), n))]
     vols = [dataset[i] for i in pick(len(dataset), n)]  # ACDC volumes (D, H, W): slices showing the heart
-    found = [(v["image"][d][None], v["label"][d], f"{v['name']} slice {d}") for v in vols for d in range(len(v["label"])) if (v["label"][d] > 0).any()]
+    found = [
+        (v["image"][d][None], v["label"][d], f"{v['name']} slice {d}")
+        for v in vols
+        for d in range(len(v["label"]))
+        if (v["label"][d] > 0).any()
+    ]
     return [found[i] for i in pick(len(found), n)]
 
 # %% ../nbs/15_explorer.ipynb #4dd56cb8
-def load_images(dataset, # a data set of `ucpcl.data`: items are dicts with "image", "label" and "name"
-                n: int = 6, # how many images
-                size: int | None = None, # resize to size x size (None: keep, all must have one size)
-               ) -> tuple[Tensor, Tensor, list[str]]: # images (N, C_in, H, W), labels (N, H, W), names
+def load_images(
+    dataset,  # a data set of `ucpcl.data`: items are dicts with "image", "label" and "name"
+    n: int = 6,  # how many images
+    size: int | None = None,  # resize to size x size (None: keep, all must have one size)
+) -> tuple[Tensor, Tensor, list[str]]:  # images (N, C_in, H, W), labels (N, H, W), names
     "A few images of a data set with their ground truth (-1 where unknown), resized for the model."
-    if len(dataset) == 0 or n < 1: raise ValueError(f"need a non-empty data set and n >= 1, got {len(dataset)} items and n={n}")
+    if len(dataset) == 0 or n < 1:
+        raise ValueError(f"need a non-empty data set and n >= 1, got {len(dataset)} items and n={n}")
     items = _items(dataset, n)
-    if size is not None: items = [(*eval_transform(size)(im.float(), lb.long()), name) for im, lb, name in items]
-    if len({tuple(im.shape) for im, _, _ in items}) > 1: raise ValueError("the images have different sizes: pass size= to resize them")
-    return torch.stack([im.float() for im, _, _ in items]), torch.stack([lb.long() for _, lb, _ in items]), [nm for _, _, nm in items]
+    if size is not None:
+        items = [(*eval_transform(size)(im.float(), lb.long()), name) for im, lb, name in items]
+    if len({tuple(im.shape) for im, _, _ in items}) > 1:
+        raise ValueError("the images have different sizes: pass size= to resize them")
+    return (
+        torch.stack([im.float() for im, _, _ in items]),
+        torch.stack([lb.long() for _, lb, _ in items]),
+        [nm for _, _, nm in items],
+    )
 
 # %% ../nbs/15_explorer.ipynb #a1d10627
 @dataclass
 class ExplorerData:
     "The explorer's cache: images, ground truth and both decoders' probabilities, plus what Eq. 6 derives from them."
-    images: Tensor # (N, C_in, H, W) the images, as the model saw them
-    labels: Tensor | None # (N, H, W) ground truth, -1 where unknown (None: unknown everywhere)
-    p_c: Tensor # (N, C, H, W) softmax of the CNN decoder
-    p_t: Tensor # (N, C, H, W) softmax of the Transformer decoder
-    grid: int | tuple[int, int] # (h, w) feature grid of the anchors, e.g. 28 at 224 input (Conv2)
-    names: list[str] | None = None # one name per image
-    class_names: list[str] | None = None # one name per class
-    schedule: ThresholdSchedule = ThresholdSchedule() # the run's H of Eq. 7
-    max_iterations: int = 6000 # the run length the schedule spans
-    per_class: int = 8 # K: anchors per class drawn in the anchor panel (per image)
-    seed: int = 0 # seed of the anchor panel's draws, the same at every H
-    def __post_init__(self): self._derive()
+
+    images: Tensor  # (N, C_in, H, W) the images, as the model saw them
+    labels: Tensor | None  # (N, H, W) ground truth, -1 where unknown (None: unknown everywhere)
+    p_c: Tensor  # (N, C, H, W) softmax of the CNN decoder
+    p_t: Tensor  # (N, C, H, W) softmax of the Transformer decoder
+    grid: int | tuple[int, int]  # (h, w) feature grid of the anchors, e.g. 28 at 224 input (Conv2)
+    names: list[str] | None = None  # one name per image
+    class_names: list[str] | None = None  # one name per class
+    schedule: ThresholdSchedule = ThresholdSchedule()  # the run's H of Eq. 7
+    max_iterations: int = 6000  # the run length the schedule spans
+    per_class: int = 8  # K: anchors per class drawn in the anchor panel (per image)
+    seed: int = 0  # seed of the anchor panel's draws, the same at every H
+
+    def __post_init__(self):
+        self._derive()
+
     @property
-    def num_classes(self) -> int: return self.p_c.shape[1]
-    def __len__(self): return len(self.p_c)
+    def num_classes(self) -> int:
+        return self.p_c.shape[1]
+
+    def __len__(self):
+        return len(self.p_c)
 
 # %% ../nbs/15_explorer.ipynb #fd57b87a
 @patch
 def _check(self: ExplorerData):
     "Raise a `ValueError` naming the field whose shape does not fit the others."
     N, C, H, W = self.p_c.shape
-    if self.p_t.shape != self.p_c.shape: raise ValueError(f"p_t {tuple(self.p_t.shape)} must have the shape of p_c {tuple(self.p_c.shape)}")
+    if self.p_t.shape != self.p_c.shape:
+        raise ValueError(f"p_t {tuple(self.p_t.shape)} must have the shape of p_c {tuple(self.p_c.shape)}")
     if self.images.ndim != 4 or self.images.shape[0] != N or tuple(self.images.shape[-2:]) != (H, W):
-        raise ValueError(f"images {tuple(self.images.shape)} must be (N, C_in, H, W) = ({N}, C_in, {H}, {W}), like p_c")
-    if self.labels is None: self.labels = torch.full((N, H, W), -1, dtype=torch.long)
-    if tuple(self.labels.shape) != (N, H, W): raise ValueError(f"labels {tuple(self.labels.shape)} must be (N, H, W) = {(N, H, W)}")
+        raise ValueError(
+            f"images {tuple(self.images.shape)} must be (N, C_in, H, W) = ({N}, C_in, {H}, {W}), like p_c"
+        )
+    if self.labels is None:
+        self.labels = torch.full((N, H, W), -1, dtype=torch.long)
+    if tuple(self.labels.shape) != (N, H, W):
+        raise ValueError(f"labels {tuple(self.labels.shape)} must be (N, H, W) = {(N, H, W)}")
     self.grid = (self.grid, self.grid) if isinstance(self.grid, int) else tuple(int(g) for g in self.grid)
     self.names = list(self.names or [f"image {i}" for i in range(N)])
     self.class_names = list(self.class_names or [f"class {c}" for c in range(C)])
-    if len(self.names) != N or len(self.class_names) != C: raise ValueError(f"need {N} names and {C} class names, got {len(self.names)} and {len(self.class_names)}")
+    if len(self.names) != N or len(self.class_names) != C:
+        raise ValueError(
+            f"need {N} names and {C} class names, got {len(self.names)} and {len(self.class_names)}"
+        )
 
 # %% ../nbs/15_explorer.ipynb #3dd7398f
 @patch
@@ -141,59 +193,112 @@ def _derive(self: ExplorerData):
     N, C, H, W = self.p_c.shape
     # p_hat = (p_c + p_t) / 2, then Eq. 6: u = -sum_c p_hat_c log(p_hat_c + eps), in float64
     self.p_hat = (self.p_c + self.p_t) / 2
-    self.entropy = entropy_map(self.p_hat.double()).clamp_min(0).numpy()  # (N, H, W); eps makes u = -log(1 + eps) < 0 at one-hot pixels
+    self.entropy = (
+        entropy_map(self.p_hat.double()).clamp_min(0).numpy()
+    )  # (N, H, W); eps makes u = -log(1 + eps) < 0 at one-hot pixels
     self.pseudo, self.gt = self.p_hat.argmax(1).numpy(), self.labels.long().numpy()  # (N, H, W)
     # the pixel each feature-grid cell reads (nearest neighbour, as downsample_labels), then u and argmax there
     self.cell = downsample_labels(torch.arange(H * W).view(1, H, W), self.grid)[0].numpy().ravel()  # (h w,)
-    self.grid_entropy, self.grid_pseudo = (x.reshape(N, -1)[:, self.cell] for x in (self.entropy, self.pseudo))  # (N, h w)
+    self.grid_entropy, self.grid_pseudo = (
+        x.reshape(N, -1)[:, self.cell] for x in (self.entropy, self.pseudo)
+    )  # (N, h w)
     self.shown = [to_numpy(im) for im in self.images]  # images as (H, W) or (H, W, 3) for drawing
 
 # %% ../nbs/15_explorer.ipynb #28ce4d6c
 @patch(cls_method=True)
-def from_model(cls: ExplorerData, source, # as in `logits_fn_of`
-               images: Tensor, # (N, C_in, H, W) images at the model's input size
-               labels: Tensor | None = None, # (N, H, W) ground truth, -1 where unknown
-               grid: int | tuple[int, int] | None = None, # None: the network's contrast level (a function: H / 8, Conv2)
-               batch_size: int = 8, **kw) -> ExplorerData:
+def from_model(
+    cls: ExplorerData,
+    source,  # as in `logits_fn_of`
+    images: Tensor,  # (N, C_in, H, W) images at the model's input size
+    labels: Tensor | None = None,  # (N, H, W) ground truth, -1 where unknown
+    grid: int
+    | tuple[int, int]
+    | None = None,  # None: the network's contrast level (a function: H / 8, Conv2)
+    batch_size: int = 8,
+    **kw,
+) -> ExplorerData:
     "Run the model once over `images` and cache the rest; a `Trainer` also gives its H schedule, run length and class names."
     p_c, p_t = compute_probs(logits_fn_of(source), images, batch_size)
     net, cfg = _network(source), getattr(source, "cfg", None)
     stride = STRIDES[net.cfg.contrast_level] if net is not None else 8
     if isinstance(cfg, TrainConfig):
-        kw = dict(schedule=ThresholdSchedule(cfg.threshold_mode, cfg.threshold), max_iterations=cfg.iterations, class_names=CLASS_NAMES[cfg.dataset]) | kw
-    return cls(images.detach().cpu(), labels, p_c, p_t, grid or (images.shape[-2] // stride, images.shape[-1] // stride), **kw)
+        kw = (
+            dict(
+                schedule=ThresholdSchedule(cfg.threshold_mode, cfg.threshold),
+                max_iterations=cfg.iterations,
+                class_names=CLASS_NAMES[cfg.dataset],
+            )
+            | kw
+        )
+    return cls(
+        images.detach().cpu(),
+        labels,
+        p_c,
+        p_t,
+        grid or (images.shape[-2] // stride, images.shape[-1] // stride),
+        **kw,
+    )
 
 # %% ../nbs/15_explorer.ipynb #dc4443d6
 MASKED, RIGHT, WRONG, UNKNOWN = 0, 1, 2, 3  # codes of the error map
-ERROR_COLORS = [IGNORE_COLOR, "#3cb44b", "#e6194b", "#4363d8"]  # grey masked, green right, red wrong, blue no ground truth
+ERROR_COLORS = [
+    IGNORE_COLOR,
+    "#3cb44b",
+    "#e6194b",
+    "#4363d8",
+]  # grey masked, green right, red wrong, blue no ground truth
 ERROR_CMAP = ListedColormap(ERROR_COLORS)
+
 
 def _anchor_cells(data: ExplorerData, index: int, H: float) -> tuple[np.ndarray, np.ndarray]:
     "Eq. 7 on the feature grid (h, w), and the flat indices of the cells `sample_anchor_index` draws there."
-    grid = np.where(data.grid_entropy[index] < H, data.grid_pseudo[index], -1).reshape(data.grid)  # = downsample_labels(y_p)
+    grid = np.where(data.grid_entropy[index] < H, data.grid_pseudo[index], -1).reshape(
+        data.grid
+    )  # = downsample_labels(y_p)
     g = torch.Generator().manual_seed(data.seed)  # the same random order at every H: anchors do not flicker
-    return grid, sample_anchor_index(torch.from_numpy(grid)[None], data.per_class, data.num_classes, g).numpy()
+    return grid, sample_anchor_index(
+        torch.from_numpy(grid)[None], data.per_class, data.num_classes, g
+    ).numpy()
 
 # %% ../nbs/15_explorer.ipynb #ab953dc6
-def panels(data: ExplorerData, # the cache
-           index: int, # which image
-           H: float, # the threshold of Eq. 7
-          ) -> dict:
+def panels(
+    data: ExplorerData,  # the cache
+    index: int,  # which image
+    H: float,  # the threshold of Eq. 7
+) -> dict:
     "The arrays of every panel for image `index` at threshold H: Eq. 7's mask and labels, their errors and the anchors."
-    if not 0 <= index < len(data): raise ValueError(f"index {index} is out of range: the cache holds {len(data)} images")
-    if not H >= 0: raise ValueError(f"H must be >= 0 (entropies lie in [0, ln C]), got {H}")
+    if not 0 <= index < len(data):
+        raise ValueError(f"index {index} is out of range: the cache holds {len(data)} images")
+    if not H >= 0:
+        raise ValueError(f"H must be >= 0 (entropies lie in [0, ln C]), got {H}")
     u, y, gt = data.entropy[index], data.pseudo[index], data.gt[index]
     # Eq. 7: y_p = argmax p_hat where u < H, else -1
-    mask = u < H; kept = np.where(mask, y, -1)
+    mask = u < H
+    kept = np.where(mask, y, -1)
     errors = np.select([~mask, gt < 0, kept == gt], [MASKED, UNKNOWN, RIGHT], WRONG)
     grid, idx = _anchor_cells(data, index, H)
     rc, (h, w), (Hh, Ww) = np.stack(np.divmod(idx, data.grid[1]), 1), data.grid, u.shape
     known = mask & (gt >= 0)
-    return dict(index=index, H=float(H), image=data.shown[index], label=gt, p_c=data.p_c[index].numpy(), p_t=data.p_t[index].numpy(),
-                p_hat=data.p_hat[index].numpy(), entropy=u, mask=mask, kept=kept, errors=errors, grid_labels=grid,
-                anchors=rc, anchor_classes=grid.ravel()[idx], anchor_points=(rc + 0.5) * (Hh / h, Ww / w) - 0.5,
-                share=float(mask.mean()), accuracy=float((kept == gt)[known].mean()) if known.any() else float("nan"),
-                available=np.bincount(grid[grid >= 0], minlength=data.num_classes))
+    return dict(
+        index=index,
+        H=float(H),
+        image=data.shown[index],
+        label=gt,
+        p_c=data.p_c[index].numpy(),
+        p_t=data.p_t[index].numpy(),
+        p_hat=data.p_hat[index].numpy(),
+        entropy=u,
+        mask=mask,
+        kept=kept,
+        errors=errors,
+        grid_labels=grid,
+        anchors=rc,
+        anchor_classes=grid.ravel()[idx],
+        anchor_points=(rc + 0.5) * (Hh / h, Ww / w) - 0.5,
+        share=float(mask.mean()),
+        accuracy=float((kept == gt)[known].mean()) if known.any() else float("nan"),
+        available=np.bincount(grid[grid >= 0], minlength=data.num_classes),
+    )
 
 # %% ../nbs/15_explorer.ipynb #308f588d
 def _count_below(values: np.ndarray, H_grid: np.ndarray) -> np.ndarray:
@@ -201,104 +306,205 @@ def _count_below(values: np.ndarray, H_grid: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.sort(values.ravel()), H_grid, side="left")
 
 # %% ../nbs/15_explorer.ipynb #f7b34002
-def curves(data: ExplorerData, # the cache
-           H_grid: np.ndarray | None = None, # thresholds to evaluate (default: 61 points in [0, ln C])
-           index: int | None = None, # one image, or None for all cached images together
-          ) -> pd.DataFrame: # columns H, kept, accuracy, and "anchors <class>" per class
+def curves(
+    data: ExplorerData,  # the cache
+    H_grid: np.ndarray | None = None,  # thresholds to evaluate (default: 61 points in [0, ln C])
+    index: int | None = None,  # one image, or None for all cached images together
+) -> pd.DataFrame:  # columns H, kept, accuracy, and "anchors <class>" per class
     "Over H: the share of pixels Eq. 7 keeps, the accuracy of the kept pseudo labels, and the certain grid cells per class."
-    H_grid = np.linspace(0, math.log(data.num_classes), 61) if H_grid is None else np.asarray(H_grid, dtype=np.float64)
+    H_grid = (
+        np.linspace(0, math.log(data.num_classes), 61)
+        if H_grid is None
+        else np.asarray(H_grid, dtype=np.float64)
+    )
     sel = slice(None) if index is None else slice(index, index + 1)
     u, y, gt = data.entropy[sel].ravel(), data.pseudo[sel].ravel(), data.gt[sel].ravel()
-    order = np.argsort(u, kind="stable"); k = np.searchsorted(u[order], H_grid, side="left")  # pixels with u < H
-    known = np.concatenate([[0], np.cumsum(gt[order] >= 0)])[k]; right = np.concatenate([[0], np.cumsum((y == gt)[order])])[k]
-    table = {"H": H_grid, "kept": k / u.size, "accuracy": np.where(known > 0, right / np.maximum(known, 1), np.nan)}
+    order = np.argsort(u, kind="stable")
+    k = np.searchsorted(u[order], H_grid, side="left")  # pixels with u < H
+    known = np.concatenate([[0], np.cumsum(gt[order] >= 0)])[k]
+    right = np.concatenate([[0], np.cumsum((y == gt)[order])])[k]
+    table = {
+        "H": H_grid,
+        "kept": k / u.size,
+        "accuracy": np.where(known > 0, right / np.maximum(known, 1), np.nan),
+    }
     gu, gy, n = data.grid_entropy[sel], data.grid_pseudo[sel], len(data.grid_entropy[sel])
-    for c, name in enumerate(data.class_names): table[f"anchors {name}"] = _count_below(gu[gy == c], H_grid) / n
+    for c, name in enumerate(data.class_names):
+        table[f"anchors {name}"] = _count_below(gu[gy == c], H_grid) / n
     return pd.DataFrame(table)
 
 # %% ../nbs/15_explorer.ipynb #c8771867
-MARK_STYLES = [dict(color="k", ls="-", lw=1.0), dict(color="#f58231", ls="--", lw=1.2), dict(color="0.45", ls=":", lw=1.2), dict(color="#911eb4", ls="-.", lw=1.0)]
+MARK_STYLES = [
+    dict(color="k", ls="-", lw=1.0),
+    dict(color="#f58231", ls="--", lw=1.2),
+    dict(color="0.45", ls=":", lw=1.2),
+    dict(color="#911eb4", ls="-.", lw=1.0),
+]
 
-def plot_curves(table: pd.DataFrame, # from `curves`
-                axs=None, # three axes to draw on (None: a new figure)
-                marks: dict[str, float] | None = None, # label -> H, drawn as vertical lines (e.g. the schedule's H)
-                per_class: int | None = None, # K: a horizontal line on the anchor panel
-               ) -> tuple[list, dict]: # the axes, and the vertical lines of each mark
+
+def plot_curves(
+    table: pd.DataFrame,  # from `curves`
+    axs=None,  # three axes to draw on (None: a new figure)
+    marks: dict[str, float] | None = None,  # label -> H, drawn as vertical lines (e.g. the schedule's H)
+    per_class: int | None = None,  # K: a horizontal line on the anchor panel
+) -> tuple[list, dict]:  # the axes, and the vertical lines of each mark
     "Seaborn curves over H: share of pixels kept, accuracy of the kept pseudo labels, and available anchors per class."
-    if axs is None: axs = plt.subplots(1, 3, figsize=(9.5, 2.6))[1]
-    sns.lineplot(table, x="H", y="kept", ax=axs[0]); sns.lineplot(table, x="H", y="accuracy", ax=axs[1])
+    if axs is None:
+        axs = plt.subplots(1, 3, figsize=(9.5, 2.6))[1]
+    sns.lineplot(table, x="H", y="kept", ax=axs[0])
+    sns.lineplot(table, x="H", y="accuracy", ax=axs[1])
     cls = [c for c in table.columns if c.startswith("anchors ")]
-    long = table.melt(id_vars="H", value_vars=cls, var_name="class", value_name="cells").assign(**{"class": lambda d: d["class"].str[8:]})
-    sns.lineplot(long, x="H", y="cells", hue="class", palette=[CLASS_COLORS[i] if i else "0.2" for i in range(len(cls))], ax=axs[2])
-    axs[2].set_yscale("symlog", linthresh=1); axs[2].set_ylim(bottom=0); axs[2].legend(fontsize=6, title=None, loc="center left")
-    if per_class: axs[2].axhline(per_class, color="0.6", lw=0.8)
-    for ax, t in zip(axs, ("share of pixels kept", "accuracy of kept labels", "certain grid cells per image")): ax.set_title(t, fontsize=9); ax.set_ylabel(None)
-    lines = {m: [ax.axvline(h, **MARK_STYLES[i % len(MARK_STYLES)], label=m) for ax in axs] for i, (m, h) in enumerate((marks or {}).items())}
-    if lines: axs[0].legend(handles=[v[0] for v in lines.values()], fontsize=6, loc="lower right")
+    long = table.melt(id_vars="H", value_vars=cls, var_name="class", value_name="cells").assign(
+        **{"class": lambda d: d["class"].str[8:]}
+    )
+    sns.lineplot(
+        long,
+        x="H",
+        y="cells",
+        hue="class",
+        palette=[CLASS_COLORS[i] if i else "0.2" for i in range(len(cls))],
+        ax=axs[2],
+    )
+    axs[2].set_yscale("symlog", linthresh=1)
+    axs[2].set_ylim(bottom=0)
+    axs[2].legend(fontsize=6, title=None, loc="center left")
+    if per_class:
+        axs[2].axhline(per_class, color="0.6", lw=0.8)
+    for ax, t in zip(
+        axs, ("share of pixels kept", "accuracy of kept labels", "certain grid cells per image")
+    ):
+        ax.set_title(t, fontsize=9)
+        ax.set_ylabel(None)
+    lines = {
+        m: [ax.axvline(h, **MARK_STYLES[i % len(MARK_STYLES)], label=m) for ax in axs]
+        for i, (m, h) in enumerate((marks or {}).items())
+    }
+    if lines:
+        axs[0].legend(handles=[v[0] for v in lines.values()], fontsize=6, loc="lower right")
     return list(axs), lines
 
 # %% ../nbs/15_explorer.ipynb #6431a803
 H_MODES = ("fixed", "schedule")
 
-def threshold_at(mode: str, # "fixed": H as given; "schedule": the schedule's H at `iteration`
-                 H: float, iteration: int, max_iterations: int,
-                 schedule: ThresholdSchedule = ThresholdSchedule(), # the run's schedule (its value and start)
-                ) -> float:
+
+def threshold_at(
+    mode: str,  # "fixed": H as given; "schedule": the schedule's H at `iteration`
+    H: float,
+    iteration: int,
+    max_iterations: int,
+    schedule: ThresholdSchedule = ThresholdSchedule(),  # the run's schedule (its value and start)
+) -> float:
     "The H of Eq. 7 the explorer applies."
-    if mode not in H_MODES: raise ValueError(f"unknown mode {mode!r}: use one of {list(H_MODES)}")
+    if mode not in H_MODES:
+        raise ValueError(f"unknown mode {mode!r}: use one of {list(H_MODES)}")
     return float(H) if mode == "fixed" else schedule(iteration, max_iterations)
 
 # %% ../nbs/15_explorer.ipynb #f26bfc54
-def prob_rgb(p: np.ndarray, # (C, H, W) probabilities
-            ) -> np.ndarray: # (H, W, 3) colours in [0, 1]
+def prob_rgb(
+    p: np.ndarray,  # (C, H, W) probabilities
+) -> np.ndarray:  # (H, W, 3) colours in [0, 1]
     "Probabilities as one picture: each pixel mixes the class colours of `ucpcl.viz` (background black) by its probabilities."
-    colors = np.array([to_rgb(c) for c in CLASS_COLORS[:len(p)]])
+    colors = np.array([to_rgb(c) for c in CLASS_COLORS[: len(p)]])
     return np.clip(np.einsum("chw,cd->hwd", p, colors), 0, 1)
 
 # %% ../nbs/15_explorer.ipynb #0e64e3f5
 class Explorer:
     "The H explorer: controls, one figure updated in place and shown as a PNG, and counters of redraws."
-    def __init__(self, data: ExplorerData, # the cache (the model has already run)
-                 index: int = 0, H: float | None = None, # image and fixed H at the start (None: the schedule's final H)
-                 mode: str = "fixed", iteration: int | None = None, # "fixed" or "schedule"; iteration (None: half the run)
-                 dpi: int = 72, png_level: int = 1): # resolution of the rendered figure; PNG compression (1 fast .. 9 small)
-        self.data, self.dpi, self.png_level, self.redraws, self.seconds, self._syncing, self._shown = data, dpi, png_level, 0, [], False, None
-        self.state = dict(index=index, H=float(data.schedule.value if H is None else H), mode=mode,
-                          iteration=data.max_iterations // 2 if iteration is None else iteration, max_iterations=data.max_iterations)
+
+    def __init__(
+        self,
+        data: ExplorerData,  # the cache (the model has already run)
+        index: int = 0,
+        H: float | None = None,  # image and fixed H at the start (None: the schedule's final H)
+        mode: str = "fixed",
+        iteration: int | None = None,  # "fixed" or "schedule"; iteration (None: half the run)
+        dpi: int = 72,
+        png_level: int = 1,
+    ):  # resolution of the rendered figure; PNG compression (1 fast .. 9 small)
+        self.data, self.dpi, self.png_level, self.redraws, self.seconds, self._syncing, self._shown = (
+            data,
+            dpi,
+            png_level,
+            0,
+            [],
+            False,
+            None,
+        )
+        self.state = dict(
+            index=index,
+            H=float(data.schedule.value if H is None else H),
+            mode=mode,
+            iteration=data.max_iterations // 2 if iteration is None else iteration,
+            max_iterations=data.max_iterations,
+        )
         threshold_at(mode, self.state["H"], 0, 1)  # checks the mode
         self.table = curves(data)  # over all cached images, once: the curves do not depend on the slider
-        self._build_figure(); self._freeze_background(); self._build_controls(); self.update()
+        self._build_figure()
+        self._freeze_background()
+        self._build_controls()
+        self.update()
+
     @property
-    def H(self) -> float: s = self.state; return threshold_at(s["mode"], s["H"], s["iteration"], s["max_iterations"], self.data.schedule)
+    def H(self) -> float:
+        s = self.state
+        return threshold_at(s["mode"], s["H"], s["iteration"], s["max_iterations"], self.data.schedule)
+
     @property
-    def H_schedule(self) -> float: s = self.state; return self.data.schedule(s["iteration"], s["max_iterations"])
-    def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
+    def H_schedule(self) -> float:
+        s = self.state
+        return self.data.schedule(s["iteration"], s["max_iterations"])
+
+    def _repr_mimebundle_(self, **kw):
+        return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/15_explorer.ipynb #8c927387
 @patch
 def _build_figure(self: Explorer):
     "Draw every panel once with the `ucpcl.viz` helpers; redraws then only update these artists."
     p, C = panels(self.data, self.state["index"], self.H), self.data.num_classes
-    self.fig = Figure(figsize=(8.8, 6.2), dpi=self.dpi); FigureCanvasAgg(self.fig)
-    gs = self.fig.add_gridspec(3, 12, height_ratios=(1, 1, 0.8), hspace=0.35, wspace=0.6, left=0.03, right=0.98, top=0.91, bottom=0.07)
-    ax = [self.fig.add_subplot(gs[r, 3 * c:3 * c + 3], xticks=[], yticks=[]) for r in range(2) for c in range(4)]
+    self.fig = Figure(figsize=(8.8, 6.2), dpi=self.dpi)
+    FigureCanvasAgg(self.fig)
+    gs = self.fig.add_gridspec(
+        3,
+        12,
+        height_ratios=(1, 1, 0.8),
+        hspace=0.35,
+        wspace=0.6,
+        left=0.03,
+        right=0.98,
+        top=0.91,
+        bottom=0.07,
+    )
+    ax = [
+        self.fig.add_subplot(gs[r, 3 * c : 3 * c + 3], xticks=[], yticks=[])
+        for r in range(2)
+        for c in range(4)
+    ]
     show_image(p["image"], ax[0], "image")
-    for a, k, t in zip(ax[1:4], ("p_c", "p_t", "p_hat"), ("$p_c$ (CNN)", "$p_t$ (Transformer)", r"$\hat p$ (mean)")): show_image(prob_rgb(p[k]), a, t)
+    for a, k, t in zip(
+        ax[1:4], ("p_c", "p_t", "p_hat"), ("$p_c$ (CNN)", "$p_t$ (Transformer)", r"$\hat p$ (mean)")
+    ):
+        show_image(prob_rgb(p[k]), a, t)
     show_map(p["entropy"], ax[4], "entropy u (Eq. 6)", vmin=0, vmax=math.log(C))
     show_map(p["mask"].astype(float), ax[5], "certain", cmap="gray", vmin=0, vmax=1, colorbar=False)
-    show_image(p["errors"], ax[6], "kept vs truth", cmap=ERROR_CMAP, vmin=-0.5, vmax=3.5, interpolation="nearest")
+    show_image(
+        p["errors"], ax[6], "kept vs truth", cmap=ERROR_CMAP, vmin=-0.5, vmax=3.5, interpolation="nearest"
+    )
     show_label(p["kept"], ax[7], image=p["image"], num_classes=C, title="anchors")
     self.axes, self.h_line = ax, ax[4].images[0].colorbar.ax.axhline(self.H, color="#46f0f0", lw=2)
-    self._build_curves(gs); self.suptitle = self.fig.suptitle("", fontsize=10)
+    self._build_curves(gs)
+    self.suptitle = self.fig.suptitle("", fontsize=10)
 
 # %% ../nbs/15_explorer.ipynb #23c7b25f
 @patch
 def _build_curves(self: Explorer, gs):
     "The bottom row: the curves over H of all cached images, with the current H and the schedule's H marked."
-    axs = [self.fig.add_subplot(gs[2, 4 * c:4 * c + 4]) for c in range(3)]
+    axs = [self.fig.add_subplot(gs[2, 4 * c : 4 * c + 4]) for c in range(3)]
     marks = {"H": self.H, "schedule H": self.H_schedule, "ln 2": math.log(2)}
     self.curve_axes, self.marks = plot_curves(self.table, axs, marks, self.data.per_class)
-    for a in self.curve_axes: a.tick_params(labelsize=7); a.set_xlabel("H", fontsize=8)
+    for a in self.curve_axes:
+        a.tick_params(labelsize=7)
+        a.set_xlabel("H", fontsize=8)
 
 # %% ../nbs/15_explorer.ipynb #0a4b99ee
 @patch
@@ -306,13 +512,26 @@ def _freeze_background(self: Explorer):
     "Mark what redraws change as animated and draw the rest once: each redraw then draws only the changes (blitting)."
     ax = self.axes
     self.per_image = [im for a in ax[:5] for im in a.images] + [ax[7].images[0]]  # change with the image only
-    self.per_H = [ax[5].images[0], ax[6].images[0], ax[7].images[1]] + [a.title for a in ax[5:]] + [self.suptitle, self.h_line] + self.marks["H"] + self.marks["schedule H"]
-    for artist in self.per_image + self.per_H: artist.set_animated(True)
-    for im in ax[5].images + ax[6].images: im.set_interpolation("nearest")  # label-like maps: no smoothing, and faster
+    self.per_H = (
+        [ax[5].images[0], ax[6].images[0], ax[7].images[1]]
+        + [a.title for a in ax[5:]]
+        + [self.suptitle, self.h_line]
+        + self.marks["H"]
+        + self.marks["schedule H"]
+    )
+    for artist in self.per_image + self.per_H:
+        artist.set_animated(True)
+    for im in ax[5].images + ax[6].images:
+        im.set_interpolation("nearest")  # label-like maps: no smoothing, and faster
     for a in ax:
-        for spine in a.spines.values(): spine.set_linewidth(1.6)  # images cover the inner half of their frame
+        for spine in a.spines.values():
+            spine.set_linewidth(1.6)  # images cover the inner half of their frame
     self.fig.canvas.draw()
-    self.background, self.image_background, self.points = self.fig.canvas.copy_from_bbox(self.fig.bbox), None, None
+    self.background, self.image_background, self.points = (
+        self.fig.canvas.copy_from_bbox(self.fig.bbox),
+        None,
+        None,
+    )
 
 # %% ../nbs/15_explorer.ipynb #6a3d8bf8
 @patch
@@ -321,11 +540,16 @@ def _render(self: Explorer, new_image: bool) -> bytes:
     canvas = self.fig.canvas
     if new_image or self.image_background is None:
         canvas.restore_region(self.background)
-        for artist in self.per_image: self.fig.draw_artist(artist)
+        for artist in self.per_image:
+            self.fig.draw_artist(artist)
         self.image_background = canvas.copy_from_bbox(self.fig.bbox)
     canvas.restore_region(self.image_background)
-    for artist in self.per_H + [self.points]: self.fig.draw_artist(artist)
-    out = io.BytesIO(); Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(out, format="png", compress_level=self.png_level)
+    for artist in self.per_H + [self.points]:
+        self.fig.draw_artist(artist)
+    out = io.BytesIO()
+    Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(
+        out, format="png", compress_level=self.png_level
+    )
     return out.getvalue()
 
 # %% ../nbs/15_explorer.ipynb #ce4726e6
@@ -334,33 +558,64 @@ def _build_controls(self: Explorer):
     "The widgets: image, H in [0, ln C], fixed H or the schedule at an iteration of a run of a given length."
     d, s, lay = self.data, self.state, widgets.Layout(width="300px")
     self.controls = dict(
-        index=widgets.Dropdown(options=[(n, i) for i, n in enumerate(d.names)], value=s["index"], description="image"),
+        index=widgets.Dropdown(
+            options=[(n, i) for i, n in enumerate(d.names)], value=s["index"], description="image"
+        ),
         mode=widgets.ToggleButtons(options=[("fixed H", "fixed"), ("schedule", "schedule")], value=s["mode"]),
-        H=widgets.FloatSlider(value=min(s["H"], math.log(d.num_classes)), min=0.0, max=math.log(d.num_classes), step=0.001,
-                              readout_format=".3f", description="H", layout=lay),
-        iteration=widgets.IntSlider(value=s["iteration"], min=0, max=s["max_iterations"], description="iteration", layout=lay),
-        max_iterations=widgets.BoundedIntText(value=s["max_iterations"], min=1, max=10**7, description="run length", layout=widgets.Layout(width="180px")))
-    for k, w in self.controls.items(): w.observe(lambda change, k=k: self._syncing or self.update(**{k: change["new"]}), names="value")
+        H=widgets.FloatSlider(
+            value=min(s["H"], math.log(d.num_classes)),
+            min=0.0,
+            max=math.log(d.num_classes),
+            step=0.001,
+            readout_format=".3f",
+            description="H",
+            layout=lay,
+        ),
+        iteration=widgets.IntSlider(
+            value=s["iteration"], min=0, max=s["max_iterations"], description="iteration", layout=lay
+        ),
+        max_iterations=widgets.BoundedIntText(
+            value=s["max_iterations"],
+            min=1,
+            max=10**7,
+            description="run length",
+            layout=widgets.Layout(width="180px"),
+        ),
+    )
+    for k, w in self.controls.items():
+        w.observe(lambda change, k=k: self._syncing or self.update(**{k: change["new"]}), names="value")
     self.view, c = widgets.Image(format="png"), self.controls
-    self.widget = widgets.VBox([widgets.HBox([c["index"], c["mode"]]), widgets.HBox([c["H"], c["iteration"], c["max_iterations"]]), self.view])
+    self.widget = widgets.VBox(
+        [
+            widgets.HBox([c["index"], c["mode"]]),
+            widgets.HBox([c["H"], c["iteration"], c["max_iterations"]]),
+            self.view,
+        ]
+    )
 
 # %% ../nbs/15_explorer.ipynb #e077d206
 @patch
 def update(self: Explorer, **changes) -> dict:
     "The controls' callback: apply changes (index, H, mode, iteration, max_iterations), redraw, and return the panels' data."
-    if bad := sorted(set(changes) - set(self.state)): raise ValueError(f"unknown control(s) {bad}: use {sorted(self.state)}")
-    s = self.state; s.update(changes)
-    if s["mode"] not in H_MODES: raise ValueError(f"unknown mode {s['mode']!r}: use one of {list(H_MODES)}")
+    if bad := sorted(set(changes) - set(self.state)):
+        raise ValueError(f"unknown control(s) {bad}: use {sorted(self.state)}")
+    s = self.state
+    s.update(changes)
+    if s["mode"] not in H_MODES:
+        raise ValueError(f"unknown mode {s['mode']!r}: use one of {list(H_MODES)}")
     s["iteration"] = min(max(int(s["iteration"]), 0), int(s["max_iterations"]))
     # the slider shows the H applied: the schedule's in "schedule" mode, at most ln C
     s["H"] = min(float(self.H), math.log(self.data.num_classes))
     self._syncing = True  # widgets follow the state without calling back
     try:
-        c = self.controls; c["iteration"].max = s["max_iterations"]
+        c = self.controls
+        c["iteration"].max = s["max_iterations"]
         for k, w in c.items():
-            if w.value != s[k]: w.value = s[k]
+            if w.value != s[k]:
+                w.value = s[k]
         c["H"].disabled = s["mode"] == "schedule"
-    finally: self._syncing = False
+    finally:
+        self._syncing = False
     return self.redraw()
 
 # %% ../nbs/15_explorer.ipynb #83052cd6
@@ -369,8 +624,11 @@ def _set_image(self: Explorer, p: dict):
     "Update the artists that depend on the image only: the image, p_c, p_t, p_hat and the entropy map."
     ax = self.axes
     for a, arr in zip(ax[:4], (p["image"], prob_rgb(p["p_c"]), prob_rgb(p["p_t"]), prob_rgb(p["p_hat"]))):
-        a.images[0].set_data(arr); a.images[0].autoscale()
-    ax[4].images[0].set_data(p["entropy"]); ax[7].images[0].set_data(p["image"]); ax[7].images[0].autoscale()
+        a.images[0].set_data(arr)
+        a.images[0].autoscale()
+    ax[4].images[0].set_data(p["entropy"])
+    ax[7].images[0].set_data(p["image"])
+    ax[7].images[0].autoscale()
     self._shown = p["index"]
 
 # %% ../nbs/15_explorer.ipynb #f9abc462
@@ -378,17 +636,29 @@ def _set_image(self: Explorer, p: dict):
 def _set_threshold(self: Explorer, p: dict):
     "Update the artists that depend on H: mask, errors, kept labels, anchors, titles and the marks on the curves."
     ax, d, g = self.axes, self.data, self.data.grid
-    ax[5].images[0].set_data(p["mask"].astype(float)); ax[6].images[0].set_data(p["errors"]); ax[7].images[1].set_data(p["kept"])
-    if self.points is not None: self.points.remove()
+    ax[5].images[0].set_data(p["mask"].astype(float))
+    ax[6].images[0].set_data(p["errors"])
+    ax[7].images[1].set_data(p["kept"])
+    if self.points is not None:
+        self.points.remove()
     show_points(p["anchor_points"], p["anchor_classes"], ax[7], num_classes=d.num_classes, size=12)
-    self.points = ax[7].collections[-1]; self.points.set_animated(True)
+    self.points = ax[7].collections[-1]
+    self.points.set_animated(True)
     ax[5].set_title(f"certain u < H: {p['share']:.0%}", fontsize=9)
-    ax[6].set_title(f"kept vs truth: {p['accuracy']:.1%} right" if p["accuracy"] == p["accuracy"] else "kept vs truth", fontsize=9)
+    ax[6].set_title(
+        f"kept vs truth: {p['accuracy']:.1%} right" if p["accuracy"] == p["accuracy"] else "kept vs truth",
+        fontsize=9,
+    )
     ax[7].set_title(f"{len(p['anchors'])} anchors, {g[0]}x{g[1]} grid", fontsize=9)
     self.h_line.set_ydata([p["H"]] * 2)
     for name, h in (("H", p["H"]), ("schedule H", self.H_schedule)):
-        for line in self.marks[name]: line.set_xdata([h, h])
-    mode = f"schedule at iteration {self.state['iteration']} of {self.state['max_iterations']}" if self.state["mode"] == "schedule" else "fixed"
+        for line in self.marks[name]:
+            line.set_xdata([h, h])
+    mode = (
+        f"schedule at iteration {self.state['iteration']} of {self.state['max_iterations']}"
+        if self.state["mode"] == "schedule"
+        else "fixed"
+    )
     self.suptitle.set_text(f"{d.names[p['index']]}:  H = {p['H']:.3f} ({mode})")
 
 # %% ../nbs/15_explorer.ipynb #faed147a
@@ -397,7 +667,8 @@ def redraw(self: Explorer) -> dict:
     "Threshold the cached entropies at the current H and update the figure in place; the model is not called."
     t0, s = time.perf_counter(), self.state
     p, new_image = panels(self.data, s["index"], self.H), self._shown != s["index"]
-    if new_image: self._set_image(p)
+    if new_image:
+        self._set_image(p)
     self._set_threshold(p)
     self.view.value = self._render(new_image)
     self.last, self.redraws = p, self.redraws + 1
@@ -405,45 +676,103 @@ def redraw(self: Explorer) -> dict:
     return p
 
 # %% ../nbs/15_explorer.ipynb #a5222a93
-def brief_trainer(out: str | Path | None = None, # folder for the phantom and the run (None: a new temporary folder)
-                  iterations: int = 100, img_size: int = 96, seed: int = 0,
-                  lr: float = 0.05, # a brief run takes larger steps than the paper's 0.01
-                  **overrides, # fields of `TrainConfig` to change
-                 ) -> Trainer:
+def brief_trainer(
+    out: str | Path | None = None,  # folder for the phantom and the run (None: a new temporary folder)
+    iterations: int = 100,
+    img_size: int = 96,
+    seed: int = 0,
+    lr: float = 0.05,  # a brief run takes larger steps than the paper's 0.01
+    **overrides,  # fields of `TrainConfig` to change
+) -> Trainer:
     "The full method trained briefly on a small cardiac phantom with the small preset on the CPU: probabilities that mean something."
     out = Path(out) if out is not None else scratch("ucpcl-explorer-")
     root = write_phantom("cardiac", out / "phantom", seed=seed, num_patients=(6, 1, 1))
-    cfg = TrainConfig(data_root=str(root), labeled=2, preset="small", img_size=img_size, iterations=iterations, lr=lr, batch_size=8, labeled_bs=4,
-                      per_class=32, contrast_start=0.25, eval_every=iterations, save_every=iterations, seed=seed, device="cpu", out=str(out / "run"))
+    cfg = TrainConfig(
+        data_root=str(root),
+        labeled=2,
+        preset="small",
+        img_size=img_size,
+        iterations=iterations,
+        lr=lr,
+        batch_size=8,
+        labeled_bs=4,
+        per_class=32,
+        contrast_start=0.25,
+        eval_every=iterations,
+        save_every=iterations,
+        seed=seed,
+        device="cpu",
+        out=str(out / "run"),
+    )
     return Trainer(cfg.replace(**overrides)).fit(progress=False)
 
 # %% ../nbs/15_explorer.ipynb #2cf46b94
-def explore(source=None, # a run folder, a `Trainer`, a `UCPCLNet` or a logits function; None: `brief_trainer()`
-            images: Tensor | None = None, labels: Tensor | None = None, names: list[str] | None = None, # None: n validation images of the run
-            n: int = 6, checkpoint: str = "best", # images taken from the run; the run's checkpoint
-            data_kw: dict | None = None, # more arguments of `ExplorerData.from_model` (grid, per_class, seed, class_names, ...)
-            **kw) -> Explorer: # arguments of `Explorer`
+def explore(
+    source=None,  # a run folder, a `Trainer`, a `UCPCLNet` or a logits function; None: `brief_trainer()`
+    images: Tensor | None = None,
+    labels: Tensor | None = None,
+    names: list[str] | None = None,  # None: n validation images of the run
+    n: int = 6,
+    checkpoint: str = "best",  # images taken from the run; the run's checkpoint
+    data_kw: dict
+    | None = None,  # more arguments of `ExplorerData.from_model` (grid, per_class, seed, class_names, ...)
+    **kw,
+) -> Explorer:  # arguments of `Explorer`
     "The H explorer over a model and a few images: the model runs once, every control only re-thresholds."
-    if source is None: source = brief_trainer()
-    if isinstance(source, (str, Path)): source = Trainer.from_run(source, checkpoint, device="cpu")
+    if source is None:
+        source = brief_trainer()
+    if isinstance(source, (str, Path)):
+        source = Trainer.from_run(source, checkpoint, device="cpu")
     if images is None:
-        if not isinstance(source, Trainer): raise ValueError("give images (N, C_in, H, W) with a network or a function; only a run or a Trainer brings its own")
+        if not isinstance(source, Trainer):
+            raise ValueError(
+                "give images (N, C_in, H, W) with a network or a function; only a run or a Trainer brings its own"
+            )
         images, labels, names = load_images(source.data.val, n, source.model_cfg.img_size)
     return Explorer(ExplorerData.from_model(source, images, labels, names=names, **(data_kw or {})), **kw)
 
 # %% ../nbs/15_explorer.ipynb #0402cd83
-def plot_grid(data: ExplorerData, index: int = 0, # the cache and the image
-              Hs=(0.1, 0.3, 0.75 * math.log(2), math.log(2), 1.0, math.log(4)), # one column per H
-              size: float = 1.55):
+def plot_grid(
+    data: ExplorerData,
+    index: int = 0,  # the cache and the image
+    Hs=(0.1, 0.3, 0.75 * math.log(2), math.log(2), 1.0, math.log(4)),  # one column per H
+    size: float = 1.55,
+):
     "A static grid of the panels that depend on H: certainty mask, kept labels against the truth, anchors; one column per H."
-    n = len(Hs); fig, axs = subplots(3 * n, ncols=n, size=size)
+    n = len(Hs)
+    fig, axs = subplots(3 * n, ncols=n, size=size)
     for j, H in enumerate(Hs):
         p = panels(data, index, H)
-        show_map(p["mask"].astype(float), axs[j], f"H={H:.2f}: {p['share']:.0%} kept", cmap="gray", vmin=0, vmax=1, colorbar=False)
-        show_image(p["errors"], axs[n + j], f"{p['accuracy']:.1%} right" if p["kept"].max() >= 0 else "nothing kept",
-                   cmap=ERROR_CMAP, vmin=-0.5, vmax=3.5, interpolation="nearest")
-        show_label(p["kept"], axs[2 * n + j], image=p["image"], num_classes=data.num_classes, title=f"{len(p['anchors'])} anchors")
-        show_points(p["anchor_points"], p["anchor_classes"], axs[2 * n + j], num_classes=data.num_classes, size=10)
-    for i, t in enumerate(("certain (u < H)", "kept vs truth", "anchors")): axs[i * n].set_ylabel(t, fontsize=9)
-    fig.suptitle(data.names[index], fontsize=10); fig.tight_layout()
+        show_map(
+            p["mask"].astype(float),
+            axs[j],
+            f"H={H:.2f}: {p['share']:.0%} kept",
+            cmap="gray",
+            vmin=0,
+            vmax=1,
+            colorbar=False,
+        )
+        show_image(
+            p["errors"],
+            axs[n + j],
+            f"{p['accuracy']:.1%} right" if p["kept"].max() >= 0 else "nothing kept",
+            cmap=ERROR_CMAP,
+            vmin=-0.5,
+            vmax=3.5,
+            interpolation="nearest",
+        )
+        show_label(
+            p["kept"],
+            axs[2 * n + j],
+            image=p["image"],
+            num_classes=data.num_classes,
+            title=f"{len(p['anchors'])} anchors",
+        )
+        show_points(
+            p["anchor_points"], p["anchor_classes"], axs[2 * n + j], num_classes=data.num_classes, size=10
+        )
+    for i, t in enumerate(("certain (u < H)", "kept vs truth", "anchors")):
+        axs[i * n].set_ylabel(t, fontsize=9)
+    fig.suptitle(data.names[index], fontsize=10)
+    fig.tight_layout()
     return fig

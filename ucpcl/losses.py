@@ -18,29 +18,53 @@ from .uncertainty import sigmoid_rampup
 __all__ = ['dice_loss', 'seg_loss', 'supervised_loss', 'consistency_loss', 'consistency_weight', 'total_loss', 'LossWeights']
 
 # %% ../nbs/05_losses.ipynb #804b216f
-def _check_seg(input: Tensor, target: Tensor, num_classes: int | None = None, ignore_index: int = -1, probs: bool = False) -> int:
+def _check_seg(
+    input: Tensor, target: Tensor, num_classes: int | None = None, ignore_index: int = -1, probs: bool = False
+) -> int:
     "Validate a (B, C, H, W) prediction against a (B, H, W) integer target; return C."
     if not isinstance(input, Tensor) or input.ndim != 4 or not input.is_floating_point():
-        raise ValueError(f"prediction must be a floating (B, C, H, W) tensor, got {getattr(input, 'dtype', type(input).__name__)} {tuple(getattr(input, 'shape', ()))}")
+        raise ValueError(
+            f"prediction must be a floating (B, C, H, W) tensor, got {getattr(input, 'dtype', type(input).__name__)} {tuple(getattr(input, 'shape', ()))}"
+        )
     B, C, H, W = input.shape
-    if num_classes is not None and num_classes != C: raise ValueError(f"num_classes={num_classes} but the prediction has C={C} channels")
+    if num_classes is not None and num_classes != C:
+        raise ValueError(f"num_classes={num_classes} but the prediction has C={C} channels")
     if not isinstance(target, Tensor) or target.shape != (B, H, W):
-        raise ValueError(f"target must be (B, H, W) = {(B, H, W)} to match the prediction {tuple(input.shape)}, got {tuple(getattr(target, 'shape', ()))}")
+        raise ValueError(
+            f"target must be (B, H, W) = {(B, H, W)} to match the prediction {tuple(input.shape)}, got {tuple(getattr(target, 'shape', ()))}"
+        )
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class ids (and {ignore_index} = ignored), got dtype {target.dtype}")
+        raise ValueError(
+            f"target must hold integer class ids (and {ignore_index} = ignored), got dtype {target.dtype}"
+        )
     bad_ids = ((target < 0) | (target >= C)) & (target != ignore_index)
     total = input.sum(1) if probs else None  # probabilities: values in [0, 1], sums over C equal to 1
-    bad_probs = (((input < -1e-3) | (input > 1 + 1e-3)).any() | ((total - 1).abs() > 1e-3).any()) if probs else bad_ids.new_zeros(())
+    bad_probs = (
+        (((input < -1e-3) | (input > 1 + 1e-3)).any() | ((total - 1).abs() > 1e-3).any())
+        if probs
+        else bad_ids.new_zeros(())
+    )
     flags = torch.stack([bad_ids.any(), ~input.isfinite().all(), bad_probs]).tolist()  # the one host sync
-    if flags[0]: raise ValueError(f"target holds class ids {target[bad_ids].unique().tolist()} outside the valid range 0..{C - 1} "
-                                  f"({ignore_index} = ignored): check num_classes or the label map")
-    if flags[1]: raise ValueError("prediction holds NaN or inf values: the model diverged (lower the learning rate) or the input is broken")
-    if flags[2]: raise ValueError(f"prediction is not probabilities (values in [{input.min():.3g}, {input.max():.3g}], sums over C in "
-                                  f"[{total.min():.3g}, {total.max():.3g}]): pass logits with softmax=True, or torch.softmax(logits, 1)")
+    if flags[0]:
+        raise ValueError(
+            f"target holds class ids {target[bad_ids].unique().tolist()} outside the valid range 0..{C - 1} "
+            f"({ignore_index} = ignored): check num_classes or the label map"
+        )
+    if flags[1]:
+        raise ValueError(
+            "prediction holds NaN or inf values: the model diverged (lower the learning rate) or the input is broken"
+        )
+    if flags[2]:
+        raise ValueError(
+            f"prediction is not probabilities (values in [{input.min():.3g}, {input.max():.3g}], sums over C in "
+            f"[{total.min():.3g}, {total.max():.3g}]): pass logits with softmax=True, or torch.softmax(logits, 1)"
+        )
     return C
 
 # %% ../nbs/05_losses.ipynb #5455296c
-def _dice(p: Tensor, target: Tensor, include_background: bool, eps: float, ignore_index: int, squared_pred: bool) -> Tensor:
+def _dice(
+    p: Tensor, target: Tensor, include_background: bool, eps: float, ignore_index: int, squared_pred: bool
+) -> Tensor:
     "Soft Dice loss of probabilities p (B, C, H, W) against target (B, H, W), per class over the batch, mean over classes."
     valid = target != ignore_index
     m = valid.unsqueeze(1).to(p.dtype)  # (B, 1, H, W): 1 on pixels that count
@@ -50,33 +74,40 @@ def _dice(p: Tensor, target: Tensor, include_background: bool, eps: float, ignor
     # Dice numerator sum m p g and denominator sum m p (or p^2) + sum m g, per class over batch and pixels
     inter, denom = (p * g).sum((0, 2, 3)), (p * p if squared_pred else p).sum((0, 2, 3)) + g.sum((0, 2, 3))
     dice = 1 - (2 * inter + eps) / (denom + eps)  # (C,)
-    return dice[0 if include_background else 1:].mean()
+    return dice[0 if include_background else 1 :].mean()
 
 # %% ../nbs/05_losses.ipynb #b7c42856
-def dice_loss(input: Tensor, # (B, C, H, W) logits (softmax=True) or probabilities (softmax=False)
-              target: Tensor, # (B, H, W) integer class ids, ignore_index = ignored
-              num_classes: int | None = None, # C; read from `input` when None, checked when given
-              include_background: bool = False, # also average the Dice of class 0
-              softmax: bool = True, # apply softmax over C; False: `input` already holds probabilities
-              eps: float = 1e-5, # smoothing added to numerator and denominator
-              ignore_index: int = -1, # target value of pixels left out of every sum
-              squared_pred: bool = False, # sum of p^2 in the denominator instead of sum of p
-             ) -> Tensor: # scalar
+def dice_loss(
+    input: Tensor,  # (B, C, H, W) logits (softmax=True) or probabilities (softmax=False)
+    target: Tensor,  # (B, H, W) integer class ids, ignore_index = ignored
+    num_classes: int | None = None,  # C; read from `input` when None, checked when given
+    include_background: bool = False,  # also average the Dice of class 0
+    softmax: bool = True,  # apply softmax over C; False: `input` already holds probabilities
+    eps: float = 1e-5,  # smoothing added to numerator and denominator
+    ignore_index: int = -1,  # target value of pixels left out of every sum
+    squared_pred: bool = False,  # sum of p^2 in the denominator instead of sum of p
+) -> Tensor:  # scalar
     "Soft Dice loss L_Dice of Eq. 4: per class over the whole batch, then averaged over the classes kept."
     C = _check_seg(input, target, num_classes, ignore_index, probs=not softmax)
-    if C < 2 and not include_background: raise ValueError("with a single class there is no foreground: pass include_background=True")
-    if not eps >= 0: raise ValueError(f"eps must be >= 0, got {eps}")
-    return _dice(input.softmax(1) if softmax else input, target, include_background, eps, ignore_index, squared_pred)
+    if C < 2 and not include_background:
+        raise ValueError("with a single class there is no foreground: pass include_background=True")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    return _dice(
+        input.softmax(1) if softmax else input, target, include_background, eps, ignore_index, squared_pred
+    )
 
 # %% ../nbs/05_losses.ipynb #f51e4b79
-def seg_loss(logits: Tensor, # (B, C, H, W) decoder logits
-             target: Tensor, # (B, H, W) integer class ids, ignore_index = ignored
-             include_background: bool = False, # also average the Dice of class 0
-             ignore_index: int = -1, # target value of pixels left out
-            ) -> Tensor: # scalar
+def seg_loss(
+    logits: Tensor,  # (B, C, H, W) decoder logits
+    target: Tensor,  # (B, H, W) integer class ids, ignore_index = ignored
+    include_background: bool = False,  # also average the Dice of class 0
+    ignore_index: int = -1,  # target value of pixels left out
+) -> Tensor:  # scalar
     "Eq. 4: L_seg = (L_CE + L_Dice) / 2 on logits, ignored pixels left out of both terms."
     C = _check_seg(logits, target, None, ignore_index)
-    if C < 2 and not include_background: raise ValueError("with a single class there is no foreground: pass include_background=True")
+    if C < 2 and not include_background:
+        raise ValueError("with a single class there is no foreground: pass include_background=True")
     # L_CE: sum over the pixels that count, divided by their number (at least 1)
     n_valid = (target != ignore_index).sum().clamp_min(1)
     ce = F.cross_entropy(logits, target.long(), ignore_index=ignore_index, reduction="sum") / n_valid
@@ -84,56 +115,75 @@ def seg_loss(logits: Tensor, # (B, C, H, W) decoder logits
     return (ce + _dice(logits.softmax(1), target, include_background, 1e-5, ignore_index, False)) / 2
 
 # %% ../nbs/05_losses.ipynb #e3595ede
-def supervised_loss(logits_c: Tensor, # (B, C, H, W) CNN decoder logits on the labeled images
-                    logits_t: Tensor, # (B, C, H, W) transformer decoder logits on the same images
-                    target: Tensor, # (B, H, W) integer class ids, ignore_index = ignored
-                    alpha: float = 0.4, # weight of the transformer decoder's term
-                    include_background: bool = False, # also average the Dice of class 0
-                    ignore_index: int = -1, # target value of pixels left out
-                   ) -> Tensor: # scalar
+def supervised_loss(
+    logits_c: Tensor,  # (B, C, H, W) CNN decoder logits on the labeled images
+    logits_t: Tensor,  # (B, C, H, W) transformer decoder logits on the same images
+    target: Tensor,  # (B, H, W) integer class ids, ignore_index = ignored
+    alpha: float = 0.4,  # weight of the transformer decoder's term
+    include_background: bool = False,  # also average the Dice of class 0
+    ignore_index: int = -1,  # target value of pixels left out
+) -> Tensor:  # scalar
     "Eq. 3: l_sup = L_seg(p_c, y) + alpha * L_seg(p_t, y)."
-    if logits_c.shape != logits_t.shape: raise ValueError(f"logits_c {tuple(logits_c.shape)} and logits_t {tuple(logits_t.shape)} must have the same shape")
-    if not alpha >= 0: raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if logits_c.shape != logits_t.shape:
+        raise ValueError(
+            f"logits_c {tuple(logits_c.shape)} and logits_t {tuple(logits_t.shape)} must have the same shape"
+        )
+    if not alpha >= 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
     # Eq. 3: L_seg(p_c, y) + alpha L_seg(p_t, y)
-    return seg_loss(logits_c, target, include_background, ignore_index) + alpha * seg_loss(logits_t, target, include_background, ignore_index)
+    return seg_loss(logits_c, target, include_background, ignore_index) + alpha * seg_loss(
+        logits_t, target, include_background, ignore_index
+    )
 
 # %% ../nbs/05_losses.ipynb #23fe6558
-def consistency_loss(logits_c: Tensor, # (B, C, H, W) CNN decoder logits
-                     logits_t: Tensor, # (B, C, H, W) transformer decoder logits
-                    ) -> Tensor: # scalar
+def consistency_loss(
+    logits_c: Tensor,  # (B, C, H, W) CNN decoder logits
+    logits_t: Tensor,  # (B, C, H, W) transformer decoder logits
+) -> Tensor:  # scalar
     "Eq. 5: l_con = MSE(softmax(logits_c), softmax(logits_t)), mean over batch, classes and pixels."
     if logits_c.shape != logits_t.shape or logits_c.ndim < 2:
-        raise ValueError(f"logits_c {tuple(logits_c.shape)} and logits_t {tuple(logits_t.shape)} must have the same (B, C, ...) shape")
+        raise ValueError(
+            f"logits_c {tuple(logits_c.shape)} and logits_t {tuple(logits_t.shape)} must have the same (B, C, ...) shape"
+        )
     # Eq. 5: mean over b, c, h, w of (p_c - p_t)^2
     return F.mse_loss(logits_c.softmax(1), logits_t.softmax(1))
 
 # %% ../nbs/05_losses.ipynb #16c4e439
-def consistency_weight(iteration: int, # the current iteration, 0-based
-                       max_iterations: int, # length of the ramp: the whole run
-                       weight: float = 0.01, # final value of lambda_t (the `consistency` of `LossWeights`)
-                       step: int = 1, # the ramp advances every `step` iterations; 1 = smooth
-                      ) -> float:
+def consistency_weight(
+    iteration: int,  # the current iteration, 0-based
+    max_iterations: int,  # length of the ramp: the whole run
+    weight: float = 0.01,  # final value of lambda_t (the `consistency` of `LossWeights`)
+    step: int = 1,  # the ramp advances every `step` iterations; 1 = smooth
+) -> float:
     "lambda_t of Eq. 1: weight * exp(-5 (1 - t)^2), t = iteration / max_iterations clipped to [0, 1]."
-    if iteration < 0 or max_iterations < 0: raise ValueError(f"iteration and max_iterations must be >= 0, got {iteration}, {max_iterations}")
-    if int(step) != step or step < 1: raise ValueError(f"step must be a whole number of iterations >= 1, got {step}")
-    if not weight >= 0: raise ValueError(f"weight must be >= 0, got {weight}")
+    if iteration < 0 or max_iterations < 0:
+        raise ValueError(f"iteration and max_iterations must be >= 0, got {iteration}, {max_iterations}")
+    if int(step) != step or step < 1:
+        raise ValueError(f"step must be a whole number of iterations >= 1, got {step}")
+    if not weight >= 0:
+        raise ValueError(f"weight must be >= 0, got {weight}")
     # t rounded down to whole steps, then the Gaussian ramp-up
     return weight * sigmoid_rampup((iteration // step) * step, max_iterations)
 
 # %% ../nbs/05_losses.ipynb #393866ce
-def total_loss(l_sup: Tensor | float, # Eq. 3, supervised loss of both decoders
-               l_con: Tensor | float, # Eq. 5, consistency between the decoders
-               l_c: Tensor | float, # Eq. 9, uncertainty-guided pixel contrast
-               l_e: Tensor | float, # Eq. 12, equivariant rotation loss
-               lambda_t: float, # consistency weight of this iteration, see `consistency_weight`
-               lambda_1: float = 0.1, # weight of l_c
-               lambda_2: float = 0.1, # weight of l_e
-              ) -> Tensor | float: # scalar
+def total_loss(
+    l_sup: Tensor | float,  # Eq. 3, supervised loss of both decoders
+    l_con: Tensor | float,  # Eq. 5, consistency between the decoders
+    l_c: Tensor | float,  # Eq. 9, uncertainty-guided pixel contrast
+    l_e: Tensor | float,  # Eq. 12, equivariant rotation loss
+    lambda_t: float,  # consistency weight of this iteration, see `consistency_weight`
+    lambda_1: float = 0.1,  # weight of l_c
+    lambda_2: float = 0.1,  # weight of l_e
+) -> Tensor | float:  # scalar
     "Eq. 1: l = l_sup + lambda_t * l_con + lambda_1 * l_c + lambda_2 * l_e."
     for name, v in (("l_sup", l_sup), ("l_con", l_con), ("l_c", l_c), ("l_e", l_e)):
-        if isinstance(v, Tensor) and v.ndim != 0: raise ValueError(f"{name} must be a scalar loss, got a tensor of shape {tuple(v.shape)}: reduce it first")
+        if isinstance(v, Tensor) and v.ndim != 0:
+            raise ValueError(
+                f"{name} must be a scalar loss, got a tensor of shape {tuple(v.shape)}: reduce it first"
+            )
     for name, v in (("lambda_t", lambda_t), ("lambda_1", lambda_1), ("lambda_2", lambda_2)):
-        if not (math.isfinite(v) and v >= 0): raise ValueError(f"{name} must be a finite weight >= 0, got {v}")
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite weight >= 0, got {v}")
     # Eq. 1
     return l_sup + lambda_t * l_con + lambda_1 * l_c + lambda_2 * l_e
 
@@ -141,13 +191,15 @@ def total_loss(l_sup: Tensor | float, # Eq. 3, supervised loss of both decoders
 @dataclass(frozen=True)
 class LossWeights(Config):
     "The weights of Eq. 1 and 3: alpha, lambda_1, lambda_2 and the final lambda_t (consistency)."
-    alpha: float = 0.4 # weight of the transformer decoder in l_sup (Eq. 3)
-    lambda_1: float = 0.1 # weight of the pixel contrast l_c (Eq. 1)
-    lambda_2: float = 0.1 # weight of the rotation loss l_e (Eq. 1)
-    consistency: float = 0.01 # final value of lambda_t, reached at the end of the ramp (Eq. 1)
-    include_background: bool = False # also average the Dice of class 0 in L_seg (Eq. 4)
+
+    alpha: float = 0.4  # weight of the transformer decoder in l_sup (Eq. 3)
+    lambda_1: float = 0.1  # weight of the pixel contrast l_c (Eq. 1)
+    lambda_2: float = 0.1  # weight of the rotation loss l_e (Eq. 1)
+    consistency: float = 0.01  # final value of lambda_t, reached at the end of the ramp (Eq. 1)
+    include_background: bool = False  # also average the Dice of class 0 in L_seg (Eq. 4)
 
     def __post_init__(self):
         for name in ("alpha", "lambda_1", "lambda_2", "consistency"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0): raise ValueError(f"LossWeights.{name} must be a finite number >= 0, got {v!r}")
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"LossWeights.{name} must be a finite number >= 0, got {v!r}")

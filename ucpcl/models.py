@@ -25,21 +25,33 @@ __all__ = ['ENCODER_CHANNELS', 'STRIDES', 'PRESETS', 'ModelConfig', 'get_preset'
            'NetOutput', 'UCPCLNet', 'build_model', 'part_sizes']
 
 # %% ../nbs/06_models.ipynb #fe34bc4a
-ENCODER_CHANNELS = {"resnet18": (64, 64, 128, 256, 512), "resnet34": (64, 64, 128, 256, 512),
-                    "resnet50": (64, 256, 512, 1024, 2048)}  # stem, layer1..layer4
+ENCODER_CHANNELS = {
+    "resnet18": (64, 64, 128, 256, 512),
+    "resnet34": (64, 64, 128, 256, 512),
+    "resnet50": (64, 256, 512, 1024, 2048),
+}  # stem, layer1..layer4
 STRIDES = (2, 4, 8, 16, 32)  # of stem, layer1..layer4
+
 
 @dataclass(frozen=True)
 class ModelConfig(Config):
     "Configuration of the network of Sec. 3.1; the defaults are the paper's (ResNet-50, 224 px)."
+
     encoder: str = "resnet50"  # "resnet18", "resnet34" or "resnet50" (torchvision)
     in_channels: int = 1  # 1 (grey, repeated to 3 channels) or 3 (RGB)
     num_classes: int = 4  # segmentation classes, background included
     img_size: int = 224  # input side in pixels, a multiple of 32; sizes the position embeddings
-    pretrained: str | None = None  # None, a torchvision weights name ("IMAGENET1K_V2", downloads) or a local file
+    pretrained: str | None = (
+        None  # None, a torchvision weights name ("IMAGENET1K_V2", downloads) or a local file
+    )
     decoder_channels: tuple = (256, 128, 64, 32, 16)  # CNN decoder stages at 1/16 .. 1/1
     embed_dims: tuple = (96, 192, 384, 768)  # token width D of layer1..layer4 in the Transformer decoder
-    num_heads: tuple = (3, 6, 12, 24)  # attention heads per level (layer4 has no Swin blocks: its entry is unused)
+    num_heads: tuple = (
+        3,
+        6,
+        12,
+        24,
+    )  # attention heads per level (layer4 has no Swin blocks: its entry is unused)
     window_size: int = 7  # Swin window side; the shifted blocks shift by window_size // 2
     mlp_ratio: float = 4.0  # hidden width of the Swin MLPs, relative to D
     transformer: bool = True  # False: a plain ResNet U-Net without f_t (the baselines)
@@ -47,26 +59,46 @@ class ModelConfig(Config):
     proj_dim: int = 256  # width of the pixel-contrast embeddings
     rotation: bool = True  # build the rotation head p_phi
     rot_dropout: float = 0.2  # dropout before the rotation head's linear layer
-    def __post_init__(self): self._validate()
+
+    def __post_init__(self):
+        self._validate()
 
 # %% ../nbs/06_models.ipynb #7ea17a63
-def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
-def _is_num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
-def _ints(n: int): return lambda v: isinstance(v, tuple) and len(v) == n and all(_is_int(i) and i > 0 for i in v)
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _ints(n: int):
+    return lambda v: isinstance(v, tuple) and len(v) == n and all(_is_int(i) and i > 0 for i in v)
+
 
 _RULES = {  # field: (test, the valid values in words)
     "encoder": (lambda v: v in ENCODER_CHANNELS, f"one of {sorted(ENCODER_CHANNELS)}"),
     "in_channels": (lambda v: v in (1, 3) and _is_int(v), "1 (grey) or 3 (RGB)"),
     "num_classes": (lambda v: _is_int(v) and v >= 2, "an int >= 2 (background included)"),
-    "img_size": (lambda v: _is_int(v) and v >= 32 and v % 32 == 0, "a positive multiple of 32 (the encoder halves the size 5 times), e.g. 224 or 96"),
-    "pretrained": (lambda v: v is None or isinstance(v, str), "None, a torchvision weights name such as 'IMAGENET1K_V2', or the path of a ResNet state_dict"),
+    "img_size": (
+        lambda v: _is_int(v) and v >= 32 and v % 32 == 0,
+        "a positive multiple of 32 (the encoder halves the size 5 times), e.g. 224 or 96",
+    ),
+    "pretrained": (
+        lambda v: v is None or isinstance(v, str),
+        "None, a torchvision weights name such as 'IMAGENET1K_V2', or the path of a ResNet state_dict",
+    ),
     "decoder_channels": (_ints(5), "5 positive ints, e.g. (256, 128, 64, 32, 16)"),
     "embed_dims": (_ints(4), "4 positive ints, e.g. (96, 192, 384, 768)"),
     "num_heads": (_ints(4), "4 positive ints, e.g. (3, 6, 12, 24)"),
     "window_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1, e.g. 7"),
     "mlp_ratio": (lambda v: _is_num(v) and v > 0, "a number > 0, e.g. 4.0"),
-    "transformer": (lambda v: isinstance(v, bool), "True or False"), "rotation": (lambda v: isinstance(v, bool), "True or False"),
-    "contrast_level": (lambda v: v in (1, 2, 3, 4) and _is_int(v), "1, 2, 3 or 4 (Conv1..Conv4 = layer1..layer4)"),
+    "transformer": (lambda v: isinstance(v, bool), "True or False"),
+    "rotation": (lambda v: isinstance(v, bool), "True or False"),
+    "contrast_level": (
+        lambda v: v in (1, 2, 3, 4) and _is_int(v),
+        "1, 2, 3 or 4 (Conv1..Conv4 = layer1..layer4)",
+    ),
     "proj_dim": (lambda v: _is_int(v) and v >= 1, "an int >= 1, e.g. 256"),
     "rot_dropout": (lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
 }
@@ -76,48 +108,69 @@ _RULES = {  # field: (test, the valid values in words)
 def _validate(self: ModelConfig):
     "Turn lists into tuples and paths into strings, then check every field against `_RULES`."
     for k in ("decoder_channels", "embed_dims", "num_heads"):
-        if isinstance(getattr(self, k), list): object.__setattr__(self, k, tuple(getattr(self, k)))
-    if isinstance(self.pretrained, os.PathLike): object.__setattr__(self, "pretrained", os.fspath(self.pretrained))
+        if isinstance(getattr(self, k), list):
+            object.__setattr__(self, k, tuple(getattr(self, k)))
+    if isinstance(self.pretrained, os.PathLike):
+        object.__setattr__(self, "pretrained", os.fspath(self.pretrained))
     for k, (ok, valid) in _RULES.items():
-        if not ok(getattr(self, k)): raise ValueError(f"ModelConfig.{k}={getattr(self, k)!r} is invalid: expected {valid}")
+        if not ok(getattr(self, k)):
+            raise ValueError(f"ModelConfig.{k}={getattr(self, k)!r} is invalid: expected {valid}")
     if bad := [(d, h) for d, h in zip(self.embed_dims, self.num_heads) if d % h]:
-        raise ValueError(f"ModelConfig.num_heads={self.num_heads!r} is invalid: each must divide its embed_dims entry "
-                         f"{self.embed_dims!r}, but {bad} do not")
+        raise ValueError(
+            f"ModelConfig.num_heads={self.num_heads!r} is invalid: each must divide its embed_dims entry "
+            f"{self.embed_dims!r}, but {bad} do not"
+        )
 
 # %% ../nbs/06_models.ipynb #61e4ad6b
 PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(),
-    "small": ModelConfig(encoder="resnet18", img_size=96, decoder_channels=(128, 64, 32, 16, 16),
-                         embed_dims=(48, 96, 192, 384), num_heads=(3, 6, 12, 24), window_size=3),
+    "small": ModelConfig(
+        encoder="resnet18",
+        img_size=96,
+        decoder_channels=(128, 64, 32, 16, 16),
+        embed_dims=(48, 96, 192, 384),
+        num_heads=(3, 6, 12, 24),
+        window_size=3,
+    ),
 }
 
-def get_preset(name: str, # "paper" or "small"
-               **overrides, # fields of `ModelConfig` to change
-              ) -> ModelConfig:
+
+def get_preset(
+    name: str,  # "paper" or "small"
+    **overrides,  # fields of `ModelConfig` to change
+) -> ModelConfig:
     "The named preset, with `overrides` applied."
-    if name not in PRESETS: raise ValueError(f"unknown model preset {name!r}: use one of {sorted(PRESETS)}")
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}: use one of {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
 # %% ../nbs/06_models.ipynb #6e6aca8b
 class Encoder(nn.Module):
     "A torchvision ResNet returning [stem, layer1, layer2, layer3, layer4]; grey input is repeated to 3 channels."
-    def __init__(self, name: str = "resnet50", # "resnet18", "resnet34" or "resnet50"
-                 in_channels: int = 1, # 1 (grey) or 3 (RGB)
-                 pretrained: str | None = None, # None, a torchvision weights name, or a local state_dict file
-                ):
+
+    def __init__(
+        self,
+        name: str = "resnet50",  # "resnet18", "resnet34" or "resnet50"
+        in_channels: int = 1,  # 1 (grey) or 3 (RGB)
+        pretrained: str | None = None,  # None, a torchvision weights name, or a local state_dict file
+    ):
         super().__init__()
         net = torchvision.models.get_model(name, weights=None)  # random init, no download
         self.name, self.in_channels, self.channels = name, in_channels, ENCODER_CHANNELS[name]
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        if pretrained is not None: self.load_pretrained(pretrained)
+        if pretrained is not None:
+            self.load_pretrained(pretrained)
 
 # %% ../nbs/06_models.ipynb #ded795a8
 @patch
-def forward(self: Encoder, x: Tensor, # (B, in_channels, H, W) images
-           ) -> list[Tensor]: # [stem (B, 64, H/2, W/2), layer1 (H/4) ... layer4 (H/32)]
+def forward(
+    self: Encoder,
+    x: Tensor,  # (B, in_channels, H, W) images
+) -> list[Tensor]:  # [stem (B, 64, H/2, W/2), layer1 (H/4) ... layer4 (H/32)]
     "The five encoder features; the stem feeds only the CNN decoder's last skip."
-    if self.in_channels == 1: x = x.repeat(1, 3, 1, 1)  # grey -> the 3 channels ResNet expects
+    if self.in_channels == 1:
+        x = x.repeat(1, 3, 1, 1)  # grey -> the 3 channels ResNet expects
     stem = self.relu(self.bn1(self.conv1(x)))
     f1 = self.layer1(self.maxpool(stem))
     f2 = self.layer2(f1)
@@ -126,30 +179,44 @@ def forward(self: Encoder, x: Tensor, # (B, in_channels, H, W) images
 
 # %% ../nbs/06_models.ipynb #a70b452a
 @patch
-def load_pretrained(self: Encoder, pretrained: str, # a torchvision weights name ("IMAGENET1K_V2") or a file path
-                   ) -> Encoder:
+def load_pretrained(
+    self: Encoder,
+    pretrained: str,  # a torchvision weights name ("IMAGENET1K_V2") or a file path
+) -> Encoder:
     "Load torchvision ResNet weights into the encoder (strict); a weights name downloads, a path reads a file."
     enum = torchvision.models.get_model_weights(self.name)
-    if pretrained in enum.__members__: sd = enum[pretrained].get_state_dict(progress=True)  # downloads (cached)
+    if pretrained in enum.__members__:
+        sd = enum[pretrained].get_state_dict(progress=True)  # downloads (cached)
     else:
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            raise ValueError(f"pretrained={pretrained!r} is neither a {self.name} weights name "
-                             f"({', '.join(enum.__members__)}) nor an existing file")
-        try: sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e: raise ValueError(f"cannot read a state_dict from {path}: {e}") from e
-    if not isinstance(sd, dict): raise ValueError(f"{pretrained!r} holds a {type(sd).__name__}, not a state_dict")
-    try: self.load_state_dict({k: v for k, v in sd.items() if not k.startswith("fc.")}, strict=True)
-    except RuntimeError as e: raise ValueError(f"the weights in {pretrained!r} do not fit encoder {self.name!r}: {e}") from e
+            raise ValueError(
+                f"pretrained={pretrained!r} is neither a {self.name} weights name "
+                f"({', '.join(enum.__members__)}) nor an existing file"
+            )
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"cannot read a state_dict from {path}: {e}") from e
+    if not isinstance(sd, dict):
+        raise ValueError(f"{pretrained!r} holds a {type(sd).__name__}, not a state_dict")
+    try:
+        self.load_state_dict({k: v for k, v in sd.items() if not k.startswith("fc.")}, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"the weights in {pretrained!r} do not fit encoder {self.name!r}: {e}") from e
     return self
 
 # %% ../nbs/06_models.ipynb #aa308c36
 def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     "A 3x3 convolution, batch norm and ReLU."
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
 
 class UpBlock(nn.Module):
     "One U-Net decoder stage: upsample x2, concatenate the skip feature, two conv3x3-BN-ReLU."
+
     def __init__(self, cin: int, skip: int, cout: int):
         super().__init__()
         self.convs = nn.Sequential(conv_bn_relu(cin + skip, cout), conv_bn_relu(cout, cout))
@@ -161,38 +228,55 @@ class UpBlock(nn.Module):
 # %% ../nbs/06_models.ipynb #ade298f5
 class CNNDecoder(nn.Module):
     "The CNN decoder f_c: a U-Net decoder from layer4 to full resolution and a conv head to the class logits."
-    def __init__(self, enc_channels: tuple, # channels of stem, layer1..layer4
-                 num_classes: int, channels: tuple = (256, 128, 64, 32, 16)):
+
+    def __init__(
+        self,
+        enc_channels: tuple,  # channels of stem, layer1..layer4
+        num_classes: int,
+        channels: tuple = (256, 128, 64, 32, 16),
+    ):
         super().__init__()
         skips = [*enc_channels[-2::-1], 0]  # layer3, layer2, layer1, stem, none at full resolution
         ins = [enc_channels[-1], *channels[:-1]]
         self.blocks = nn.ModuleList(UpBlock(i, s, o) for i, s, o in zip(ins, skips, channels))
         self.head = nn.Conv2d(channels[-1], num_classes, 3, padding=1)
 
-    def forward(self, feats: list[Tensor], # [stem, layer1..layer4] from `Encoder`
-               ) -> Tensor: # (B, num_classes, H, W) logits p_c
+    def forward(
+        self,
+        feats: list[Tensor],  # [stem, layer1..layer4] from `Encoder`
+    ) -> Tensor:  # (B, num_classes, H, W) logits p_c
         x = feats[-1]
-        for block, skip in zip(self.blocks, [*feats[-2::-1], None]): x = block(x, skip)
+        for block, skip in zip(self.blocks, [*feats[-2::-1], None]):
+            x = block(x, skip)
         return self.head(x)
 
 # %% ../nbs/06_models.ipynb #77248494
 class PatchEmbedding(nn.Module):
     "Eq. 2 for one encoder level: 1x1 projection E, LayerNorm, plus the learned position embedding E_pos."
-    def __init__(self, in_channels: int, dim: int, # C_i and D
-                 img_size: int, stride: int, # input side and the level's stride: h = w = img_size / stride tokens
-                ):
+
+    def __init__(
+        self,
+        in_channels: int,
+        dim: int,  # C_i and D
+        img_size: int,
+        stride: int,  # input side and the level's stride: h = w = img_size / stride tokens
+    ):
         super().__init__()
         self.img_size, self.stride, self.grid = img_size, stride, img_size // stride
         self.proj, self.norm = nn.Conv2d(in_channels, dim, 1), nn.LayerNorm(dim)
-        self.pos = nn.Parameter(torch.zeros(1, self.grid ** 2, dim))  # E_pos in R^{N x D}: trained and saved
+        self.pos = nn.Parameter(torch.zeros(1, self.grid**2, dim))  # E_pos in R^{N x D}: trained and saved
         nn.init.trunc_normal_(self.pos, std=0.02)
 
-    def forward(self, f: Tensor, # (B, C_i, h, w) encoder feature
-               ) -> Tensor: # (B, h, w, D) tokens
+    def forward(
+        self,
+        f: Tensor,  # (B, C_i, h, w) encoder feature
+    ) -> Tensor:  # (B, h, w, D) tokens
         B, _, h, w = f.shape
         if (h, w) != (self.grid, self.grid):
-            raise ValueError(f"the Transformer decoder was built for img_size={self.img_size} ({self.grid}x{self.grid} tokens at "
-                             f"stride {self.stride}) but got {h}x{w} tokens: resize the input or rebuild with that img_size")
+            raise ValueError(
+                f"the Transformer decoder was built for img_size={self.img_size} ({self.grid}x{self.grid} tokens at "
+                f"stride {self.stride}) but got {h}x{w} tokens: resize the input or rebuild with that img_size"
+            )
         # Eq. 2: [x_p^1 E; ...; x_p^N E] (a 1x1 conv is the same linear map E on every token), then LayerNorm
         x = self.norm(self.proj(f).flatten(2).transpose(1, 2))  # (B, N, D)
         # Eq. 2: + E_pos
@@ -201,40 +285,69 @@ class PatchEmbedding(nn.Module):
 # %% ../nbs/06_models.ipynb #233ffd17
 class PatchExpand(nn.Module):
     "Patch expanding: a linear map to scale^2 x out_dim channels, rearranged into a scale-times finer grid, then LayerNorm."
+
     def __init__(self, dim: int, out_dim: int, scale: int = 2):
         super().__init__()
-        self.scale, self.expand, self.norm = scale, nn.Linear(dim, scale * scale * out_dim, bias=False), nn.LayerNorm(out_dim)
+        self.scale, self.expand, self.norm = (
+            scale,
+            nn.Linear(dim, scale * scale * out_dim, bias=False),
+            nn.LayerNorm(out_dim),
+        )
 
-    def forward(self, x: Tensor, # (B, h, w, dim) tokens
-               ) -> Tensor: # (B, scale*h, scale*w, out_dim) tokens
-        x = F.pixel_shuffle(self.expand(x).permute(0, 3, 1, 2), self.scale)  # channel blocks -> spatial blocks
+    def forward(
+        self,
+        x: Tensor,  # (B, h, w, dim) tokens
+    ) -> Tensor:  # (B, scale*h, scale*w, out_dim) tokens
+        x = F.pixel_shuffle(
+            self.expand(x).permute(0, 3, 1, 2), self.scale
+        )  # channel blocks -> spatial blocks
         return self.norm(x.permute(0, 2, 3, 1))
 
 # %% ../nbs/06_models.ipynb #44d693ca
-def swin_stage(dim: int, num_heads: int, window_size: int = 7, mlp_ratio: float = 4.0, depth: int = 2) -> nn.Sequential:
+def swin_stage(
+    dim: int, num_heads: int, window_size: int = 7, mlp_ratio: float = 4.0, depth: int = 2
+) -> nn.Sequential:
     "Swin blocks from torchvision alternating W-MSA and SW-MSA (shift window_size // 2)."
     shift = lambda i: [0, 0] if i % 2 == 0 else [window_size // 2] * 2
-    return nn.Sequential(*[SwinTransformerBlock(dim, num_heads, [window_size] * 2, shift(i), mlp_ratio) for i in range(depth)])
+    return nn.Sequential(
+        *[SwinTransformerBlock(dim, num_heads, [window_size] * 2, shift(i), mlp_ratio) for i in range(depth)]
+    )
 
 # %% ../nbs/06_models.ipynb #0db40acb
 class TransformerDecoder(nn.Module):
     "The Transformer decoder f_t (Swin-UNet style) on layer1..layer4, with learned position embeddings (Eq. 2)."
-    def __init__(self, enc_channels: tuple, # channels of stem, layer1..layer4
-                 num_classes: int, img_size: int = 224, embed_dims: tuple = (96, 192, 384, 768),
-                 num_heads: tuple = (3, 6, 12, 24), window_size: int = 7, mlp_ratio: float = 4.0):
+
+    def __init__(
+        self,
+        enc_channels: tuple,  # channels of stem, layer1..layer4
+        num_classes: int,
+        img_size: int = 224,
+        embed_dims: tuple = (96, 192, 384, 768),
+        num_heads: tuple = (3, 6, 12, 24),
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+    ):
         super().__init__()
-        self.embed = nn.ModuleList(PatchEmbedding(c, d, img_size, s) for c, d, s in zip(enc_channels[1:], embed_dims, STRIDES[1:]))
-        self.expand = nn.ModuleList(PatchExpand(embed_dims[i + 1], embed_dims[i]) for i in range(3))  # up to level i
+        self.embed = nn.ModuleList(
+            PatchEmbedding(c, d, img_size, s) for c, d, s in zip(enc_channels[1:], embed_dims, STRIDES[1:])
+        )
+        self.expand = nn.ModuleList(
+            PatchExpand(embed_dims[i + 1], embed_dims[i]) for i in range(3)
+        )  # up to level i
         self.fuse = nn.ModuleList(nn.Linear(2 * d, d) for d in embed_dims[:3])
-        self.blocks = nn.ModuleList(swin_stage(d, h, window_size, mlp_ratio) for d, h in zip(embed_dims[:3], num_heads[:3]))
+        self.blocks = nn.ModuleList(
+            swin_stage(d, h, window_size, mlp_ratio) for d, h in zip(embed_dims[:3], num_heads[:3])
+        )
         self.norm = nn.LayerNorm(embed_dims[0])
         self.up4 = PatchExpand(embed_dims[0], embed_dims[0], scale=4)
         self.head = nn.Conv2d(embed_dims[0], num_classes, 1)
 
 # %% ../nbs/06_models.ipynb #e2dc4568
 @patch
-def forward(self: TransformerDecoder, feats: list[Tensor], # [stem, layer1..layer4] from `Encoder`
-           ) -> Tensor: # (B, num_classes, H, W) logits p_t
+def forward(
+    self: TransformerDecoder,
+    feats: list[Tensor],  # [stem, layer1..layer4] from `Encoder`
+) -> Tensor:  # (B, num_classes, H, W) logits p_t
     "Embed layer1..layer4 (Eq. 2), then expand, fuse the skip tokens and apply Swin blocks from 1/32 up to 1/4."
     tokens = [emb(f) for emb, f in zip(self.embed, feats[1:])]  # Eq. 2 per level: (B, h_i, w_i, D_i)
     x = tokens[3]
@@ -248,55 +361,83 @@ def forward(self: TransformerDecoder, feats: list[Tensor], # [stem, layer1..laye
 # %% ../nbs/06_models.ipynb #08f9c79b
 class ProjectionHead(nn.Module):
     "Projection head of the pixel contrast: 1x1 conv, BN, ReLU, 1x1 conv to proj_dim, L2-normalised over channels."
+
     def __init__(self, in_channels: int, proj_dim: int = 256):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(in_channels, in_channels, 1), nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
-                                 nn.Conv2d(in_channels, proj_dim, 1))
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, in_channels, 1),
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, proj_dim, 1),
+        )
 
-    def forward(self, f: Tensor, # (B, C, h, w) encoder feature
-               ) -> Tensor: # (B, proj_dim, h, w) unit-length embeddings
+    def forward(
+        self,
+        f: Tensor,  # (B, C, h, w) encoder feature
+    ) -> Tensor:  # (B, proj_dim, h, w) unit-length embeddings
         return F.normalize(self.net(f), dim=1)
 
 # %% ../nbs/06_models.ipynb #3711ed66
 class NetOutput(NamedTuple):
     "What `UCPCLNet.forward` returns; None for a part that was not asked for or not built."
+
     logits_c: Tensor  # (B, C, H, W) CNN decoder logits
     logits_t: Tensor | None = None  # (B, C, H, W) Transformer decoder logits
     embeddings: Tensor | None = None  # (B, proj_dim, h, w) unit-length pixel embeddings
     rot_logits: Tensor | None = None  # (B, 4) rotation logits
 
+
 class UCPCLNet(nn.Module):
     "The network of Sec. 3.1: a shared ResNet encoder, CNN decoder f_c, Transformer decoder f_t and two heads."
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg, ch = cfg, ENCODER_CHANNELS[cfg.encoder]
         self.encoder = Encoder(cfg.encoder, cfg.in_channels, cfg.pretrained)
         self.cnn = CNNDecoder(ch, cfg.num_classes, cfg.decoder_channels)
-        self.transformer = TransformerDecoder(ch, cfg.num_classes, cfg.img_size, cfg.embed_dims, cfg.num_heads,
-                                              cfg.window_size, cfg.mlp_ratio) if cfg.transformer else None
+        self.transformer = (
+            TransformerDecoder(
+                ch,
+                cfg.num_classes,
+                cfg.img_size,
+                cfg.embed_dims,
+                cfg.num_heads,
+                cfg.window_size,
+                cfg.mlp_ratio,
+            )
+            if cfg.transformer
+            else None
+        )
         self.proj = ProjectionHead(ch[cfg.contrast_level], cfg.proj_dim)
         self.rot = RotationHead(ch[-1], 4, cfg.rot_dropout) if cfg.rotation else None
 
 # %% ../nbs/06_models.ipynb #c55a3c79
 @patch
-def encode(self: UCPCLNet, x: Tensor, # (B, in_channels, H, W) images, H and W multiples of 32
-          ) -> list[Tensor]: # [stem, layer1..layer4]
+def encode(
+    self: UCPCLNet,
+    x: Tensor,  # (B, in_channels, H, W) images, H and W multiples of 32
+) -> list[Tensor]:  # [stem, layer1..layer4]
     "The encoder features, after checking the input's layout."
     if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
-        raise ValueError(f"expected images (B, {self.cfg.in_channels}, H, W) for in_channels={self.cfg.in_channels}, got {tuple(x.shape)}")
+        raise ValueError(
+            f"expected images (B, {self.cfg.in_channels}, H, W) for in_channels={self.cfg.in_channels}, got {tuple(x.shape)}"
+        )
     if x.shape[-2] % 32 or x.shape[-1] % 32:
         raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of 32: resize or pad the input")
     return self.encoder(x)
+
 
 @patch
 def decode_cnn(self: UCPCLNet, feats: list[Tensor]) -> Tensor:
     "CNN decoder logits p_c (B, C, H, W)."
     return self.cnn(feats)
 
+
 @patch
 def decode_transformer(self: UCPCLNet, feats: list[Tensor]) -> Tensor:
     "Transformer decoder logits p_t (B, C, H, W)."
-    if self.transformer is None: raise ValueError("this model was built with transformer=False: it has no Transformer decoder")
+    if self.transformer is None:
+        raise ValueError("this model was built with transformer=False: it has no Transformer decoder")
     return self.transformer(feats)
 
 # %% ../nbs/06_models.ipynb #21a03472
@@ -305,45 +446,67 @@ def project(self: UCPCLNet, feats: list[Tensor]) -> Tensor:
     "Pixel-contrast embeddings (B, proj_dim, h, w) of the encoder level cfg.contrast_level (1..4 = layer1..layer4)."
     return self.proj(feats[self.cfg.contrast_level])
 
+
 @patch
 def rotation_logits(self: UCPCLNet, feats: list[Tensor]) -> Tensor:
     "Rotation logits (B, 4) of p_phi on layer4."
-    if self.rot is None: raise ValueError("this model was built with rotation=False: it has no rotation head")
+    if self.rot is None:
+        raise ValueError("this model was built with rotation=False: it has no rotation head")
     return self.rot(feats[-1])
 
+
 @patch
-def forward(self: UCPCLNet, x: Tensor, # (B, in_channels, H, W) images
-            transformer: bool = True, embed: bool = True, rotation: bool = True, # which optional outputs to compute
-           ) -> NetOutput:
+def forward(
+    self: UCPCLNet,
+    x: Tensor,  # (B, in_channels, H, W) images
+    transformer: bool = True,
+    embed: bool = True,
+    rotation: bool = True,  # which optional outputs to compute
+) -> NetOutput:
     "Everything a training step needs, from one pass through the encoder."
     feats = self.encode(x)
-    return NetOutput(self.decode_cnn(feats),
-                     self.decode_transformer(feats) if transformer and self.transformer is not None else None,
-                     self.project(feats) if embed else None,
-                     self.rotation_logits(feats) if rotation and self.rot is not None else None)
+    return NetOutput(
+        self.decode_cnn(feats),
+        self.decode_transformer(feats) if transformer and self.transformer is not None else None,
+        self.project(feats) if embed else None,
+        self.rotation_logits(feats) if rotation and self.rot is not None else None,
+    )
 
 # %% ../nbs/06_models.ipynb #43c4ec6e
 @patch
-def predict(self: UCPCLNet, x: Tensor, # (B, in_channels, H, W) images
-           ) -> Tensor: # (B, H, W) class ids
+def predict(
+    self: UCPCLNet,
+    x: Tensor,  # (B, in_channels, H, W) images
+) -> Tensor:  # (B, H, W) class ids
     "The segmentation of the CNN branch, the predictor used at inference."
     was_training = self.training
     self.eval()
     try:
-        with torch.no_grad(): return self.decode_cnn(self.encode(x)).argmax(1)
-    finally: self.train(was_training)
+        with torch.no_grad():
+            return self.decode_cnn(self.encode(x)).argmax(1)
+    finally:
+        self.train(was_training)
 
 # %% ../nbs/06_models.ipynb #d56f19e2
-def build_model(cfg: ModelConfig | str, # a `ModelConfig` or a preset name ("paper", "small")
-                **overrides, # fields of `ModelConfig` to change
-               ) -> UCPCLNet:
+def build_model(
+    cfg: ModelConfig | str,  # a `ModelConfig` or a preset name ("paper", "small")
+    **overrides,  # fields of `ModelConfig` to change
+) -> UCPCLNet:
     "Build `UCPCLNet` from a configuration or a preset name."
-    if isinstance(cfg, str): cfg = get_preset(cfg, **overrides)
-    elif overrides: cfg = cfg.replace(**overrides)
+    if isinstance(cfg, str):
+        cfg = get_preset(cfg, **overrides)
+    elif overrides:
+        cfg = cfg.replace(**overrides)
     return UCPCLNet(cfg)
+
 
 def part_sizes(model: UCPCLNet) -> dict[str, int]:
     "Number of parameters of each part of the network (0 for a part that was not built)."
-    parts = {"encoder": model.encoder, "CNN decoder": model.cnn, "Transformer decoder": model.transformer,
-             "projection head": model.proj, "rotation head": model.rot}
+    parts = {
+        "encoder": model.encoder,
+        "CNN decoder": model.cnn,
+        "Transformer decoder": model.transformer,
+        "projection head": model.proj,
+        "rotation head": model.rot,
+    }
     return {k: sum(p.numel() for p in m.parameters()) if m is not None else 0 for k, m in parts.items()}

@@ -19,11 +19,12 @@ __all__ = ['GROUPS', 'LESION_COLOURS', 'STAMP', 'ISIC_INPUT', 'ISIC_TRUTH', 'PHA
            'write_cardiac_phantom', 'write_lesion_phantom', 'write_phantom']
 
 # %% ../nbs/07_phantoms.ipynb #66d80684
-def random_field(rng: np.random.Generator, # the random stream
-                 shape: tuple[int, ...], # shape of the field, e.g. (H, W) or (D, H, W)
-                 beta: float = 3.0, # spectral slope of P(f) ~ |f|^-beta: larger is smoother
-                 scale: tuple[float, ...] | None = None, # per-axis frequency stretch, e.g. (4, 1, 1)
-                ) -> np.ndarray:
+def random_field(
+    rng: np.random.Generator,  # the random stream
+    shape: tuple[int, ...],  # shape of the field, e.g. (H, W) or (D, H, W)
+    beta: float = 3.0,  # spectral slope of P(f) ~ |f|^-beta: larger is smoother
+    scale: tuple[float, ...] | None = None,  # per-axis frequency stretch, e.g. (4, 1, 1)
+) -> np.ndarray:
     "Zero-mean, unit-variance periodic random field with power spectrum |f|^-beta."
     freqs = [np.fft.fftfreq(n) for n in shape[:-1]] + [np.fft.rfftfreq(shape[-1])]
     grids = np.meshgrid(*freqs, indexing="ij", sparse=True)
@@ -35,50 +36,64 @@ def random_field(rng: np.random.Generator, # the random stream
     return (x - x.mean()) / (x.std() + 1e-12)
 
 # %% ../nbs/07_phantoms.ipynb #25afcedf
-def gaussian_blur(x: np.ndarray, # (..., H, W) image(s)
-                  sigma: float, # standard deviation in pixels; 0 leaves `x` unchanged
-                 ) -> np.ndarray:
+def gaussian_blur(
+    x: np.ndarray,  # (..., H, W) image(s)
+    sigma: float,  # standard deviation in pixels; 0 leaves `x` unchanged
+) -> np.ndarray:
     "Separable Gaussian blur G_sigma * x over the last two axes, with reflected borders."
-    if sigma <= 0: return x
+    if sigma <= 0:
+        return x
     r = int(np.ceil(3 * sigma))
-    k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma ** 2)); k /= k.sum()
+    k = np.exp(-(np.arange(-r, r + 1) ** 2) / (2 * sigma**2))
+    k /= k.sum()
     for ax in (x.ndim - 2, x.ndim - 1):  # one axis at a time: a sum of 2r + 1 shifted copies
-        pad = [(0, 0)] * x.ndim; pad[ax] = (r, r)
+        pad = [(0, 0)] * x.ndim
+        pad[ax] = (r, r)
         xp, n = np.pad(x, pad, mode="reflect"), x.shape[ax]
         x = sum(w * xp.take(np.arange(i, i + n), axis=ax) for i, w in enumerate(k))
     return x
 
-def bias_field(rng: np.random.Generator, # the random stream
-               shape: tuple[int, int], # (H, W)
-               strength: float, # s: log-amplitude of the field
-              ) -> np.ndarray:
+
+def bias_field(
+    rng: np.random.Generator,  # the random stream
+    shape: tuple[int, int],  # (H, W)
+    strength: float,  # s: log-amplitude of the field
+) -> np.ndarray:
     "Smooth multiplicative coil sensitivity b(x) = exp(s g(x)), g a steep-spectrum random field."
     return np.exp(strength * random_field(rng, shape, beta=4.5))
 
-def rician_noise(rng: np.random.Generator, # the random stream
-                 x: np.ndarray, # noise-free magnitude image, any shape
-                 sigma: float, # standard deviation of the noise in each channel
-                ) -> np.ndarray:
+
+def rician_noise(
+    rng: np.random.Generator,  # the random stream
+    x: np.ndarray,  # noise-free magnitude image, any shape
+    sigma: float,  # standard deviation of the noise in each channel
+) -> np.ndarray:
     "Magnitude of the complex image x + n1 + i n2 with Gaussian n1, n2 (Rician noise)."
     n1, n2 = rng.standard_normal((2,) + x.shape) * sigma
-    return np.sqrt((x + n1) ** 2 + n2 ** 2)
+    return np.sqrt((x + n1) ** 2 + n2**2)
 
 # %% ../nbs/07_phantoms.ipynb #25f665ba
-def radial_boundary(theta: np.ndarray, # angles, any shape
-                    amps: np.ndarray, # (K,) amplitudes a_k of the harmonics k = 2..K+1
-                    phases: np.ndarray, # (K,) phases phi_k
-                   ) -> np.ndarray:
+def radial_boundary(
+    theta: np.ndarray,  # angles, any shape
+    amps: np.ndarray,  # (K,) amplitudes a_k of the harmonics k = 2..K+1
+    phases: np.ndarray,  # (K,) phases phi_k
+) -> np.ndarray:
     "Relative radius r(theta) / r0 = 1 + sum_k a_k cos(k theta + phi_k), k = 2..K+1."
     e = np.exp(1j * np.asarray(theta, dtype=float))  # e^{i theta}
     c = np.asarray(amps, dtype=float) * np.exp(1j * np.asarray(phases, dtype=float))  # a_k e^{i phi_k}
     # sum_k a_k cos(k theta + phi_k) = Re sum_k c_k e^{i k theta}, a polynomial in e^{i theta} (Horner's rule)
-    return 1 + (np.polyval(c[::-1], e) * e ** 2).real
+    return 1 + (np.polyval(c[::-1], e) * e**2).real
 
-def elliptic_coords(X, Y, # pixel coordinates (any broadcastable shapes)
-                    cx, cy, # centre
-                    a, b, # semi-axes along the rotated x and y axes
-                    angle: float = 0.0, # rotation of the ellipse, radians
-                   ) -> tuple[np.ndarray, np.ndarray]:
+
+def elliptic_coords(
+    X,
+    Y,  # pixel coordinates (any broadcastable shapes)
+    cx,
+    cy,  # centre
+    a,
+    b,  # semi-axes along the rotated x and y axes
+    angle: float = 0.0,  # rotation of the ellipse, radians
+) -> tuple[np.ndarray, np.ndarray]:
     "Normalised radius rho (1 on the ellipse) and polar angle of each pixel in an ellipse's frame."
     c, s = np.cos(angle), np.sin(angle)
     u, v = ((X - cx) * c + (Y - cy) * s) / a, (-(X - cx) * s + (Y - cy) * c) / b
@@ -90,72 +105,116 @@ GROUPS = {  # ACDC's five groups: LV cavity radius and wall thickness (mm), ES/E
     "MINF": dict(r_endo=(22, 30), thick=(6, 10), es_ratio=(0.75, 0.9), rv=(0.9, 1.1)),  # infarct: a thin scar
     "DCM": dict(r_endo=(27, 34), thick=(4.5, 7), es_ratio=(0.85, 0.95), rv=(0.9, 1.2)),  # dilated
     "HCM": dict(r_endo=(12, 19), thick=(11, 17), es_ratio=(0.35, 0.6), rv=(0.8, 1.0)),  # hypertrophic
-    "RV": dict(r_endo=(15, 22), thick=(6, 9), es_ratio=(0.55, 0.75), rv=(1.3, 1.8)),  # abnormal right ventricle
+    "RV": dict(
+        r_endo=(15, 22), thick=(6, 9), es_ratio=(0.55, 0.75), rv=(1.3, 1.8)
+    ),  # abnormal right ventricle
 }
 
-def sample_heart(rng: np.random.Generator, # the patient's random stream
-                 difficulty: float = 1.0, # scales the shape irregularity
-                ) -> dict:
+
+def sample_heart(
+    rng: np.random.Generator,  # the patient's random stream
+    difficulty: float = 1.0,  # scales the shape irregularity
+) -> dict:
     "Random heart anatomy of one patient (mm and radians): group, LV, myocardium, RV, papillary muscles."
     U, d, k = rng.uniform, difficulty, np.arange(2, 6)
     group = list(GROUPS)[int(rng.integers(len(GROUPS)))]
     g = {name: U(*bounds) for name, bounds in GROUPS[group].items()}
-    return dict(group=group, shift=U(-30, 30, 2), drift=U(-12, 12, 2), angle=U(-0.8, 0.8), z0=U(0, 0.08),
-                ecc=U(0.8, 1.25), ecc_angle=U(0, np.pi), twist=U(-1, 1),
-                r_endo=g["r_endo"], thick=g["thick"], es_ratio=g["es_ratio"], apex=U(1.0, 1.12),
-                scar=(U(0, 2 * np.pi), 0.6 if group == "MINF" else 0.0),
-                endo_a=U(-1, 1, 4) * 0.10 * d / k, endo_p=U(0, 2 * np.pi, 4),
-                epi_a=U(-1, 1, 4) * 0.05 * d / k, epi_p=U(0, 2 * np.pi, 4),
-                rv_width=U(0.5, 1.1) * g["rv"], rv_overlap=U(0.3, 0.8), rv_b=U(1.1, 1.6) * min(g["rv"], 1.3), rv_end=U(0.65, 0.9),
-                rv_a=U(-1, 1, 4) * 0.08 * d / k, rv_p=U(0, 2 * np.pi, 4),
-                pap_ang=U(0, 2 * np.pi), pap_sep=U(1.6, 2.4), pap_r=U(0.10, 0.18),
-                fat_ang=U(0, 2 * np.pi), fat_mm=U(1, 6))
+    return dict(
+        group=group,
+        shift=U(-30, 30, 2),
+        drift=U(-12, 12, 2),
+        angle=U(-0.8, 0.8),
+        z0=U(0, 0.08),
+        ecc=U(0.8, 1.25),
+        ecc_angle=U(0, np.pi),
+        twist=U(-1, 1),
+        r_endo=g["r_endo"],
+        thick=g["thick"],
+        es_ratio=g["es_ratio"],
+        apex=U(1.0, 1.12),
+        scar=(U(0, 2 * np.pi), 0.6 if group == "MINF" else 0.0),
+        endo_a=U(-1, 1, 4) * 0.10 * d / k,
+        endo_p=U(0, 2 * np.pi, 4),
+        epi_a=U(-1, 1, 4) * 0.05 * d / k,
+        epi_p=U(0, 2 * np.pi, 4),
+        rv_width=U(0.5, 1.1) * g["rv"],
+        rv_overlap=U(0.3, 0.8),
+        rv_b=U(1.1, 1.6) * min(g["rv"], 1.3),
+        rv_end=U(0.65, 0.9),
+        rv_a=U(-1, 1, 4) * 0.08 * d / k,
+        rv_p=U(0, 2 * np.pi, 4),
+        pap_ang=U(0, 2 * np.pi),
+        pap_sep=U(1.6, 2.4),
+        pap_r=U(0.10, 0.18),
+        fat_ang=U(0, 2 * np.pi),
+        fat_mm=U(1, 6),
+    )
 
 # %% ../nbs/07_phantoms.ipynb #4c7b57cc
-def sample_scan(rng: np.random.Generator, # the patient's random stream
-                difficulty: float = 1.0, # scales texture, bias, noise and the myocardium's faintness
-               ) -> dict:
+def sample_scan(
+    rng: np.random.Generator,  # the patient's random stream
+    difficulty: float = 1.0,  # scales texture, bias, noise and the myocardium's faintness
+) -> dict:
     "Random scan of one patient: geometry, tissue intensities, surrounding organs and acquisition."
     U, d, n, m = rng.uniform, difficulty, int(rng.integers(3, 9)), int(rng.integers(0, 4))
     myo = U(0.1, 0.4) + 0.1 * d * U()
-    return dict(fov=U(170, 230), dz=U(7, 10), blur=U(0.8, 1.8), gamma=np.exp(U(-0.4, 0.4) * d),
-                blood=min(myo + U(0.35, 0.7), 1.0), rv_blood=U(0.75, 1.1), myo=myo,
-                tissue=U(0.2, 0.55), fat=U(0.55, 0.85), lung=U(0.03, 0.12), liver=U(0.3, 0.6), air=U(0, 0.03),
-                body=(U(-15, 15), U(-10, 25), U(150, 185), U(105, 135)),
-                blobs=np.column_stack([U(-1, 1, (n, 2)), U(4, 16, (n, 2)), U(0, np.pi, n), U(0.05, 0.95, n)]),
-                rings=np.column_stack([U(-1, 1, (m, 2)), U(8, 20, m), U(2.5, 6, m), U(0.6, 1.0, m)]),
-                aorta=(U(-1.2, 1.2), U(18, 35), U(9, 13)),
-                texture=0.07 * d, bias=U(0.15, 0.45) * d, noise=U(0.02, 0.07) * d)
+    return dict(
+        fov=U(170, 230),
+        dz=U(7, 10),
+        blur=U(0.8, 1.8),
+        gamma=np.exp(U(-0.4, 0.4) * d),
+        blood=min(myo + U(0.35, 0.7), 1.0),
+        rv_blood=U(0.75, 1.1),
+        myo=myo,
+        tissue=U(0.2, 0.55),
+        fat=U(0.55, 0.85),
+        lung=U(0.03, 0.12),
+        liver=U(0.3, 0.6),
+        air=U(0, 0.03),
+        body=(U(-15, 15), U(-10, 25), U(150, 185), U(105, 135)),
+        blobs=np.column_stack([U(-1, 1, (n, 2)), U(4, 16, (n, 2)), U(0, np.pi, n), U(0.05, 0.95, n)]),
+        rings=np.column_stack([U(-1, 1, (m, 2)), U(8, 20, m), U(2.5, 6, m), U(0.6, 1.0, m)]),
+        aorta=(U(-1.2, 1.2), U(18, 35), U(9, 13)),
+        texture=0.07 * d,
+        bias=U(0.15, 0.45) * d,
+        noise=U(0.02, 0.07) * d,
+    )
 
 # %% ../nbs/07_phantoms.ipynb #26e0aa07
-def heart_frame(p: dict, # anatomy from `sample_heart`
-                z: np.ndarray, # (D, 1, 1) slice positions, 0 = base, 1 = apex
-                X: np.ndarray, Y: np.ndarray, # (H, W) pixel coordinates in mm
-               ) -> tuple[np.ndarray, np.ndarray]:
+def heart_frame(
+    p: dict,  # anatomy from `sample_heart`
+    z: np.ndarray,  # (D, 1, 1) slice positions, 0 = base, 1 = apex
+    X: np.ndarray,
+    Y: np.ndarray,  # (H, W) pixel coordinates in mm
+) -> tuple[np.ndarray, np.ndarray]:
     "Coordinates (u, v), each (D, H, W), centred on the LV and turned so that the RV lies towards -u."
     cx, cy = p["shift"][0] + p["drift"][0] * z, p["shift"][1] + p["drift"][1] * z
     c, s = np.cos(p["angle"]), np.sin(p["angle"])
     return (X - cx) * c + (Y - cy) * s, -(X - cx) * s + (Y - cy) * c
 
-def lv_radii(p: dict, # anatomy from `sample_heart`
-             z: np.ndarray, # (D, 1, 1) slice positions
-             es: bool, # end-systole: smaller cavity, thicker wall
-            ) -> tuple[np.ndarray, np.ndarray]:
+
+def lv_radii(
+    p: dict,  # anatomy from `sample_heart`
+    z: np.ndarray,  # (D, 1, 1) slice positions
+    es: bool,  # end-systole: smaller cavity, thicker wall
+) -> tuple[np.ndarray, np.ndarray]:
     "Mean endocardial and epicardial radii (D, 1, 1) in mm of a truncated ellipsoid; ES keeps the wall area."
     r_endo = p["r_endo"] * np.sqrt(np.clip(1 - (z / p["apex"]) ** 2, 0, None))
     r_epi = (p["r_endo"] + p["thick"]) * np.sqrt(np.clip(1 - (z / (p["apex"] + 0.15)) ** 2, 0, None))
     if es:  # r_endo' = k r_endo and r_epi'^2 - r_endo'^2 = r_epi^2 - r_endo^2
         k = p["es_ratio"]
-        r_epi, r_endo = np.sqrt(r_epi ** 2 - r_endo ** 2 * (1 - k ** 2)), k * r_endo
+        r_epi, r_endo = np.sqrt(r_epi**2 - r_endo**2 * (1 - k**2)), k * r_endo
     return r_endo, r_epi
 
 # %% ../nbs/07_phantoms.ipynb #d101a06a
-def rv_region(p: dict, # anatomy from `sample_heart`
-              z: np.ndarray, # (D, 1, 1) slice positions
-              u: np.ndarray, v: np.ndarray, # (D, H, W) heart-frame coordinates
-              r_epi: np.ndarray, # (D, 1, 1) mean epicardial radius
-              es: bool, # end-systole
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rv_region(
+    p: dict,  # anatomy from `sample_heart`
+    z: np.ndarray,  # (D, 1, 1) slice positions
+    u: np.ndarray,
+    v: np.ndarray,  # (D, H, W) heart-frame coordinates
+    r_epi: np.ndarray,  # (D, 1, 1) mean epicardial radius
+    es: bool,  # end-systole
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "RV ellipse before the LV cuts it, the same grown by the free wall (2.5 mm) and by a 6 mm margin."
     s = np.sqrt(np.clip(1 - (z / p["rv_end"]) ** 2, 0, None))  # narrows, then ends before the apex
     w = p["rv_width"] * (p["r_endo"] + p["thick"]) * s * (0.75 if es else 1.0)  # cavity width at the septum
@@ -167,35 +226,54 @@ def rv_region(p: dict, # anatomy from `sample_heart`
     return (rho < edge) & on, (rho < edge + 2.5 / a) & on, (rho < edge + 6 / a) & on
 
 # %% ../nbs/07_phantoms.ipynb #d5598526
-def heart_labels(p: dict, # anatomy from `sample_heart`
-                 z: np.ndarray, # (D,) slice positions, 0 = base, 1 = apex
-                 X: np.ndarray, Y: np.ndarray, # (H, W) pixel coordinates in mm
-                 phase: str = "ED", # "ED" (end-diastole) or "ES" (end-systole)
-                ) -> tuple[np.ndarray, dict]:
+def heart_labels(
+    p: dict,  # anatomy from `sample_heart`
+    z: np.ndarray,  # (D,) slice positions, 0 = base, 1 = apex
+    X: np.ndarray,
+    Y: np.ndarray,  # (H, W) pixel coordinates in mm
+    phase: str = "ED",  # "ED" (end-diastole) or "ES" (end-systole)
+) -> tuple[np.ndarray, dict]:
     "Label map (D, H, W) uint8 (0 bg, 1 RV, 2 myocardium, 3 LV) and the geometry needed to paint it."
     es = phase == "ES"
     z = np.asarray(z, dtype=float)[:, None, None] * (1.06 if es else 1.0)  # ES: the heart shortens
     u, v = heart_frame(p, z, X, Y)
-    ue, ve = (u * np.cos(p["ecc_angle"]) + v * np.sin(p["ecc_angle"]), -u * np.sin(p["ecc_angle"]) + v * np.cos(p["ecc_angle"]))
+    ue, ve = (
+        u * np.cos(p["ecc_angle"]) + v * np.sin(p["ecc_angle"]),
+        -u * np.sin(p["ecc_angle"]) + v * np.cos(p["ecc_angle"]),
+    )
     r, th = np.hypot(ue / np.sqrt(p["ecc"]), ve * np.sqrt(p["ecc"])), np.arctan2(v, u)
     r_endo, r_epi = lv_radii(p, z, es)
     # r(theta) = r0 (1 + sum a_k cos(k theta + phi_k)) for the endo- and epicardium
     b_endo = r_endo * radial_boundary(th + p["twist"] * z, p["endo_a"], p["endo_p"])
     b_epi = r_epi * radial_boundary(th + p["twist"] * z, p["epi_a"], p["epi_p"])
-    scar = p["scar"][1] * np.exp(-np.angle(np.exp(1j * (th - p["scar"][0]))) ** 2 / 0.3)  # MINF: a thinned sector
+    scar = p["scar"][1] * np.exp(
+        -(np.angle(np.exp(1j * (th - p["scar"][0]))) ** 2) / 0.3
+    )  # MINF: a thinned sector
     b_epi = np.maximum(b_endo + (b_epi - b_endo) * (1 - scar), b_endo + 2.0)
     rv, rv_wall, rv_zone = rv_region(p, z, u, v, r_epi, es)
     label = np.select([r < b_endo, r < b_epi, rv], [3, 2, 1], 0).astype(np.uint8)
-    geo = dict(z=z, u=u, v=v, r=r, th=th, b_epi=b_epi, r_endo=r_endo, r_epi=r_epi,
-               rv_wall=rv_wall & (label == 0), zone=(r < b_epi + 6) | rv_zone)
+    geo = dict(
+        z=z,
+        u=u,
+        v=v,
+        r=r,
+        th=th,
+        b_epi=b_epi,
+        r_endo=r_endo,
+        r_epi=r_epi,
+        rv_wall=rv_wall & (label == 0),
+        zone=(r < b_epi + 6) | rv_zone,
+    )
     return label, geo
 
 # %% ../nbs/07_phantoms.ipynb #159fb70b
-def paint_body(s: dict, # scan from `sample_scan`
-               g: dict, # geometry from `heart_labels`
-               X: np.ndarray, Y: np.ndarray, # (H, W) pixel coordinates in mm
-               tex: np.ndarray, # (D, H, W) unit random texture
-              ) -> np.ndarray:
+def paint_body(
+    s: dict,  # scan from `sample_scan`
+    g: dict,  # geometry from `heart_labels`
+    X: np.ndarray,
+    Y: np.ndarray,  # (H, W) pixel coordinates in mm
+    tex: np.ndarray,  # (D, H, W) unit random texture
+) -> np.ndarray:
     "Noise-free intensities (D, H, W) of the thorax around the heart: air, body, fat, lungs, liver, distractors."
     bx, by, ba, bb = s["body"]
     rb, _ = elliptic_coords(X, Y, bx, by, ba, bb)
@@ -210,12 +288,14 @@ def paint_body(s: dict, # scan from `sample_scan`
     return paint_distractors(img, s, free, X, Y, tex)
 
 # %% ../nbs/07_phantoms.ipynb #154d1eab
-def paint_distractors(img: np.ndarray, # (D, H, W) intensities
-                      s: dict, # scan from `sample_scan`
-                      free: np.ndarray, # (D, H, W) where they may lie: in the body, away from the heart
-                      X: np.ndarray, Y: np.ndarray, # (H, W) pixel coordinates in mm
-                      tex: np.ndarray, # (D, H, W) unit random texture
-                     ) -> np.ndarray:
+def paint_distractors(
+    img: np.ndarray,  # (D, H, W) intensities
+    s: dict,  # scan from `sample_scan`
+    free: np.ndarray,  # (D, H, W) where they may lie: in the body, away from the heart
+    X: np.ndarray,
+    Y: np.ndarray,  # (H, W) pixel coordinates in mm
+    tex: np.ndarray,  # (D, H, W) unit random texture
+) -> np.ndarray:
     "Vessels and bowel: random blobs, and rings (a bright disk in a dark wall) that look like an LV."
     bx, by, ba, bb = s["body"]
     for ox, oy, a, b, ang, val in s["blobs"]:
@@ -227,11 +307,15 @@ def paint_distractors(img: np.ndarray, # (D, H, W) intensities
     return img
 
 # %% ../nbs/07_phantoms.ipynb #01498692
-def paint_heart(img: np.ndarray, # (D, H, W) intensities from `paint_body`
-                label: np.ndarray, # (D, H, W) labels from `heart_labels`
-                p: dict, s: dict, g: dict, # anatomy, scan and geometry
-                tex: np.ndarray, flow: np.ndarray, # (D, H, W) unit random textures
-               ) -> np.ndarray:
+def paint_heart(
+    img: np.ndarray,  # (D, H, W) intensities from `paint_body`
+    label: np.ndarray,  # (D, H, W) labels from `heart_labels`
+    p: dict,
+    s: dict,
+    g: dict,  # anatomy, scan and geometry
+    tex: np.ndarray,
+    flow: np.ndarray,  # (D, H, W) unit random textures
+) -> np.ndarray:
     "Noise-free intensities (D, H, W) with the heart, its fat, the RV wall, papillary muscles and aorta."
     bg = label == 0
     fat = (g["r"] < g["b_epi"] + p["fat_mm"] * np.clip(np.cos(g["th"] - p["fat_ang"]), 0, None) ** 2) & bg
@@ -249,15 +333,18 @@ def paint_heart(img: np.ndarray, # (D, H, W) intensities from `paint_body`
     return np.where(aorta & bg, s["blood"], img)
 
 # %% ../nbs/07_phantoms.ipynb #04240f8a
-def cardiac_volume(seed: int, # the patient: same seed, same anatomy in ED and ES
-                   num_slices: int = 10, # D: slices from base to apex
-                   size: int = 128, # H = W, pixels
-                   phase: str = "ED", # "ED" or "ES"
-                   difficulty: float = 1.0, # scales irregularity, texture, bias and noise
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cardiac_volume(
+    seed: int,  # the patient: same seed, same anatomy in ED and ES
+    num_slices: int = 10,  # D: slices from base to apex
+    size: int = 128,  # H = W, pixels
+    phase: str = "ED",  # "ED" or "ES"
+    difficulty: float = 1.0,  # scales irregularity, texture, bias and noise
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Image (D, H, W) float32 in [0, 1], label (D, H, W) uint8 and spacing (z, y, x) in mm of one short-axis stack."
-    if phase not in ("ED", "ES"): raise ValueError(f"phase must be 'ED' or 'ES', got {phase!r}")
-    if num_slices < 2 or size < 16: raise ValueError(f"need num_slices >= 2 and size >= 16, got {num_slices} and {size}")
+    if phase not in ("ED", "ES"):
+        raise ValueError(f"phase must be 'ED' or 'ES', got {phase!r}")
+    if num_slices < 2 or size < 16:
+        raise ValueError(f"need num_slices >= 2 and size >= 16, got {num_slices} and {size}")
     rng = np.random.default_rng([seed, 0])  # anatomy and scene, shared by ED and ES
     p, s = sample_heart(rng, difficulty), sample_scan(rng, difficulty)
     sp = s["fov"] / size
@@ -267,21 +354,28 @@ def cardiac_volume(seed: int, # the patient: same seed, same anatomy in ED and E
     tex, flow = (random_field(rng, label.shape, b, (4.0, 1.0, 1.0)) for b in (2.5, 3.5))
     img = paint_heart(paint_body(s, g, X, Y, tex), label, p, s, g, tex, flow)
     # acquisition: b(x) (G_sigma * I^gamma)(x), a patient-specific contrast, then Rician noise from the frame's own stream
-    img = gaussian_blur(np.clip(img, 0, None) ** s["gamma"], s["blur"] / sp) * bias_field(rng, (size, size), s["bias"])
+    img = gaussian_blur(np.clip(img, 0, None) ** s["gamma"], s["blur"] / sp) * bias_field(
+        rng, (size, size), s["bias"]
+    )
     img = rician_noise(np.random.default_rng([seed, 1 if phase == "ED" else 2]), img, s["noise"])
     img = (img - img.min()) / (img.max() - img.min())  # min-max normalisation of the volume
     img = np.round(img * 4096) / 4096  # 12-bit precision, as in MR DICOM: the files compress twice as well
     return img.astype(np.float32), label, np.array([s["dz"], sp, sp], np.float32)
 
 # %% ../nbs/07_phantoms.ipynb #43be71a9
-def lesion_shape(rng: np.random.Generator, # the image's random stream
-                 X: np.ndarray, Y: np.ndarray, # (H, W) pixel coordinates, centred
-                 difficulty: float = 1.0, # scales the border irregularity
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def lesion_shape(
+    rng: np.random.Generator,  # the image's random stream
+    X: np.ndarray,
+    Y: np.ndarray,  # (H, W) pixel coordinates, centred
+    difficulty: float = 1.0,  # scales the border irregularity
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Lesion mask (H, W) bool, its soft-edged opacity (H, W) and the relative radius rho / r(theta)."
     H, W = X.shape
     k = np.arange(2, 9)
-    amps, phases = rng.uniform(-1, 1, 7) * rng.uniform(0.04, 0.16) * difficulty / k ** 0.7, rng.uniform(0, 2 * np.pi, 7)
+    amps, phases = (
+        rng.uniform(-1, 1, 7) * rng.uniform(0.04, 0.16) * difficulty / k**0.7,
+        rng.uniform(0, 2 * np.pi, 7),
+    )
     r0, ecc = rng.uniform(0.1, 0.55) * min(H, W), rng.uniform(0.7, 1.4)
     cx, cy = rng.uniform(-0.2, 0.2, 2) * (W, H)
     rho, th = elliptic_coords(X, Y, cx, cy, r0 * np.sqrt(ecc), r0 / np.sqrt(ecc), rng.uniform(0, np.pi))
@@ -290,30 +384,36 @@ def lesion_shape(rng: np.random.Generator, # the image's random stream
     return rel < 1, soft, rel
 
 # %% ../nbs/07_phantoms.ipynb #35cbf3f7
-def hair_mask(rng: np.random.Generator, # the image's random stream
-              shape: tuple[int, int], # (H, W)
-              num: int, # number of strands
-             ) -> np.ndarray:
+def hair_mask(
+    rng: np.random.Generator,  # the image's random stream
+    shape: tuple[int, int],  # (H, W)
+    num: int,  # number of strands
+) -> np.ndarray:
     "Anti-aliased coverage (H, W) in [0, 1] of `num` hair strands: quadratic Bezier curves, 1-2.5 px wide."
     H, W = shape
     canvas = Image.new("L", (2 * W, 2 * H), 0)  # drawn at twice the size, then box-filtered down
     draw, t = ImageDraw.Draw(canvas), np.linspace(0, 1, 40)[:, None]
     for _ in range(num):
         p0, p1, p2 = rng.uniform(-0.2, 1.2, (3, 2)) * (2 * W, 2 * H)
-        pts = (1 - t) ** 2 * p0 + 2 * t * (1 - t) * p1 + t ** 2 * p2  # B(t), a quadratic Bezier curve
+        pts = (1 - t) ** 2 * p0 + 2 * t * (1 - t) * p1 + t**2 * p2  # B(t), a quadratic Bezier curve
         draw.line([tuple(q) for q in pts.round(1)], fill=255, width=int(round(2 * rng.uniform(1.0, 2.5))))
     return np.asarray(canvas.resize((W, H), Image.BOX), dtype=np.float64) / 255
 
 # %% ../nbs/07_phantoms.ipynb #518601aa
 LESION_COLOURS = {  # RGB multipliers of the skin colour: low, high
-    "brown": ((0.25, 0.17, 0.13), (0.65, 0.5, 0.42)), "faint": ((0.7, 0.6, 0.55), (0.88, 0.82, 0.8)),
-    "pink": ((0.8, 0.55, 0.6), (0.95, 0.75, 0.8)), "blue": ((0.3, 0.3, 0.4), (0.6, 0.6, 0.75)),
+    "brown": ((0.25, 0.17, 0.13), (0.65, 0.5, 0.42)),
+    "faint": ((0.7, 0.6, 0.55), (0.88, 0.82, 0.8)),
+    "pink": ((0.8, 0.55, 0.6), (0.95, 0.75, 0.8)),
+    "blue": ((0.3, 0.3, 0.4), (0.6, 0.6, 0.75)),
 }
 
-def skin_and_lesion(rng: np.random.Generator, # the image's random stream
-                    soft: np.ndarray, rel: np.ndarray, # (H, W) opacity and relative radius from `lesion_shape`
-                    difficulty: float = 1.0, # scales texture and the share of faint, pink and two-tone lesions
-                   ) -> np.ndarray:
+
+def skin_and_lesion(
+    rng: np.random.Generator,  # the image's random stream
+    soft: np.ndarray,
+    rel: np.ndarray,  # (H, W) opacity and relative radius from `lesion_shape`
+    difficulty: float = 1.0,  # scales texture and the share of faint, pink and two-tone lesions
+) -> np.ndarray:
     "Noise-free RGB (H, W, 3) in [0, 1]: textured skin blended with a lesion of random colour and structure."
     shape, d = soft.shape, difficulty
     tone = rng.uniform() ** 1.5  # light skin is more common
@@ -333,38 +433,44 @@ def skin_and_lesion(rng: np.random.Generator, # the image's random stream
     return skin * (1 - soft[..., None]) + lesion * soft[..., None]
 
 # %% ../nbs/07_phantoms.ipynb #f911b964
-def satellites(rng: np.random.Generator, # the image's random stream
-               skin: np.ndarray, # (H, W, 3) skin colour
-               col: np.ndarray, # (H, W, 3) the lesion's colour
-               rel: np.ndarray, # (H, W) relative radius of the main lesion
-               difficulty: float = 1.0, # the mean number of satellites
-              ) -> np.ndarray:
+def satellites(
+    rng: np.random.Generator,  # the image's random stream
+    skin: np.ndarray,  # (H, W, 3) skin colour
+    col: np.ndarray,  # (H, W, 3) the lesion's colour
+    rel: np.ndarray,  # (H, W) relative radius of the main lesion
+    difficulty: float = 1.0,  # the mean number of satellites
+) -> np.ndarray:
     "Small nevi of the lesion's colour away from it: they are not in the mask, which holds the main lesion only."
     Y, X = np.indices(rel.shape)
     for _ in range(rng.poisson(difficulty)):
         r = rng.uniform(0.03, 0.1) * min(rel.shape)
-        rho, th = elliptic_coords(X, Y, rng.uniform(0, rel.shape[1]), rng.uniform(0, rel.shape[0]), r, r * rng.uniform(0.6, 1))
-        spot = (rho < radial_boundary(th, rng.uniform(-0.15, 0.15, 3), rng.uniform(0, 2 * np.pi, 3))) & (rel > 1.3)
+        rho, th = elliptic_coords(
+            X, Y, rng.uniform(0, rel.shape[1]), rng.uniform(0, rel.shape[0]), r, r * rng.uniform(0.6, 1)
+        )
+        spot = (rho < radial_boundary(th, rng.uniform(-0.15, 0.15, 3), rng.uniform(0, 2 * np.pi, 3))) & (
+            rel > 1.3
+        )
         skin = np.where(spot[..., None], col, skin)
     return skin
 
 # %% ../nbs/07_phantoms.ipynb #d6c81c4b
-def dermoscope(rng: np.random.Generator, # the image's random stream
-               img: np.ndarray, # (H, W, 3) noise-free RGB in [0, 1]
-               difficulty: float = 1.0, # scales hair, illumination, vignetting and noise
-              ) -> np.ndarray:
+def dermoscope(
+    rng: np.random.Generator,  # the image's random stream
+    img: np.ndarray,  # (H, W, 3) noise-free RGB in [0, 1]
+    difficulty: float = 1.0,  # scales hair, illumination, vignetting and noise
+) -> np.ndarray:
     "Freckles, hair, uneven light, vignetting, aperture, blur and noise over `img`; (H, W, 3) uint8."
     (H, W, _), d = img.shape, difficulty
     Y, X = np.meshgrid((np.arange(H) - (H - 1) / 2) / H, (np.arange(W) - (W - 1) / 2) / W, indexing="ij")
     for _ in range(rng.integers(0, 7)):  # freckles and small nevi: dark spots that are not the lesion
         r2 = ((X - rng.uniform(-0.5, 0.5)) * W) ** 2 + ((Y - rng.uniform(-0.5, 0.5)) * H) ** 2
-        img = img * (1 - rng.uniform(0.2, 0.6) * np.exp(-(r2 / rng.uniform(1, 8) ** 2) ** 2))[..., None]
+        img = img * (1 - rng.uniform(0.2, 0.6) * np.exp(-((r2 / rng.uniform(1, 8) ** 2) ** 2)))[..., None]
     hair = hair_mask(rng, (H, W), int(rng.poisson(4 * d)) if rng.uniform() < 0.65 else 0)[..., None]
     img = img * (1 - 0.85 * hair) + 0.85 * hair * rng.uniform(0.05, 0.15) * np.array([1.0, 0.7, 0.5])
     gx, gy = rng.uniform(-0.25, 0.25, 2) * d  # uneven illumination and a colour cast
     img = img * (1 + gx * X + gy * Y)[..., None] * rng.uniform(0.88, 1.08, 3) * rng.uniform(0.8, 1.1)
     rho = np.hypot(X, Y) * 2 / np.sqrt(2)  # 1 in the corners
-    img = img * (1 - rng.uniform(0.1, 0.5) * d * rho ** 2.5)[..., None]  # vignetting
+    img = img * (1 - rng.uniform(0.1, 0.5) * d * rho**2.5)[..., None]  # vignetting
     if rng.uniform() < 0.3:  # the dermatoscope's black aperture
         img = img / (1 + np.exp((rho - rng.uniform(0.75, 0.95)) * 40))[..., None]
     img = np.moveaxis(gaussian_blur(np.moveaxis(img, -1, 0), rng.uniform(0.3, 0.9)), 0, -1)
@@ -372,13 +478,15 @@ def dermoscope(rng: np.random.Generator, # the image's random stream
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 # %% ../nbs/07_phantoms.ipynb #be65f86a
-def lesion_image(seed: int, # the image: same seed, same picture
-                 size: tuple[int, int] | int = 160, # (H, W), or one side of a square
-                 difficulty: float = 1.0, # scales irregularity, texture, hair, light and noise
-                ) -> tuple[np.ndarray, np.ndarray]:
+def lesion_image(
+    seed: int,  # the image: same seed, same picture
+    size: tuple[int, int] | int = 160,  # (H, W), or one side of a square
+    difficulty: float = 1.0,  # scales irregularity, texture, hair, light and noise
+) -> tuple[np.ndarray, np.ndarray]:
     "A dermoscopy-like RGB image (H, W, 3) uint8 and its lesion mask (H, W) bool."
     H, W = (size, size) if np.ndim(size) == 0 else size
-    if min(H, W) < 16: raise ValueError(f"size must be at least 16 pixels a side, got {size}")
+    if min(H, W) < 16:
+        raise ValueError(f"size must be at least 16 pixels a side, got {size}")
     rng = np.random.default_rng([seed, 3])
     Y, X = np.meshgrid(np.arange(H) - (H - 1) / 2, np.arange(W) - (W - 1) / 2, indexing="ij")
     mask, soft, rel = lesion_shape(rng, X, Y, difficulty)
@@ -387,31 +495,44 @@ def lesion_image(seed: int, # the image: same seed, same picture
 # %% ../nbs/07_phantoms.ipynb #73fa88e9
 STAMP = "PHANTOM.json"
 
+
 def _stamp(out: Path, params: dict, complete: bool, **info):
     "Write PHANTOM.json: the generator, its parameters (the seed among them) and a short description."
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(generator="ucpcl.phantoms", params=params, complete=complete, **info)
     (out / STAMP).write_text(json.dumps(meta, indent=2) + "\n")
 
+
 def _h5(path: Path, **arrays):
     "Write arrays as datasets of an HDF5 file, compressed and without timestamps (byte-reproducible)."
     with h5py.File(path, "w", libver="earliest", track_order=False) as f:
         for k, a in arrays.items():
-            f.create_dataset(k, data=a, compression="gzip", compression_opts=4, shuffle=True, track_times=False)
+            f.create_dataset(
+                k, data=a, compression="gzip", compression_opts=4, shuffle=True, track_times=False
+            )
 
 # %% ../nbs/07_phantoms.ipynb #97cd0888
 def _prepare(out: Path, params: dict) -> bool:
     "True if `out` already holds this complete phantom; raise if it holds anything else; else stamp it."
-    try: old = json.loads((out / STAMP).read_text())
-    except (OSError, ValueError): old = {}
+    try:
+        old = json.loads((out / STAMP).read_text())
+    except (OSError, ValueError):
+        old = {}
     if isinstance(old, dict) and old.get("generator") == "ucpcl.phantoms":
-        if old.get("params") == params: return old.get("complete") is True  # incomplete: write again
-        diff = sorted(k for k in params.keys() | old["params"].keys() if params.get(k) != old["params"].get(k))
-        raise ValueError(f"{out} holds a phantom written with other parameters (differing: {diff}); "
-                         f"write to another folder, or delete {out} first")
+        if old.get("params") == params:
+            return old.get("complete") is True  # incomplete: write again
+        diff = sorted(
+            k for k in params.keys() | old["params"].keys() if params.get(k) != old["params"].get(k)
+        )
+        raise ValueError(
+            f"{out} holds a phantom written with other parameters (differing: {diff}); "
+            f"write to another folder, or delete {out} first"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} is not empty and holds no phantom written by ucpcl; refusing to write into it: "
-                         "choose a new or empty folder")
+        raise ValueError(
+            f"{out} is not empty and holds no phantom written by ucpcl; refusing to write into it: "
+            "choose a new or empty folder"
+        )
     _stamp(out, params, complete=False)
     return False
 
@@ -419,83 +540,133 @@ def _prepare(out: Path, params: dict) -> bool:
 def _patient(seed: int, i: int, slices: tuple[int, int]) -> tuple[int, int, int]:
     "Seed, number of slices and ES frame number of patient `i` of a phantom."
     rng = np.random.default_rng([seed, i, 7])
-    return int(rng.integers(2 ** 31)), int(rng.integers(slices[0], slices[1] + 1)), int(rng.integers(8, 16))
+    return int(rng.integers(2**31)), int(rng.integers(slices[0], slices[1] + 1)), int(rng.integers(8, 16))
 
-def _write_acdc_volume(out: Path, name: str, img: np.ndarray, lbl: np.ndarray, spacing: np.ndarray) -> list[str]:
+
+def _write_acdc_volume(
+    out: Path, name: str, img: np.ndarray, lbl: np.ndarray, spacing: np.ndarray
+) -> list[str]:
     "Write data/<name>.h5 and its slices data/slices/<name>_slice_<k>.h5; return the slice names."
     (out / "data" / "slices").mkdir(parents=True, exist_ok=True)
     _h5(out / "data" / f"{name}.h5", image=img, label=lbl, spacing=spacing)
     names = [f"{name}_slice_{k}" for k in range(len(img))]
-    for k, n in enumerate(names): _h5(out / "data" / "slices" / f"{n}.h5", image=img[k], label=lbl[k])
+    for k, n in enumerate(names):
+        _h5(out / "data" / "slices" / f"{n}.h5", image=img[k], label=lbl[k])
     return names
 
 # %% ../nbs/07_phantoms.ipynb #ba13e797
-def write_cardiac_phantom(out: str | Path, # destination folder: new, empty, or this same phantom
-                          num_patients: tuple[int, int, int] = (20, 5, 5), # train, validation, test patients
-                          seed: int = 0, # the phantom's seed
-                          size: int = 128, # slice side in pixels
-                          slices: tuple[int, int] = (8, 12), # fewest and most slices per volume
-                          frames: tuple[str, ...] = ("ED", "ES"), # the frames of each patient
-                          difficulty: float = 1.0, # see `cardiac_volume`
-                         ) -> Path:
+def write_cardiac_phantom(
+    out: str | Path,  # destination folder: new, empty, or this same phantom
+    num_patients: tuple[int, int, int] = (20, 5, 5),  # train, validation, test patients
+    seed: int = 0,  # the phantom's seed
+    size: int = 128,  # slice side in pixels
+    slices: tuple[int, int] = (8, 12),  # fewest and most slices per volume
+    frames: tuple[str, ...] = ("ED", "ES"),  # the frames of each patient
+    difficulty: float = 1.0,  # see `cardiac_volume`
+) -> Path:
     "Write a cardiac phantom in the preprocessed ACDC layout (h5 slices, volumes and split lists); return `out`."
     if not (set(frames) <= {"ED", "ES"} and 0 < len(set(frames)) == len(frames)):
         raise ValueError(f"frames must be ('ED',), ('ES',) or ('ED', 'ES'), got {frames}")
     if len(num_patients) != 3 or min(num_patients) < 1 or not 2 <= slices[0] <= slices[1]:
-        raise ValueError(f"num_patients must be 3 positive counts (train, val, test) and slices a range "
-                         f"2 <= fewest <= most, got {num_patients} and {slices}")
-    out, params = Path(out), dict(kind="cardiac", seed=seed, num_patients=list(num_patients), size=size,
-                                  slices=list(slices), frames=list(frames), difficulty=difficulty)
-    if _prepare(out, params): return out
+        raise ValueError(
+            f"num_patients must be 3 positive counts (train, val, test) and slices a range "
+            f"2 <= fewest <= most, got {num_patients} and {slices}"
+        )
+    out, params = (
+        Path(out),
+        dict(
+            kind="cardiac",
+            seed=seed,
+            num_patients=list(num_patients),
+            size=size,
+            slices=list(slices),
+            frames=list(frames),
+            difficulty=difficulty,
+        ),
+    )
+    if _prepare(out, params):
+        return out
     lists, groups = {"train": [], "val": [], "test": [], "train_slices": []}, {}
     for i, split in enumerate(np.repeat(["train", "val", "test"], num_patients)):
-        pseed, depth, es_frame = _patient(seed, i, slices)  # the group, drawn first by `cardiac_volume`, goes to PHANTOM.json
+        pseed, depth, es_frame = _patient(
+            seed, i, slices
+        )  # the group, drawn first by `cardiac_volume`, goes to PHANTOM.json
         groups[f"patient{i + 1:03d}"] = sample_heart(np.random.default_rng([pseed, 0]), difficulty)["group"]
         for phase in frames:
             name = f"patient{i + 1:03d}_frame{1 if phase == 'ED' else es_frame:02d}"
             names = _write_acdc_volume(out, name, *cardiac_volume(pseed, depth, size, phase, difficulty))
             lists[split].append(name)
-            if split == "train": lists["train_slices"] += names
-    for k, v in lists.items(): (out / f"{k}.list").write_text("".join(n + "\n" for n in v))
-    _stamp(out, params, complete=True, layout="ACDC preprocessed: data/slices/*.h5, data/*.h5, *.list",
-           classes=["background", "RV", "myocardium", "LV"], spacing="dataset 'spacing' of each volume file, (z, y, x) in mm",
-           counts={k: len(v) for k, v in lists.items()}, groups=groups)
+            if split == "train":
+                lists["train_slices"] += names
+    for k, v in lists.items():
+        (out / f"{k}.list").write_text("".join(n + "\n" for n in v))
+    _stamp(
+        out,
+        params,
+        complete=True,
+        layout="ACDC preprocessed: data/slices/*.h5, data/*.h5, *.list",
+        classes=["background", "RV", "myocardium", "LV"],
+        spacing="dataset 'spacing' of each volume file, (z, y, x) in mm",
+        counts={k: len(v) for k, v in lists.items()},
+        groups=groups,
+    )
     return out
 
 # %% ../nbs/07_phantoms.ipynb #207b9f43
 ISIC_INPUT, ISIC_TRUTH = "ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth"
 
-def write_lesion_phantom(out: str | Path, # destination folder: new, empty, or this same phantom
-                         num_images: int = 200, # number of image/mask pairs
-                         seed: int = 0, # the phantom's seed
-                         sizes: tuple[int, int] = (128, 192), # smallest and largest side in pixels
-                         difficulty: float = 1.0, # see `lesion_image`
-                         quality: int = 90, # JPEG quality
-                        ) -> Path:
+
+def write_lesion_phantom(
+    out: str | Path,  # destination folder: new, empty, or this same phantom
+    num_images: int = 200,  # number of image/mask pairs
+    seed: int = 0,  # the phantom's seed
+    sizes: tuple[int, int] = (128, 192),  # smallest and largest side in pixels
+    difficulty: float = 1.0,  # see `lesion_image`
+    quality: int = 90,  # JPEG quality
+) -> Path:
     "Write a lesion phantom in the ISIC 2018 Task 1 layout (JPEG images, PNG masks); return `out`."
     if num_images < 1 or not 16 <= sizes[0] <= sizes[1]:
         raise ValueError(f"need num_images >= 1 and 16 <= sizes[0] <= sizes[1], got {num_images} and {sizes}")
     out = Path(out)
-    params = dict(kind="lesion", seed=seed, num_images=num_images, sizes=list(sizes), difficulty=difficulty, quality=quality)
-    if _prepare(out, params): return out
-    for sub in (ISIC_INPUT, ISIC_TRUTH): (out / sub).mkdir(parents=True, exist_ok=True)
+    params = dict(
+        kind="lesion",
+        seed=seed,
+        num_images=num_images,
+        sizes=list(sizes),
+        difficulty=difficulty,
+        quality=quality,
+    )
+    if _prepare(out, params):
+        return out
+    for sub in (ISIC_INPUT, ISIC_TRUTH):
+        (out / sub).mkdir(parents=True, exist_ok=True)
     for i in range(num_images):
         rng = np.random.default_rng([seed, i, 11])
-        hw, iseed = tuple(int(n) for n in rng.integers(sizes[0], sizes[1] + 1, 2)), int(rng.integers(2 ** 31))
+        hw, iseed = tuple(int(n) for n in rng.integers(sizes[0], sizes[1] + 1, 2)), int(rng.integers(2**31))
         img, mask = lesion_image(iseed, hw, difficulty)
         Image.fromarray(img, "RGB").save(out / ISIC_INPUT / f"ISIC_{i:07d}.jpg", quality=quality)
-        Image.fromarray(mask.astype(np.uint8) * 255, "L").save(out / ISIC_TRUTH / f"ISIC_{i:07d}_segmentation.png")
-    _stamp(out, params, complete=True, layout=f"ISIC 2018 Task 1: {ISIC_INPUT}/*.jpg, {ISIC_TRUTH}/*_segmentation.png (0 or 255)")
+        Image.fromarray(mask.astype(np.uint8) * 255, "L").save(
+            out / ISIC_TRUTH / f"ISIC_{i:07d}_segmentation.png"
+        )
+    _stamp(
+        out,
+        params,
+        complete=True,
+        layout=f"ISIC 2018 Task 1: {ISIC_INPUT}/*.jpg, {ISIC_TRUTH}/*_segmentation.png (0 or 255)",
+    )
     return out
 
 # %% ../nbs/07_phantoms.ipynb #773ad471
 PHANTOM_WRITERS = {"cardiac": write_cardiac_phantom, "lesion": write_lesion_phantom}
 
-def write_phantom(kind: str, # "cardiac" (ACDC layout) or "lesion" (ISIC layout)
-                  out: str | Path, # destination folder
-                  seed: int = 0, # the phantom's seed
-                  **kw, # passed to `write_cardiac_phantom` or `write_lesion_phantom`
-                 ) -> Path:
+
+def write_phantom(
+    kind: str,  # "cardiac" (ACDC layout) or "lesion" (ISIC layout)
+    out: str | Path,  # destination folder
+    seed: int = 0,  # the phantom's seed
+    **kw,  # passed to `write_cardiac_phantom` or `write_lesion_phantom`
+) -> Path:
     "Write the phantom of `kind` into `out`; return `out`."
-    if kind not in PHANTOM_WRITERS: raise ValueError(f"unknown phantom kind {kind!r}; choose one of {sorted(PHANTOM_WRITERS)}")
+    if kind not in PHANTOM_WRITERS:
+        raise ValueError(f"unknown phantom kind {kind!r}; choose one of {sorted(PHANTOM_WRITERS)}")
     return PHANTOM_WRITERS[kind](out, seed=seed, **kw)

@@ -11,7 +11,6 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
-import torch
 
 from .core import quick
 from .evaluate import plot_predictions
@@ -26,24 +25,50 @@ def load_run(run: str | Path) -> dict:
     "Config and metrics of a finished run folder, flattened for tables."
     run = Path(run)
     for f in ("config.json", "metrics.json"):
-        if not (run / f).is_file(): raise FileNotFoundError(f"{run} has no {f}: it is not a finished training run (train it, or resume it with --resume)")
+        if not (run / f).is_file():
+            raise FileNotFoundError(
+                f"{run} has no {f}: it is not a finished training run (train it, or resume it with --resume)"
+            )
     cfg, m = json.loads((run / "config.json").read_text()), json.loads((run / "metrics.json").read_text())
-    row = {"run": str(run), **{k: cfg[k] for k in ("dataset", "method", "preset", "labeled", "seed", "iterations", "contrast", "use_con", "use_rot", "contrast_level")}}
+    row = {
+        "run": str(run),
+        **{
+            k: cfg[k]
+            for k in (
+                "dataset",
+                "method",
+                "preset",
+                "labeled",
+                "seed",
+                "iterations",
+                "contrast",
+                "use_con",
+                "use_rot",
+                "contrast_level",
+            )
+        },
+    }
     for which, r in m["test"].items():
         for key in ("dice", "jaccard", "hd95", "missed", "spurious"):
-            if key in r: row[f"{which}_{key}"] = r[key]
+            if key in r:
+                row[f"{which}_{key}"] = r[key]
     row["best_iteration"] = m["best_val"]["iteration"]
     return row
 
 # %% ../nbs/11_report.ipynb #d5861afc
-def summarize_runs(rows: Sequence[dict], by: Sequence[str] = ("method", "labeled"),
-                   metrics: Sequence[str] = ("best_dice", "best_jaccard")) -> list[dict]:
+def summarize_runs(
+    rows: Sequence[dict],
+    by: Sequence[str] = ("method", "labeled"),
+    metrics: Sequence[str] = ("best_dice", "best_jaccard"),
+) -> list[dict]:
     "Mean, sample std and count over seeds of each metric, per group of `by`."
     groups: dict[tuple, list[dict]] = {}
-    for r in rows: groups.setdefault(tuple(r[k] for k in by), []).append(r)
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in by), []).append(r)
     out = []
     for key, rs in groups.items():
-        g = dict(zip(by, key)); g["n"] = len(rs)
+        g = dict(zip(by, key))
+        g["n"] = len(rs)
         for m in metrics:
             v = np.array([r[m] for r in rs if r.get(m) is not None], dtype=float)
             g[m] = float(v.mean()) if len(v) else math.nan
@@ -52,43 +77,68 @@ def summarize_runs(rows: Sequence[dict], by: Sequence[str] = ("method", "labeled
     return out
 
 # %% ../nbs/11_report.ipynb #ac35ee95
-def markdown_table(rows: Sequence[dict], columns: Sequence[str], metrics: Sequence[str],
-                   percent: bool | Sequence[str] = True, # all metrics in percent, none, or the ones named
-                   headers: Sequence[str] | None = None) -> str:
+def markdown_table(
+    rows: Sequence[dict],
+    columns: Sequence[str],
+    metrics: Sequence[str],
+    percent: bool | Sequence[str] = True,  # all metrics in percent, none, or the ones named
+    headers: Sequence[str] | None = None,
+) -> str:
     "A Markdown table: the `columns` as they are, each metric as mean +- std (in percent unless told otherwise)."
+
     def fmt(r, m):
         k = 100.0 if (percent is True or (not isinstance(percent, bool) and m in percent)) else 1.0
         mean, std = r.get(m, math.nan), r.get(m + "_std", math.nan)
-        if mean is None or math.isnan(mean): return "-"
+        if mean is None or math.isnan(mean):
+            return "-"
         return f"{k * mean:.2f}" + ("" if std is None or math.isnan(std) else f" ± {k * std:.2f}")
+
     head = list(headers or [*columns, *metrics])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([str(r[c]) for c in columns] + [fmt(r, m) for m in metrics]) + " |" for r in rows]
+    lines += [
+        "| " + " | ".join([str(r[c]) for c in columns] + [fmt(r, m) for m in metrics]) + " |" for r in rows
+    ]
     return "\n".join(lines)
 
 # %% ../nbs/11_report.ipynb #b209939f
 def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
     "Write dict rows (the union of their keys as columns) to a CSV file."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, cols); w.writeheader(); w.writerows(rows)
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows(rows)
     return path
 
 # %% ../nbs/11_report.ipynb #6372ea46
 def _read_csv(path: Path) -> list[dict]:
-    with path.open() as f: return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
+    with path.open() as f:
+        return [
+            {k: float(v) if v not in ("", None) else math.nan for k, v in r.items()}
+            for r in csv.DictReader(f)
+        ]
 
-def plot_curves(runs: Sequence[str | Path], labels: Sequence[str] | None = None, terms: Sequence[str] = ("loss",)):
+
+def plot_curves(
+    runs: Sequence[str | Path], labels: Sequence[str] | None = None, terms: Sequence[str] = ("loss",)
+):
     "Training loss terms and validation Dice over iterations, one line per run."
     labels = labels or [Path(r).name for r in runs]
     fig, axs = plt.subplots(1, len(terms) + 1, figsize=(3.6 * (len(terms) + 1), 2.8))
     for run, lab in zip(runs, labels):
         log, val = _read_csv(Path(run) / "log.csv"), _read_csv(Path(run) / "val.csv")
         for ax, t in zip(axs, terms):
-            sns.lineplot(x=[r["iteration"] for r in log], y=[r.get(t, math.nan) for r in log], ax=ax, label=lab)
-        sns.lineplot(x=[r["iteration"] for r in val], y=[r["dice"] for r in val], ax=axs[-1], label=lab, marker="o")
-    for ax, t in zip(axs, [*terms, "validation Dice"]): ax.set_title(t, fontsize=9); ax.set_xlabel("iteration")
+            sns.lineplot(
+                x=[r["iteration"] for r in log], y=[r.get(t, math.nan) for r in log], ax=ax, label=lab
+            )
+        sns.lineplot(
+            x=[r["iteration"] for r in val], y=[r["dice"] for r in val], ax=axs[-1], label=lab, marker="o"
+        )
+    for ax, t in zip(axs, [*terms, "validation Dice"]):
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("iteration")
     fig.tight_layout()
     return fig
 
@@ -101,59 +151,113 @@ def _test_slices(data, n: int):
         if item["image"].ndim == 3 and data.dataset == "acdc":
             fg = (item["label"] > 0).flatten(1).sum(1)
             z = int(fg.argmax())  # the slice with the most foreground
-            out.append((item["image"][z:z + 1], item["label"][z]))
-        else: out.append((item["image"], item["label"]))
+            out.append((item["image"][z : z + 1], item["label"][z]))
+        else:
+            out.append((item["image"], item["label"]))
     return out
 
-def plot_run_predictions(runs: Sequence[str | Path], labels: Sequence[str] | None = None, n: int = 3,
-                         checkpoint: str = "best", device: str = "cpu"):
+
+def plot_run_predictions(
+    runs: Sequence[str | Path],
+    labels: Sequence[str] | None = None,
+    n: int = 3,
+    checkpoint: str = "best",
+    device: str = "cpu",
+):
     "Fig. 3 for finished runs: test images, ground truth, and each run's prediction."
     from ucpcl.evaluate import predict_case
+
     labels = labels or [Path(r).name for r in runs]
     trainers = [Trainer.from_run(r, checkpoint, device=device) for r in runs]
     cases = _test_slices(trainers[0].data, n)
     preds = {}
     for t, lab in zip(trainers, labels):
         t.method.eval()
-        preds[lab] = [predict_case(t.method.predict_logits, im, t.model_cfg.img_size, volume=im.shape[0] == 1 and t.data.in_channels == 1,
-                                   device=t.device).reshape(gt.shape) for im, gt in cases]
-    return plot_predictions([im for im, _ in cases], [gt for _, gt in cases], preds, num_classes=trainers[0].data.num_classes)
+        preds[lab] = [
+            predict_case(
+                t.method.predict_logits,
+                im,
+                t.model_cfg.img_size,
+                volume=im.shape[0] == 1 and t.data.in_channels == 1,
+                device=t.device,
+            ).reshape(gt.shape)
+            for im, gt in cases
+        ]
+    return plot_predictions(
+        [im for im, _ in cases], [gt for _, gt in cases], preds, num_classes=trainers[0].data.num_classes
+    )
 
 # %% ../nbs/11_report.ipynb #e0eb06ff
-DEMO = dict(iterations=700, batch_size=8, labeled_bs=4)  # half the paper's batch: the demo's budget is 10 minutes on 2 cores
+DEMO = dict(
+    iterations=700, batch_size=8, labeled_bs=4
+)  # half the paper's batch: the demo's budget is 10 minutes on 2 cores
 
-def demo(out: str | Path = "report", # the report folder
-         iterations: int = DEMO["iterations"], # per run
-         seeds: Sequence[int] = (0,), labeled: int = 2, # labeled phantom patients
-         methods: Sequence[str] = ("sup", "ucpcl"), preset: str = "small", device: str = "cpu",
-         data: str | Path | None = None, # phantom folder (default: OUT/phantom-cardiac)
-         progress: bool = True, **overrides) -> str:
+
+def demo(
+    out: str | Path = "report",  # the report folder
+    iterations: int = DEMO["iterations"],  # per run
+    seeds: Sequence[int] = (0,),
+    labeled: int = 2,  # labeled phantom patients
+    methods: Sequence[str] = ("sup", "ucpcl"),
+    preset: str = "small",
+    device: str = "cpu",
+    data: str | Path | None = None,  # phantom folder (default: OUT/phantom-cardiac)
+    progress: bool = True,
+    **overrides,
+) -> str:
     "Train each method on the cardiac phantom for each seed, test once, and write a report folder; returns the table."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     root = write_phantom("cardiac", data or out / "phantom-cardiac", seed=0)
     rows, t0 = [], time.time()
     overrides = {"batch_size": DEMO["batch_size"], "labeled_bs": DEMO["labeled_bs"], **overrides}
     for seed in seeds:
         for m in methods:
-            cfg = TrainConfig(dataset="acdc", data_root=str(root), labeled=labeled, method=m, preset=preset, iterations=iterations,
-                              seed=seed, device=device, eval_every=max(iterations // 4, 1), save_every=iterations,
-                              out=str(out / "runs" / f"{m}-seed{seed}"), **overrides)
-            t = time.time(); train(cfg, progress=progress)
+            cfg = TrainConfig(
+                dataset="acdc",
+                data_root=str(root),
+                labeled=labeled,
+                method=m,
+                preset=preset,
+                iterations=iterations,
+                seed=seed,
+                device=device,
+                eval_every=max(iterations // 4, 1),
+                save_every=iterations,
+                out=str(out / "runs" / f"{m}-seed{seed}"),
+                **overrides,
+            )
+            t = time.time()
+            train(cfg, progress=progress)
             rows.append({**load_run(cfg.out), "seconds": round(time.time() - t, 1)})
-            print(f"{m} seed {seed}: test Dice {rows[-1]['best_dice']:.4f} ({rows[-1]['seconds']:.0f}s)", flush=True)
+            print(
+                f"{m} seed {seed}: test Dice {rows[-1]['best_dice']:.4f} ({rows[-1]['seconds']:.0f}s)",
+                flush=True,
+            )
     return _write_report(out, rows, methods, seeds, labeled, time.time() - t0)
 
 # %% ../nbs/11_report.ipynb #fcff5bef
 def _write_report(out: Path, rows: list[dict], methods, seeds, labeled: int, seconds: float) -> str:
     summary = summarize_runs(rows, metrics=("best_dice", "best_jaccard", "best_hd95", "last_dice"))
-    table = markdown_table(summary, ["method", "labeled", "n"], ["best_dice", "best_jaccard"],
-                           headers=["Method", "Labeled patients", "Seeds", "Dice [%]", "Jaccard [%]"])
-    text = (f"# ucpcl demo: cardiac phantom, {labeled} labeled patients\n\nTest split (held-out phantom patients), "
-            f"validation-best checkpoint, mean ± std over seeds {list(seeds)}; wall time {seconds / 60:.1f} min.\n\n{table}\n")
-    (out / "results.md").write_text(text); write_csv(rows, out / "results.csv")
-    (out / "metrics.json").write_text(json.dumps({"runs": rows, "summary": summary, "seconds": seconds}, indent=2) + "\n")
+    table = markdown_table(
+        summary,
+        ["method", "labeled", "n"],
+        ["best_dice", "best_jaccard"],
+        headers=["Method", "Labeled patients", "Seeds", "Dice [%]", "Jaccard [%]"],
+    )
+    text = (
+        f"# ucpcl demo: cardiac phantom, {labeled} labeled patients\n\nTest split (held-out phantom patients), "
+        f"validation-best checkpoint, mean ± std over seeds {list(seeds)}; wall time {seconds / 60:.1f} min.\n\n{table}\n"
+    )
+    (out / "results.md").write_text(text)
+    write_csv(rows, out / "results.csv")
+    (out / "metrics.json").write_text(
+        json.dumps({"runs": rows, "summary": summary, "seconds": seconds}, indent=2) + "\n"
+    )
     runs = [r["run"] for r in rows if r["seed"] == rows[0]["seed"]]
-    plot_curves(runs, [Path(r).name for r in runs]).savefig(out / "curves.png", dpi=80); plt.close("all")
-    plot_run_predictions(runs, [Path(r).name for r in runs]).savefig(out / "predictions.png", dpi=80); plt.close("all")
+    plot_curves(runs, [Path(r).name for r in runs]).savefig(out / "curves.png", dpi=80)
+    plt.close("all")
+    plot_run_predictions(runs, [Path(r).name for r in runs]).savefig(out / "predictions.png", dpi=80)
+    plt.close("all")
     print(text)
     return table

@@ -16,95 +16,143 @@ __all__ = ['rot90_batch', 'random_rotation', 'RotationHead', 'rotation_loss', 'r
 # %% ../nbs/04_rotation.ipynb #02c900f4
 def _check_k(x: Tensor, k: Tensor) -> Tensor:
     "Validate the per-item quarter turns `k` for a batch `x`; return them on x's device, modulo 4."
-    if x.ndim < 3: raise ValueError(f"expected a batch (B, ..., H, W) with at least 3 dims, got shape {tuple(x.shape)}")
+    if x.ndim < 3:
+        raise ValueError(f"expected a batch (B, ..., H, W) with at least 3 dims, got shape {tuple(x.shape)}")
     if not isinstance(k, Tensor) or k.dtype.is_floating_point or k.dtype.is_complex or k.dtype == torch.bool:
-        raise ValueError(f"k must be an integer tensor of quarter turns (B,), got {getattr(k, 'dtype', type(k).__name__)}")
+        raise ValueError(
+            f"k must be an integer tensor of quarter turns (B,), got {getattr(k, 'dtype', type(k).__name__)}"
+        )
     if k.shape != (x.shape[0],):
-        raise ValueError(f"k must have shape (B,) = ({x.shape[0]},), one quarter turn per item, got {tuple(k.shape)}")
+        raise ValueError(
+            f"k must have shape (B,) = ({x.shape[0]},), one quarter turn per item, got {tuple(k.shape)}"
+        )
     return k.to(device=x.device, dtype=torch.long) % 4
 
 # %% ../nbs/04_rotation.ipynb #1ab7f590
-def rot90_batch(x: Tensor, # (B, ..., H, W) images, labels or feature maps
-                k: Tensor, # (B,) integer quarter turns per item, counter-clockwise, taken modulo 4
-               ) -> Tensor: # (B, ..., H, W); (B, ..., W, H) for non-square items turned by odd k
+def rot90_batch(
+    x: Tensor,  # (B, ..., H, W) images, labels or feature maps
+    k: Tensor,  # (B,) integer quarter turns per item, counter-clockwise, taken modulo 4
+) -> Tensor:  # (B, ..., H, W); (B, ..., W, H) for non-square items turned by odd k
     "Rotate item b by k[b] quarter turns, the G^i of Eq. 12, like `torch.rot90` on the last two dims."
     k = _check_k(x, k)
     b = torch.arange(x.shape[0], device=x.device)
     if x.shape[-2] == x.shape[-1]:
         # G^i(x) for i = 0..3 over the whole batch: (4, B, ..., H, W); item b takes G^{k_b}
         return torch.stack([torch.rot90(x, i, dims=(-2, -1)) for i in range(4)])[k, b]
-    if x.shape[0] == 0: return x.clone()
+    if x.shape[0] == 0:
+        return x.clone()
     odd = k % 2
     if not bool((odd == odd[0]).all()):  # non-square: only one parity of k keeps one output shape
-        raise ValueError(f"items of shape {tuple(x.shape[-2:])} are not square and k mixes even and odd quarter turns, "
-                         "which would give different shapes: make the items square (resize or crop) or use one parity of k")
+        raise ValueError(
+            f"items of shape {tuple(x.shape[-2:])} are not square and k mixes even and odd quarter turns, "
+            "which would give different shapes: make the items square (resize or crop) or use one parity of k"
+        )
     p = int(odd[0])  # G^p and G^{p+2} are the two rotations this batch needs
-    return torch.stack([torch.rot90(x, p, dims=(-2, -1)), torch.rot90(x, p + 2, dims=(-2, -1))])[(k - p) // 2, b]
+    return torch.stack([torch.rot90(x, p, dims=(-2, -1)), torch.rot90(x, p + 2, dims=(-2, -1))])[
+        (k - p) // 2, b
+    ]
 
 # %% ../nbs/04_rotation.ipynb #6666eeda
-def random_rotation(images: Tensor, # (B, C, H, W) square images
-                    labels: Tensor | None = None, # (B, H, W) integer labels, -1 = ignored; turned with their image
-                    generator: torch.Generator | None = None, # seeded generator for k (on its own device)
-                   ) -> tuple[Tensor, Tensor | None, Tensor]: # images turned, labels turned (or None), k (B,) long
+def random_rotation(
+    images: Tensor,  # (B, C, H, W) square images
+    labels: Tensor | None = None,  # (B, H, W) integer labels, -1 = ignored; turned with their image
+    generator: torch.Generator | None = None,  # seeded generator for k (on its own device)
+) -> tuple[Tensor, Tensor | None, Tensor]:  # images turned, labels turned (or None), k (B,) long
     "Turn each image and its label by its own random k in {0, 1, 2, 3}; k is the target of Eq. 12 (random-k form)."
-    if images.ndim != 4: raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
     B, _, H, W = images.shape
-    if H != W: raise ValueError(f"random_rotation needs square images, got H x W = {H} x {W}: resize or crop to square first")
+    if H != W:
+        raise ValueError(
+            f"random_rotation needs square images, got H x W = {H} x {W}: resize or crop to square first"
+        )
     if labels is not None and labels.shape != (B, H, W):
-        raise ValueError(f"labels must be (B, H, W) = {(B, H, W)} to match the images, got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must be (B, H, W) = {(B, H, W)} to match the images, got {tuple(labels.shape)}"
+        )
     if labels is not None and (labels.dtype.is_floating_point or labels.dtype == torch.bool):
         raise ValueError(f"labels must hold integer class ids (-1 = ignored), got dtype {labels.dtype}")
     # k_b ~ U{0, 1, 2, 3}, one per image, drawn where the generator lives
-    k = torch.randint(0, 4, (B,), generator=generator, device=images.device if generator is None else generator.device)
+    k = torch.randint(
+        0, 4, (B,), generator=generator, device=images.device if generator is None else generator.device
+    )
     k = k.to(images.device)
     return rot90_batch(images, k), (None if labels is None else rot90_batch(labels, k)), k
 
 # %% ../nbs/04_rotation.ipynb #72124d1e
 class RotationHead(nn.Module):
     "The rotation classifier p_phi of Eq. 12: global average pool, dropout, linear to one logit per rotation."
-    def __init__(self, in_channels: int, # channels of the deepest encoder feature (2048 for ResNet-50)
-                 num_rotations: int = 4, # C of Eq. 12, the rotation classes
-                 dropout: float = 0.2): # dropout before the linear layer
-        super().__init__()
-        if in_channels < 1 or num_rotations < 2: raise ValueError(f"need in_channels >= 1 and num_rotations >= 2, got {in_channels}, {num_rotations}")
-        if not 0 <= dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.in_channels, self.num_rotations = in_channels, num_rotations
-        self.pool, self.drop, self.fc = nn.AdaptiveAvgPool2d(1), nn.Dropout(dropout), nn.Linear(in_channels, num_rotations)
 
-    def forward(self, feats: Tensor, # (B, in_channels, h, w) deepest encoder feature
-               ) -> Tensor: # (B, num_rotations) logits
+    def __init__(
+        self,
+        in_channels: int,  # channels of the deepest encoder feature (2048 for ResNet-50)
+        num_rotations: int = 4,  # C of Eq. 12, the rotation classes
+        dropout: float = 0.2,
+    ):  # dropout before the linear layer
+        super().__init__()
+        if in_channels < 1 or num_rotations < 2:
+            raise ValueError(
+                f"need in_channels >= 1 and num_rotations >= 2, got {in_channels}, {num_rotations}"
+            )
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.in_channels, self.num_rotations = in_channels, num_rotations
+        self.pool, self.drop, self.fc = (
+            nn.AdaptiveAvgPool2d(1),
+            nn.Dropout(dropout),
+            nn.Linear(in_channels, num_rotations),
+        )
+
+    def forward(
+        self,
+        feats: Tensor,  # (B, in_channels, h, w) deepest encoder feature
+    ) -> Tensor:  # (B, num_rotations) logits
         if feats.ndim != 4 or feats.shape[1] != self.in_channels:
-            raise ValueError(f"RotationHead expects features (B, {self.in_channels}, h, w), got {tuple(feats.shape)}")
+            raise ValueError(
+                f"RotationHead expects features (B, {self.in_channels}, h, w), got {tuple(feats.shape)}"
+            )
         # p_phi: pool to (B, C'), dropout, linear to (B, num_rotations)
         return self.fc(self.drop(self.pool(feats).flatten(1)))
 
 # %% ../nbs/04_rotation.ipynb #5ccaf0ac
-def rotation_loss(logits: Tensor, # (B, C) rotation logits from `RotationHead`
-                  k: Tensor, # (B,) integer rotation ids in 0..C-1, as returned by `random_rotation`
-                 ) -> Tensor: # scalar
+def rotation_loss(
+    logits: Tensor,  # (B, C) rotation logits from `RotationHead`
+    k: Tensor,  # (B,) integer rotation ids in 0..C-1, as returned by `random_rotation`
+) -> Tensor:  # scalar
     "Eq. 12, random-k form: mean cross-entropy between the predicted rotation and the k each image was turned by."
-    if logits.ndim != 2 or logits.shape[0] == 0: raise ValueError(f"logits must be (B, C) with B >= 1, got {tuple(logits.shape)}")
+    if logits.ndim != 2 or logits.shape[0] == 0:
+        raise ValueError(f"logits must be (B, C) with B >= 1, got {tuple(logits.shape)}")
     if k.shape != logits.shape[:1] or k.dtype.is_floating_point or k.dtype == torch.bool:
-        raise ValueError(f"k must be integer rotation ids of shape ({logits.shape[0]},), got {k.dtype} {tuple(k.shape)}")
+        raise ValueError(
+            f"k must be integer rotation ids of shape ({logits.shape[0]},), got {k.dtype} {tuple(k.shape)}"
+        )
     lo, hi = k.aminmax()
     if lo < 0 or hi >= logits.shape[1]:
-        raise ValueError(f"k holds rotation ids {sorted(set(k[(k < 0) | (k >= logits.shape[1])].tolist()))} outside 0..{logits.shape[1] - 1}")
+        raise ValueError(
+            f"k holds rotation ids {sorted(set(k[(k < 0) | (k >= logits.shape[1])].tolist()))} outside 0..{logits.shape[1] - 1}"
+        )
     # L_CE(p_phi(f_theta(G^k(x))), k), averaged over the batch
     return F.cross_entropy(logits, k.to(device=logits.device, dtype=torch.long))
 
 # %% ../nbs/04_rotation.ipynb #bdec59c7
-def rotation_loss_all(encoder_fn: Callable[[Tensor], Tensor], # images (N, C, H, W) -> deepest feature (N, C', h, w)
-                      head: nn.Module, # the rotation head p_phi, (N, C', h, w) -> (N, 4) logits
-                      images: Tensor, # (B, C, H, W) images in their own orientation
-                      batched: bool = True, # one encoder call on all 4B rotated images; False: four calls of B
-                     ) -> Tensor: # scalar
+def rotation_loss_all(
+    encoder_fn: Callable[[Tensor], Tensor],  # images (N, C, H, W) -> deepest feature (N, C', h, w)
+    head: nn.Module,  # the rotation head p_phi, (N, C', h, w) -> (N, 4) logits
+    images: Tensor,  # (B, C, H, W) images in their own orientation
+    batched: bool = True,  # one encoder call on all 4B rotated images; False: four calls of B
+) -> Tensor:  # scalar
     "Eq. 12, exact form: the mean over i = 0..3 and the batch of CE(p_phi(f_theta(G^i(x))), i)."
-    if images.ndim != 4 or images.shape[0] == 0: raise ValueError(f"images must be (B, C, H, W) with B >= 1, got {tuple(images.shape)}")
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be (B, C, H, W) with B >= 1, got {tuple(images.shape)}")
     B, (H, W) = images.shape[0], images.shape[-2:]
-    if batched and H != W: raise ValueError(f"images of H x W = {H} x {W} are not square: pass batched=False (one rotation per call)")
+    if batched and H != W:
+        raise ValueError(
+            f"images of H x W = {H} x {W} are not square: pass batched=False (one rotation per call)"
+        )
     # G^i(x) for i = 0..3, and the target i of each copy
     rotated = [torch.rot90(images, i, dims=(-2, -1)) for i in range(4)]
     targets = [torch.full((B,), i, dtype=torch.long, device=images.device) for i in range(4)]
-    if batched: return rotation_loss(head(encoder_fn(torch.cat(rotated))), torch.cat(targets))
+    if batched:
+        return rotation_loss(head(encoder_fn(torch.cat(rotated))), torch.cat(targets))
     # (1 / C) sum_i of the batch-mean CE for rotation i
     return sum(rotation_loss(head(encoder_fn(x)), t) for x, t in zip(rotated, targets)) / 4

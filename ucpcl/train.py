@@ -5,24 +5,23 @@
 # %% ../nbs/10_train.ipynb #ff1930b5
 from __future__ import annotations
 import csv, json, math, os, platform, random, sys, time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import Config, get_device, in_test, seed_everything
+from .core import Config, get_device, seed_everything
 from .uncertainty import ThresholdSchedule, contrast_labels
 from .anchors import downsample_labels, sample_anchors
 from .contrast import MemoryQueue, pixel_info_nce
-from .rotation import random_rotation, rot90_batch, rotation_loss, rotation_loss_all
+from .rotation import rot90_batch, rotation_loss, rotation_loss_all
 from .losses import consistency_loss, consistency_weight, seg_loss, supervised_loss, total_loss
 from .models import ModelConfig, build_model, get_preset
 from .data import TwoStreamBatchSampler, build_data, seed_worker
@@ -39,15 +38,21 @@ DATASETS = ("acdc", "isic")
 CLASS_NAMES = {"acdc": ["background", "RV", "Myo", "LV"], "isic": ["background", "lesion"]}
 CONTRAST_MODES = ("none", "labeled", "pseudo", "uncertainty")  # no l_c, l_c^sup, l_c^pseudo, l_c (Table 2)
 
+
 @dataclass(frozen=True)
 class TrainConfig(Config):
     "Everything that defines a training run; defaults are the paper's protocol on ACDC."
+
     dataset: str = "acdc"  # "acdc" or "isic"
     data_root: str = ""  # folder in the layout of `ucpcl.data` (ACDC preprocessed, or ISIC 2018 Task 1)
-    labeled: float = 7  # ACDC: labeled patients (3 -> 68 slices, 7 -> 136); ISIC: images (int) or fraction (< 1)
+    labeled: float = (
+        7  # ACDC: labeled patients (3 -> 68 slices, 7 -> 136); ISIC: images (int) or fraction (< 1)
+    )
     method: str = "ucpcl"  # "ucpcl", "sup", or a baseline of `ucpcl.baselines`
     preset: str = "paper"  # model preset of `ucpcl.models`: "paper" or "small"
-    pretrained: str | None = None  # ImageNet weights: a torchvision weights name or a local file; None = random init
+    pretrained: str | None = (
+        None  # ImageNet weights: a torchvision weights name or a local file; None = random init
+    )
     img_size: int | None = None  # network input side; None = the preset's (224 paper, 96 small)
     iterations: int = 6000
     batch_size: int = 16
@@ -59,7 +64,9 @@ class TrainConfig(Config):
     weight_decay: float = 5e-4
     use_con: bool = True  # l_con, Eq. 5
     use_rot: bool = True  # l_e, Eq. 12
-    rotation_form: str = "random"  # "random": one random quarter turn per image; "all": the exact mean over 4 turns
+    rotation_form: str = (
+        "random"  # "random": one random quarter turn per image; "all": the exact mean over 4 turns
+    )
     contrast: str = "uncertainty"  # "none", "labeled" (l_c^sup), "pseudo" (l_c^pseudo), "uncertainty" (l_c)
     contrast_level: int = 2  # Conv1..Conv4 (Table 3); Conv2 = layer2
     contrast_start: float = 0.1  # fraction of the run before pixel contrast starts (warm-up)
@@ -78,34 +85,53 @@ class TrainConfig(Config):
     amp: str = "auto"  # "auto" (bf16 autocast on CUDA), "bf16", or "off"
     deterministic: bool = False  # deterministic kernels (slower on CUDA)
     sync_bn: bool = True  # several CUDA processes: batch norm over the global batch (SyncBatchNorm)
-    freeze_bn: bool = False  # batch norm uses its running statistics while training (for tiny per-process batches)
+    freeze_bn: bool = (
+        False  # batch norm uses its running statistics while training (for tiny per-process batches)
+    )
     num_workers: int = 0  # DataLoader workers
     eval_every: int = 500  # validate every N iterations (and at the end)
     save_every: int = 500  # write last.pt every N iterations (and at the end)
     log_every: int = 10  # a row of log.csv every N iterations
     out: str = "runs/ucpcl"  # the run folder
-    def __post_init__(self): self.validate()
+
+    def __post_init__(self):
+        self.validate()
 
 # %% ../nbs/10_train.ipynb #7f0e38b3
 @patch
 def validate(self: TrainConfig):
     "Raise a `ValueError` naming the field and its valid values for the first invalid field."
-    def bad(name, valid): raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {valid}")
-    if self.dataset not in DATASETS: bad("dataset", f"use one of {list(DATASETS)}")
-    if self.contrast not in CONTRAST_MODES: bad("contrast", f"use one of {list(CONTRAST_MODES)}")
-    if self.rotation_form not in ("random", "all"): bad("rotation_form", "use 'random' or 'all'")
-    if self.amp not in ("auto", "bf16", "off"): bad("amp", "use 'auto', 'bf16' or 'off'")
-    if self.contrast_level not in (1, 2, 3, 4): bad("contrast_level", "use 1..4 (Conv1..Conv4)")
-    if not 0 < self.labeled_bs < self.batch_size: bad("labeled_bs", f"use 1..{self.batch_size - 1} (the rest of the batch is unlabeled)")
-    if self.iterations < 1: bad("iterations", "use at least 1")
-    if not 0 <= self.contrast_start <= 1: bad("contrast_start", "a fraction of the run in [0, 1]")
-    if not self.tau > 0: bad("tau", "the temperature must be > 0")
-    if not self.labeled > 0: bad("labeled", "ACDC: a number of patients >= 1; ISIC: a number of images or a fraction in (0, 1)")
+
+    def bad(name, valid):
+        raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {valid}")
+
+    if self.dataset not in DATASETS:
+        bad("dataset", f"use one of {list(DATASETS)}")
+    if self.contrast not in CONTRAST_MODES:
+        bad("contrast", f"use one of {list(CONTRAST_MODES)}")
+    if self.rotation_form not in ("random", "all"):
+        bad("rotation_form", "use 'random' or 'all'")
+    if self.amp not in ("auto", "bf16", "off"):
+        bad("amp", "use 'auto', 'bf16' or 'off'")
+    if self.contrast_level not in (1, 2, 3, 4):
+        bad("contrast_level", "use 1..4 (Conv1..Conv4)")
+    if not 0 < self.labeled_bs < self.batch_size:
+        bad("labeled_bs", f"use 1..{self.batch_size - 1} (the rest of the batch is unlabeled)")
+    if self.iterations < 1:
+        bad("iterations", "use at least 1")
+    if not 0 <= self.contrast_start <= 1:
+        bad("contrast_start", "a fraction of the run in [0, 1]")
+    if not self.tau > 0:
+        bad("tau", "the temperature must be > 0")
+    if not self.labeled > 0:
+        bad("labeled", "ACDC: a number of patients >= 1; ISIC: a number of images or a fraction in (0, 1)")
     get_preset(self.preset)  # raises with the valid presets
     ThresholdSchedule(self.threshold_mode, self.threshold)  # raises with the valid modes
 
 # %% ../nbs/10_train.ipynb #9756b9a9
-def poly_lr(iteration: int, max_iterations: int, base_lr: float = 0.01, min_lr: float = 0.001, power: float = 0.9) -> float:
+def poly_lr(
+    iteration: int, max_iterations: int, base_lr: float = 0.01, min_lr: float = 0.001, power: float = 0.9
+) -> float:
     "The polynomial schedule of Sec. 4.1: from base_lr at iteration 0 down to min_lr at the end."
     t = min(max(iteration / max(max_iterations, 1), 0.0), 1.0)
     # eta_min + (eta_0 - eta_min) (1 - i/N)^power
@@ -114,50 +140,76 @@ def poly_lr(iteration: int, max_iterations: int, base_lr: float = 0.01, min_lr: 
 # %% ../nbs/10_train.ipynb #f7f642b8
 METHODS: dict[str, type] = {}
 
+
 def register_method(name: str):
     "Class decorator: make a `Method` available to the trainer and the CLI as `name`."
-    def deco(cls): METHODS[name] = cls; cls.name = name; return cls
+
+    def deco(cls):
+        METHODS[name] = cls
+        cls.name = name
+        return cls
+
     return deco
+
 
 class Method(nn.Module):
     "Base of the training methods: owns the networks and state; turns a batch into loss terms."
+
     name = "method"
     uses_unlabeled = True  # False: the trainer feeds labeled images only
+
     def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig):
         super().__init__()
         self.cfg, self.model_cfg, self.rank, self.world_size = cfg, model_cfg, 0, 1
-    def forward(self, batch: dict, iteration: int) -> dict: return self.training_step(batch, iteration)
-    def training_step(self, batch: dict, iteration: int) -> dict[str, Tensor | float]: raise NotImplementedError
-    def after_step(self, iteration: int): "Called after the optimiser step (e.g. to update a teacher)."
-    def predict_logits(self, x: Tensor) -> Tensor: raise NotImplementedError
+
+    def forward(self, batch: dict, iteration: int) -> dict:
+        return self.training_step(batch, iteration)
+
+    def training_step(self, batch: dict, iteration: int) -> dict[str, Tensor | float]:
+        raise NotImplementedError
+
+    def after_step(self, iteration: int):
+        "Called after the optimiser step (e.g. to update a teacher)."
+
+    def predict_logits(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
 
 # %% ../nbs/10_train.ipynb #d8657e96
 def get_method(name: str) -> type:
     "The registered `Method` class called `name`."
     if name not in METHODS:
-        try: import ucpcl.baselines  # noqa: F401  (registers the baselines of Table 1)
-        except ImportError: pass
-    if name not in METHODS: raise ValueError(f"unknown method {name!r}: use one of {sorted(METHODS)}")
+        try:
+            import ucpcl.baselines  # noqa: F401  (registers the baselines of Table 1)
+        except ImportError:
+            pass
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: use one of {sorted(METHODS)}")
     return METHODS[name]
 
 # %% ../nbs/10_train.ipynb #684de42e
 @register_method("sup")
 class Supervised(Method):
     "Supervised-only baseline: the CNN branch trained with Eq. 4 on labeled images."
+
     uses_unlabeled = False
+
     def __init__(self, cfg, model_cfg):
         super().__init__(cfg, model_cfg)
         self.model = build_model(model_cfg.replace(transformer=False, rotation=False))
+
     def training_step(self, batch, iteration):
         x, y = batch["image"], batch["label"]
         l_sup = seg_loss(self.model.decode_cnn(self.model.encode(x)), y)
         return {"loss": l_sup, "l_sup": l_sup}
-    def predict_logits(self, x): return self.model.decode_cnn(self.model.encode(x))
+
+    def predict_logits(self, x):
+        return self.model.decode_cnn(self.model.encode(x))
 
 # %% ../nbs/10_train.ipynb #e744e813
 @register_method("ucpcl")
 class UCPCL(Method):
     "The paper's method: two decoders, uncertainty-guided pixel contrast with a memory queue, rotation loss."
+
     def __init__(self, cfg, model_cfg):
         super().__init__(cfg, model_cfg)
         self.model = build_model(model_cfg.replace(contrast_level=cfg.contrast_level, rotation=cfg.use_rot))
@@ -165,28 +217,38 @@ class UCPCL(Method):
         self.threshold = ThresholdSchedule(cfg.threshold_mode, cfg.threshold)
         self.lb = cfg.labeled_bs
 
-    def predict_logits(self, x): return self.model.decode_cnn(self.model.encode(x))
+    def predict_logits(self, x):
+        return self.model.decode_cnn(self.model.encode(x))
 
     def contrast_on(self, iteration: int) -> bool:
-        return self.cfg.contrast != "none" and iteration >= round(self.cfg.contrast_start * self.cfg.iterations)
+        return self.cfg.contrast != "none" and iteration >= round(
+            self.cfg.contrast_start * self.cfg.iterations
+        )
 
 # %% ../nbs/10_train.ipynb #b30b3993
 @patch
-def contrast_step(self: UCPCL, p_c: Tensor, p_t: Tensor, # (B, C, H, W) softmax of both decoders (detached)
-                  emb: Tensor, y: Tensor, iteration: int, # (B, D, h, w) embeddings; (B, H, W) labels
-                  monitor: Tensor | None = None, # (B, H, W) masks of the unlabeled images, -1 where unknown
-                 ) -> dict:
+def contrast_step(
+    self: UCPCL,
+    p_c: Tensor,
+    p_t: Tensor,  # (B, C, H, W) softmax of both decoders (detached)
+    emb: Tensor,
+    y: Tensor,
+    iteration: int,  # (B, D, h, w) embeddings; (B, H, W) labels
+    monitor: Tensor | None = None,  # (B, H, W) masks of the unlabeled images, -1 where unknown
+) -> dict:
     "l_c of Eq. 9 on anchors chosen by Eq. 7, the queue update, and the mask statistics."
     H = self.threshold(iteration, self.cfg.iterations)
     yc = contrast_labels(p_c, p_t, y, self.lb, H, mode=self.cfg.contrast)  # Eq. 7, (B, H, W)
-    anchors, a_lab = sample_anchors(emb, downsample_labels(yc, emb.shape[-2:]), self.cfg.per_class, self.model_cfg.num_classes)
+    anchors, a_lab = sample_anchors(
+        emb, downsample_labels(yc, emb.shape[-2:]), self.cfg.per_class, self.model_cfg.num_classes
+    )
     l_c = pixel_info_nce(anchors, a_lab, self.queue, self.cfg.tau)  # Eq. 8-9 against the queue
     self._to_enqueue = (anchors.detach(), a_lab)  # they enter the queue after the optimiser step
-    kept = yc[self.lb:] >= 0
+    kept = yc[self.lb :] >= 0
     out = {"l_c": l_c, "H": H, "certain": kept.float().mean().detach(), "anchors": float(len(a_lab))}
     if monitor is not None:
-        known = kept & (monitor[self.lb:] >= 0)
-        out["pl_acc"] = ((yc[self.lb:] == monitor[self.lb:]) & known).sum() / known.sum().clamp(min=1)
+        known = kept & (monitor[self.lb :] >= 0)
+        out["pl_acc"] = ((yc[self.lb :] == monitor[self.lb :]) & known).sum() / known.sum().clamp(min=1)
     return out
 
 # %% ../nbs/10_train.ipynb #18087525
@@ -195,7 +257,8 @@ def after_step(self: UCPCL, iteration: int):
     "Enqueue the anchors of the step just taken (Sec. 3.2: used as anchors, then updated to the memory queue)."
     if getattr(self, "_to_enqueue", None) is not None:  # every process pushes the anchors of all processes
         anchors, labels = self._to_enqueue
-        with record_function("contrast"): self.queue.push(all_gather_rows(anchors), all_gather_rows(labels))
+        with record_function("contrast"):
+            self.queue.push(all_gather_rows(anchors), all_gather_rows(labels))
         self._to_enqueue = None
 
 # %% ../nbs/10_train.ipynb #5311e8ee
@@ -222,26 +285,44 @@ def training_step(self: UCPCL, batch: dict, iteration: int) -> dict:
     l_sup = supervised_loss(out.logits_c[:lb], out.logits_t[:lb], y[:lb], alpha=cfg.alpha)  # Eq. 3
     l_con = consistency_loss(out.logits_c[lb:], out.logits_t[lb:]) if cfg.use_con else zero  # Eq. 5
     lambda_t = consistency_weight(iteration, cfg.iterations, cfg.consistency)
-    if not cfg.use_rot: l_e = zero
-    elif random_k: l_e = rotation_loss(out.rot_logits, k)  # Eq. 12, random-k form
-    else: l_e = rotation_loss_all(lambda z: self.model.encode(z)[-1], self.model.rot, x)  # Eq. 12, exact form
+    if not cfg.use_rot:
+        l_e = zero
+    elif random_k:
+        l_e = rotation_loss(out.rot_logits, k)  # Eq. 12, random-k form
+    else:
+        l_e = rotation_loss_all(lambda z: self.model.encode(z)[-1], self.model.rot, x)  # Eq. 12, exact form
     logs = {}
     if contrast:
         p_c, p_t = out.logits_c.detach().float().softmax(1), out.logits_t.detach().float().softmax(1)
-        with record_function("contrast"): logs = self.contrast_step(p_c, p_t, out.embeddings, y, iteration, monitor)
+        with record_function("contrast"):
+            logs = self.contrast_step(p_c, p_t, out.embeddings, y, iteration, monitor)
     l_c = logs.pop("l_c", zero)
     loss = total_loss(l_sup, l_con, l_c, l_e, lambda_t, cfg.lambda_1, cfg.lambda_2)  # Eq. 1
-    return {"loss": loss, "l_sup": l_sup, "l_con": l_con, "l_c": l_c, "l_e": l_e, "lambda_t": lambda_t, **logs}
+    return {
+        "loss": loss,
+        "l_sup": l_sup,
+        "l_con": l_con,
+        "l_c": l_c,
+        "l_e": l_e,
+        "lambda_t": lambda_t,
+        **logs,
+    }
 
 # %% ../nbs/10_train.ipynb #6b753175
 def item_seed(seed: int, iteration: int, slot: int) -> int:
     "The seed of the random augmentation of the `slot`-th image of iteration `iteration`."
     return (seed * 1_000_003 + iteration * 1_009 + slot) % 2**62
 
+
 class SeededItems(torch.utils.data.Dataset):
     "Wraps a dataset: item (index, seed) is `dataset[index]` drawn with PyTorch's generator seeded by `seed`."
-    def __init__(self, dataset): self.dataset = dataset
-    def __len__(self): return len(self.dataset)
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
     def __getitem__(self, key):
         index, seed = key
         with torch.random.fork_rng(devices=[]):
@@ -251,39 +332,79 @@ class SeededItems(torch.utils.data.Dataset):
 # %% ../nbs/10_train.ipynb #df20454d
 class IterationBatches(torch.utils.data.Sampler):
     "Batches of (index, seed) for iterations start..stop-1, replayable from any iteration; one process's share of each."
-    def __init__(self, sampler, seed: int, start: int, stop: int,
-                 share: Callable[[list], list] = lambda b: b, # this process's part of a global batch
-                ):
-        if len(sampler) == 0: raise ValueError("the batch sampler yields no batch: too few training images for one batch")
+
+    def __init__(
+        self,
+        sampler,
+        seed: int,
+        start: int,
+        stop: int,
+        share: Callable[[list], list] = lambda b: b,  # this process's part of a global batch
+    ):
+        if len(sampler) == 0:
+            raise ValueError("the batch sampler yields no batch: too few training images for one batch")
         self.sampler, self.seed, self.start, self.stop, self.share = sampler, seed, start, stop, share
-    def __len__(self): return max(self.stop - self.start, 0)
+
+    def __len__(self):
+        return max(self.stop - self.start, 0)
+
     def __iter__(self):
         n, it = len(self.sampler), self.start
         while it < self.stop:
             epoch, pos = divmod(it, n)
-            if hasattr(self.sampler, "set_epoch"): self.sampler.set_epoch(epoch)
+            if hasattr(self.sampler, "set_epoch"):
+                self.sampler.set_epoch(epoch)
             for batch in list(self.sampler)[pos:]:
-                if it >= self.stop: return
+                if it >= self.stop:
+                    return
                 yield self.share([(int(i), item_seed(self.seed, it, j)) for j, i in enumerate(batch)])
                 it += 1
 
 # %% ../nbs/10_train.ipynb #5be1f68c
-LOG_FIELDS = ["iteration", "lr", "loss", "l_sup", "l_con", "l_c", "l_e", "lambda_t", "H", "certain", "pl_acc", "anchors", "seconds"]
+LOG_FIELDS = [
+    "iteration",
+    "lr",
+    "loss",
+    "l_sup",
+    "l_con",
+    "l_c",
+    "l_e",
+    "lambda_t",
+    "H",
+    "certain",
+    "pl_acc",
+    "anchors",
+    "seconds",
+]
+
 
 class NonFiniteLoss(RuntimeError):
     "A loss term became NaN or infinite; the last good checkpoint is kept."
 
+
 class Trainer:
     "Runs one training run of `TrainConfig` into its run folder."
+
     def __init__(self, cfg: TrainConfig, data=None):
         self.cfg, self.out = cfg, Path(cfg.out)
-        self.rank, self.world, self.device = setup(get_device(cfg.device))  # one process, or one of torchrun's
-        if self.device.type == "cpu": torch.set_flush_denormal(True)  # denormal floats make CPU batch norm many times slower
+        self.rank, self.world, self.device = setup(
+            get_device(cfg.device)
+        )  # one process, or one of torchrun's
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # denormal floats make CPU batch norm many times slower
         seed_everything(cfg.seed, deterministic=cfg.deterministic)
         mcfg = get_preset(cfg.preset, **({} if cfg.img_size is None else {"img_size": cfg.img_size}))
-        labeled = int(cfg.labeled) if cfg.dataset == "acdc" and float(cfg.labeled).is_integer() else cfg.labeled
-        self.data = data if data is not None else build_data(cfg.dataset, cfg.data_root, size=mcfg.img_size, labeled=labeled, seed=cfg.seed)
-        self.model_cfg = mcfg.replace(in_channels=self.data.in_channels, num_classes=self.data.num_classes, pretrained=cfg.pretrained)
+        labeled = (
+            int(cfg.labeled) if cfg.dataset == "acdc" and float(cfg.labeled).is_integer() else cfg.labeled
+        )
+        self.data = (
+            data
+            if data is not None
+            else build_data(cfg.dataset, cfg.data_root, size=mcfg.img_size, labeled=labeled, seed=cfg.seed)
+        )
+        self.model_cfg = mcfg.replace(
+            in_channels=self.data.in_channels, num_classes=self.data.num_classes, pretrained=cfg.pretrained
+        )
         self.method = self.build_method()
         params = [p for p in self.method.parameters() if p.requires_grad]
         self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -295,47 +416,91 @@ class Trainer:
 def build_method(self: Trainer) -> Method:
     "The method of cfg.method for this process's share of each batch, on this process's device."
     cfg, W = self.cfg, self.world
-    local = cfg if W == 1 else cfg.replace(batch_size=cfg.batch_size // W, labeled_bs=cfg.labeled_bs // W, per_class=max(cfg.per_class // W, 1))
+    local = (
+        cfg
+        if W == 1
+        else cfg.replace(
+            batch_size=cfg.batch_size // W,
+            labeled_bs=cfg.labeled_bs // W,
+            per_class=max(cfg.per_class // W, 1),
+        )
+    )
     if W > 1 and (cfg.batch_size % W or cfg.labeled_bs % W):
-        raise ValueError(f"batch_size={cfg.batch_size} and labeled_bs={cfg.labeled_bs} must be multiples of the {W} processes")
+        raise ValueError(
+            f"batch_size={cfg.batch_size} and labeled_bs={cfg.labeled_bs} must be multiples of the {W} processes"
+        )
     method = get_method(cfg.method)(local, self.model_cfg).to(self.device)
     method.rank, method.world_size = self.rank, W
-    if W > 1 and cfg.sync_bn and self.device.type == "cuda": method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    self.net = method if W == 1 else nn.parallel.DistributedDataParallel(
-        method, device_ids=[self.device] if self.device.type == "cuda" else None, find_unused_parameters=True)
+    if W > 1 and cfg.sync_bn and self.device.type == "cuda":
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    self.net = (
+        method
+        if W == 1
+        else nn.parallel.DistributedDataParallel(
+            method,
+            device_ids=[self.device] if self.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    )
     return method
 
 # %% ../nbs/10_train.ipynb #bf8bdca5
 class LabeledOnly(torch.utils.data.Sampler):
     "Batches of `labeled_bs` labeled indices: the labeled stream alone (for supervised-only training)."
+
     def __init__(self, labeled_idx, labeled_bs: int, seed: int):
         self.idx, self.bs, self.seed, self.epoch = list(labeled_idx), labeled_bs, seed, 0
-        if len(self.idx) < labeled_bs: raise ValueError(f"{len(self.idx)} labeled images, fewer than labeled_bs={labeled_bs}")
-    def set_epoch(self, epoch): self.epoch = epoch
-    def __len__(self): return len(self.idx) // self.bs
+        if len(self.idx) < labeled_bs:
+            raise ValueError(f"{len(self.idx)} labeled images, fewer than labeled_bs={labeled_bs}")
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.idx) // self.bs
+
     def __iter__(self):
-        perm = torch.randperm(len(self.idx), generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
+        perm = torch.randperm(
+            len(self.idx), generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        )
         order = [self.idx[i] for i in perm]
-        return iter([order[b * self.bs:(b + 1) * self.bs] for b in range(len(self))])
+        return iter([order[b * self.bs : (b + 1) * self.bs] for b in range(len(self))])
 
 # %% ../nbs/10_train.ipynb #0d460ffb
 def collate(items: list[dict]) -> dict:
     "Stack the tensors of a list of items; keys missing from some items are dropped."
     keys = set(items[0]).intersection(*items[1:])
-    return {k: torch.stack([it[k] for it in items]) if isinstance(items[0][k], Tensor) else [it[k] for it in items] for k in keys}
+    return {
+        k: torch.stack([it[k] for it in items])
+        if isinstance(items[0][k], Tensor)
+        else [it[k] for it in items]
+        for k in keys
+    }
+
 
 @patch
 def loader(self: Trainer, start: int) -> torch.utils.data.DataLoader:
     "The training batches of iterations start..iterations-1."
     cfg, d = self.cfg, self.data
     if self.method.uses_unlabeled:
-        sampler = TwoStreamBatchSampler(d.labeled_idx, d.unlabeled_idx, cfg.batch_size, cfg.labeled_bs, seed=cfg.seed)
-    else: sampler = LabeledOnly(d.labeled_idx, cfg.labeled_bs, cfg.seed)
-    share = lambda b: rank_share(b, min(cfg.labeled_bs, len(b)), self.rank, self.world)  # all labeled for LabeledOnly
-    return torch.utils.data.DataLoader(SeededItems(d.train), batch_sampler=IterationBatches(sampler, cfg.seed, start, cfg.iterations, share),
-                                       num_workers=cfg.num_workers, collate_fn=collate, pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
-                                       persistent_workers=cfg.num_workers > 0,
-                                       generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG: resuming must not shift it
+        sampler = TwoStreamBatchSampler(
+            d.labeled_idx, d.unlabeled_idx, cfg.batch_size, cfg.labeled_bs, seed=cfg.seed
+        )
+    else:
+        sampler = LabeledOnly(d.labeled_idx, cfg.labeled_bs, cfg.seed)
+    share = lambda b: rank_share(
+        b, min(cfg.labeled_bs, len(b)), self.rank, self.world
+    )  # all labeled for LabeledOnly
+    return torch.utils.data.DataLoader(
+        SeededItems(d.train),
+        batch_sampler=IterationBatches(sampler, cfg.seed, start, cfg.iterations, share),
+        num_workers=cfg.num_workers,
+        collate_fn=collate,
+        pin_memory=self.device.type == "cuda",
+        worker_init_fn=seed_worker,
+        persistent_workers=cfg.num_workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )  # not the global RNG: resuming must not shift it
 
 # %% ../nbs/10_train.ipynb #406afa3e
 @patch
@@ -343,23 +508,36 @@ def step(self: Trainer, batch: dict, it: int) -> dict:
     "One optimisation step at iteration `it`; returns the loss terms as floats."
     cfg = self.cfg
     lr = poly_lr(it, cfg.iterations, cfg.lr, cfg.min_lr, cfg.lr_power)
-    for g in self.opt.param_groups: g["lr"] = lr
-    batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+    for g in self.opt.param_groups:
+        g["lr"] = lr
+    batch = {
+        k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()
+    }
     self.method.train()
     if cfg.freeze_bn:
         for m in self.method.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp), record_function("forward"):
-        terms = self.net(batch, it)  # the method's training_step, through DDP when there are several processes
+        terms = self.net(
+            batch, it
+        )  # the method's training_step, through DDP when there are several processes
     if not torch.isfinite(terms["loss"]):
         bad = [k for k, v in terms.items() if isinstance(v, Tensor) and not torch.isfinite(v).all()]
-        raise NonFiniteLoss(f"non-finite loss at iteration {it}: term(s) {bad or ['loss']}; the last good checkpoint "
-                            f"{self.out / 'last.pt'} is kept (lower the learning rate or check the data)")
+        raise NonFiniteLoss(
+            f"non-finite loss at iteration {it}: term(s) {bad or ['loss']}; the last good checkpoint "
+            f"{self.out / 'last.pt'} is kept (lower the learning rate or check the data)"
+        )
     self.opt.zero_grad(set_to_none=True)
-    with record_function("backward"): terms["loss"].backward()
-    with record_function("optimizer"): self.opt.step()
+    with record_function("backward"):
+        terms["loss"].backward()
+    with record_function("optimizer"):
+        self.opt.step()
     self.method.after_step(it)
-    return {"lr": lr, **{k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in terms.items()}}
+    return {
+        "lr": lr,
+        **{k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in terms.items()},
+    }
 
 # %% ../nbs/10_train.ipynb #34253500
 @patch
@@ -367,53 +545,119 @@ def evaluate_split(self: Trainer, split: str, hd95: bool = True) -> EvalResult:
     "Dice, Jaccard (and HD95) of the current weights on the 'val' or 'test' split."
     ds = {"val": self.data.val, "test": self.data.test}[split]
     self.method.eval()
+
     def logits_fn(x):
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp): return self.method.predict_logits(x).float()
-    try: return evaluate(logits_fn, ds, self.data.num_classes, self.model_cfg.img_size, volume=self.cfg.dataset == "acdc",
-                         hd95=hd95, device=self.device, class_names=CLASS_NAMES[self.cfg.dataset][1:])
-    finally: self.method.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.method.predict_logits(x).float()
+
+    try:
+        return evaluate(
+            logits_fn,
+            ds,
+            self.data.num_classes,
+            self.model_cfg.img_size,
+            volume=self.cfg.dataset == "acdc",
+            hd95=hd95,
+            device=self.device,
+            class_names=CLASS_NAMES[self.cfg.dataset][1:],
+        )
+    finally:
+        self.method.train()
 
 # %% ../nbs/10_train.ipynb #8a7f2b1a
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
 
 def _set_rng_state(s: dict):
-    torch.set_rng_state(s["torch"]); np.random.set_state(s["numpy"]); random.setstate(s["python"])
-    if s.get("cuda") and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
 
 def atomic_save(obj, path: Path):
     "torch.save to a temporary file in the same folder, then rename over `path`."
-    path = Path(path); tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp); os.replace(tmp, path)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 # %% ../nbs/10_train.ipynb #ccae457f
 @patch
-def save(self: Trainer, name: str = "last.pt",
-         full: bool = True, # False: the method's state only (best.pt), enough to evaluate, not to resume
-        ):
+def save(
+    self: Trainer,
+    name: str = "last.pt",
+    full: bool = True,  # False: the method's state only (best.pt), enough to evaluate, not to resume
+):
     "Write the checkpoint `name` into the run folder, atomically."
-    ck = {"method": self.method.state_dict(), "iteration": self.iteration, "best": self.best, "config": self.cfg.to_dict()}
-    if full: ck.update(optimizer=self.opt.state_dict(), rng=_rng_state())
+    ck = {
+        "method": self.method.state_dict(),
+        "iteration": self.iteration,
+        "best": self.best,
+        "config": self.cfg.to_dict(),
+    }
+    if full:
+        ck.update(optimizer=self.opt.state_dict(), rng=_rng_state())
     atomic_save(ck, self.out / name)
+
 
 @patch
 def load(self: Trainer, path: str | Path, weights_only: bool = False):
     "Restore a checkpoint written by `save`; clear errors for a missing, corrupt or mismatched file."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"no checkpoint at {path}: train first, or give the right --out")
-    try: ck = torch.load(path, map_location=self.device, weights_only=False)
-    except Exception as e: raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); it is corrupt or not a ucpcl checkpoint") from None
-    if not isinstance(ck, dict) or "method" not in ck: raise ValueError(f"{path} is not a ucpcl checkpoint (no 'method' state)")
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: train first, or give the right --out")
+    try:
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+    except Exception as e:
+        raise ValueError(
+            f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); it is corrupt or not a ucpcl checkpoint"
+        ) from None
+    if not isinstance(ck, dict) or "method" not in ck:
+        raise ValueError(f"{path} is not a ucpcl checkpoint (no 'method' state)")
     mine, theirs = self.cfg.to_dict(), ck.get("config", {})
-    diff = {k: (theirs.get(k), mine[k]) for k in ("dataset", "method", "preset", "iterations", "batch_size", "labeled_bs", "labeled",
-                                                  "contrast", "contrast_level", "use_con", "use_rot", "seed") if theirs.get(k) != mine[k]}
-    if diff: raise ValueError(f"checkpoint {path} was written by a different run: " + ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items()))
-    try: self.method.load_state_dict(ck["method"])
-    except RuntimeError as e: raise ValueError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0]}") from None
-    if weights_only: return ck
-    if "optimizer" not in ck: raise ValueError(f"{path} holds the weights only (it is for evaluation): resume from the run's last.pt")
-    self.opt.load_state_dict(ck["optimizer"]); self.iteration, self.best = ck["iteration"], ck["best"]
+    diff = {
+        k: (theirs.get(k), mine[k])
+        for k in (
+            "dataset",
+            "method",
+            "preset",
+            "iterations",
+            "batch_size",
+            "labeled_bs",
+            "labeled",
+            "contrast",
+            "contrast_level",
+            "use_con",
+            "use_rot",
+            "seed",
+        )
+        if theirs.get(k) != mine[k]
+    }
+    if diff:
+        raise ValueError(
+            f"checkpoint {path} was written by a different run: "
+            + ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items())
+        )
+    try:
+        self.method.load_state_dict(ck["method"])
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0]}") from None
+    if weights_only:
+        return ck
+    if "optimizer" not in ck:
+        raise ValueError(
+            f"{path} holds the weights only (it is for evaluation): resume from the run's last.pt"
+        )
+    self.opt.load_state_dict(ck["optimizer"])
+    self.iteration, self.best = ck["iteration"], ck["best"]
     _set_rng_state(ck["rng"])
     return ck
 
@@ -421,18 +665,33 @@ def load(self: Trainer, path: str | Path, weights_only: bool = False):
 def environment(device: torch.device) -> dict:
     "Versions and hardware, written to the run folder."
     import torchvision, monai, ucpcl
-    env = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
-           "torchvision": torchvision.__version__, "monai": monai.__version__, "numpy": np.__version__,
-           "ucpcl": ucpcl.__version__, "device": str(device), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()}
-    if device.type == "cuda": env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
+
+    env = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "monai": monai.__version__,
+        "numpy": np.__version__,
+        "ucpcl": ucpcl.__version__,
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     return env
+
 
 def _trim_log(path: Path, upto: int):
     "Keep the rows of a CSV log whose iteration is at most `upto`."
-    if not path.exists(): return
-    with path.open() as f: rows = list(csv.DictReader(f))
+    if not path.exists():
+        return
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore"); w.writeheader()
+        w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
+        w.writeheader()
         w.writerows(r for r in rows if int(r["iteration"]) <= upto)
 
 # %% ../nbs/10_train.ipynb #de7a96e7
@@ -442,7 +701,8 @@ def validate(self: Trainer, it: int):
     r = self.evaluate_split("val", hd95=False).summary
     with (self.out / "val.csv").open("a", newline="") as f:
         w = csv.writer(f)
-        if f.tell() == 0: w.writerow(["iteration", "dice", "jaccard"])
+        if f.tell() == 0:
+            w.writerow(["iteration", "dice", "jaccard"])
         w.writerow([it, r["dice"], r["jaccard"]])
     if r["dice"] > self.best["dice"]:
         self.best = {"iteration": it, "dice": r["dice"], "jaccard": r["jaccard"]}
@@ -454,30 +714,49 @@ def validate(self: Trainer, it: int):
 def _open_run(self: Trainer, resume: bool):
     "Write config.json and env.json; open log.csv (trimmed to the checkpoint when resuming)."
     self.out.mkdir(parents=True, exist_ok=True)
-    if resume: _trim_log(self.out / "log.csv", self.iteration)
+    if resume:
+        _trim_log(self.out / "log.csv", self.iteration)
     else:
-        for f in ("log.csv", "val.csv"): (self.out / f).unlink(missing_ok=True)
+        for f in ("log.csv", "val.csv"):
+            (self.out / f).unlink(missing_ok=True)
     self.cfg.save(self.out / "config.json")
-    (self.out / "env.json").write_text(json.dumps({**environment(self.device), "processes": self.world}, indent=2) + "\n")
+    (self.out / "env.json").write_text(
+        json.dumps({**environment(self.device), "processes": self.world}, indent=2) + "\n"
+    )
     self._logf = (self.out / "log.csv").open("a", newline="")
     self._logw = csv.DictWriter(self._logf, LOG_FIELDS, extrasaction="ignore")
-    if self._logf.tell() == 0: self._logw.writeheader()
+    if self._logf.tell() == 0:
+        self._logw.writeheader()
+
 
 @patch
-def _log(self: Trainer, row: dict): self._logw.writerow(row); self._logf.flush()
+def _log(self: Trainer, row: dict):
+    self._logw.writerow(row)
+    self._logf.flush()
 
 # %% ../nbs/10_train.ipynb #7fd34b37
 @patch
-def fit(self: Trainer, resume: bool = False, progress: bool = True,
-        stop_after: int | None = None, # leave after this many iterations (a time-limited job); resume later
-       ) -> Trainer:
+def fit(
+    self: Trainer,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,  # leave after this many iterations (a time-limited job); resume later
+) -> Trainer:
     "Train to cfg.iterations (from last.pt when resume), validating and checkpointing on the way."
     cfg, main = self.cfg, self.rank == 0
-    if resume: self.load(self.out / "last.pt")
-    if main: self._open_run(resume)
+    if resume:
+        self.load(self.out / "last.pt")
+    if main:
+        self._open_run(resume)
     barrier()
     start, t0 = self.iteration, time.time()
-    bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not (progress and main), desc=cfg.method, leave=False)
+    bar = tqdm(
+        total=cfg.iterations,
+        initial=self.iteration,
+        disable=not (progress and main),
+        desc=cfg.method,
+        leave=False,
+    )
     try:
         for batch in self.loader(self.iteration):
             it = self.iteration
@@ -485,48 +764,75 @@ def fit(self: Trainer, resume: bool = False, progress: bool = True,
             self.iteration = it + 1
             if it % cfg.log_every == 0 or self.iteration == cfg.iterations:
                 terms = reduce_mean(terms, self.device)  # the mean over processes
-                if main: self._log({"iteration": it, "seconds": round(time.time() - t0, 3), **terms})
+                if main:
+                    self._log({"iteration": it, "seconds": round(time.time() - t0, 3), **terms})
                 bar.set_postfix({k: f"{terms[k]:.3f}" for k in ("loss", "l_sup", "l_c") if k in terms})
             bar.update(1)
             stop = stop_after is not None and self.iteration - start >= stop_after
-            if main and (self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations): self.validate(self.iteration)
-            if main and (self.iteration % cfg.save_every == 0 or self.iteration == cfg.iterations or stop): self.save("last.pt")
-            if stop: break
+            if main and (self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations):
+                self.validate(self.iteration)
+            if main and (self.iteration % cfg.save_every == 0 or self.iteration == cfg.iterations or stop):
+                self.save("last.pt")
+            if stop:
+                break
     finally:
         bar.close()
-        if main: self._logf.close()
-    broadcast_buffers(self.method)  # all processes end with rank 0's batch-norm statistics (those in the checkpoints)
+        if main:
+            self._logf.close()
+    broadcast_buffers(
+        self.method
+    )  # all processes end with rank 0's batch-norm statistics (those in the checkpoints)
     return self
 
 # %% ../nbs/10_train.ipynb #006bf96a
 @patch
 def test(self: Trainer) -> dict:
     "Evaluate last.pt and best.pt on the test split once; write metrics.json (rank 0; other processes get an empty 'test')."
-    if self.rank != 0: return {"method": self.cfg.method, "dataset": self.cfg.dataset, "iterations": self.iteration, "test": {}}
+    if self.rank != 0:
+        return {
+            "method": self.cfg.method,
+            "dataset": self.cfg.dataset,
+            "iterations": self.iteration,
+            "test": {},
+        }
     res, cases = {}, {}
     for name in ("last", "best"):
         ck = self.out / f"{name}.pt"
-        if not ck.exists(): continue
+        if not ck.exists():
+            continue
         self.load(ck, weights_only=True)
         r = self.evaluate_split("test", hd95=self.cfg.dataset == "acdc")
         res[name], cases[name] = r.summary, r.cases
     self.load(self.out / "last.pt", weights_only=True)
-    with (self.out / "val.csv").open() as f: val = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    metrics = {"method": self.cfg.method, "dataset": self.cfg.dataset, "iterations": self.iteration,
-               "selection": "best.pt = highest mean foreground Dice on the validation split; the test split was evaluated only here",
-               "best_val": self.best, "test": res, "val_history": val}
+    with (self.out / "val.csv").open() as f:
+        val = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    metrics = {
+        "method": self.cfg.method,
+        "dataset": self.cfg.dataset,
+        "iterations": self.iteration,
+        "selection": "best.pt = highest mean foreground Dice on the validation split; the test split was evaluated only here",
+        "best_val": self.best,
+        "test": res,
+        "val_history": val,
+    }
     (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (self.out / "test_cases.json").write_text(json.dumps(cases, indent=1) + "\n")
     return metrics
 
 # %% ../nbs/10_train.ipynb #11e81f93
 @patch(cls_method=True)
-def from_run(cls: Trainer, run: str | Path, checkpoint: str = "best", device: str | None = None, data=None) -> Trainer:
+def from_run(
+    cls: Trainer, run: str | Path, checkpoint: str = "best", device: str | None = None, data=None
+) -> Trainer:
     "A `Trainer` rebuilt from a run folder's config.json with the weights of `checkpoint` ('best', 'last' or a path)."
     run = Path(run)
-    if not (run / "config.json").is_file(): raise FileNotFoundError(f"{run} is not a run folder (no config.json): give the --out of a training run")
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{run} is not a run folder (no config.json): give the --out of a training run"
+        )
     cfg = TrainConfig.load(run / "config.json")
-    if device is not None: cfg = cfg.replace(device=device)
+    if device is not None:
+        cfg = cfg.replace(device=device)
     t = cls(cfg.replace(out=str(run)), data=data)
     path = run / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
     t.load(path, weights_only=True)

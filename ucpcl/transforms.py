@@ -15,38 +15,53 @@ __all__ = ['PairTransform', 'train_transform', 'eval_transform']
 # %% ../nbs/08a_transforms.ipynb #19c902e3
 class PairTransform:
     "Apply one torchvision v2 pipeline to an image (C, H, W) and its mask (H, W) with shared random parameters."
-    def __init__(self, tf): self.tf = tf
 
-    def __call__(self, image: Tensor, # (C, H, W) float image in [0, 1]
-                 mask: Tensor, # (H, W) int64 class ids
-                ) -> tuple[Tensor, Tensor]:
+    def __init__(self, tf):
+        self.tf = tf
+
+    def __call__(
+        self,
+        image: Tensor,  # (C, H, W) float image in [0, 1]
+        mask: Tensor,  # (H, W) int64 class ids
+    ) -> tuple[Tensor, Tensor]:
         if image.ndim != 3 or mask.ndim != 2 or image.shape[-2:] != mask.shape:
-            raise ValueError(f"expected an image (C, H, W) and a mask (H, W) of the same size, got {tuple(image.shape)} and {tuple(mask.shape)}")
+            raise ValueError(
+                f"expected an image (C, H, W) and a mask (H, W) of the same size, got {tuple(image.shape)} and {tuple(mask.shape)}"
+            )
         im, m = self.tf(tv_tensors.Image(image), tv_tensors.Mask(mask))
         return im.as_subclass(Tensor), m.as_subclass(Tensor)
 
-    def __repr__(self): return f"PairTransform({self.tf})"
+    def __repr__(self):
+        return f"PairTransform({self.tf})"
 
 # %% ../nbs/08a_transforms.ipynb #90dc3f89
-def train_transform(size: int, # output side, e.g. 224
-                    rgb: bool, # True for RGB images (adds saturation and hue jitter)
-                    scale: tuple[float, float] = (0.5, 1.0), # random crop area, as a fraction of the image
-                    degrees: float = 20.0, # random rotation in [-degrees, degrees]
-                    jitter: float = 0.2, # brightness and contrast (and saturation) jitter
-                    hue: float = 0.05, # hue jitter, RGB only
-                    vflip: bool = False, # also flip vertically (off: keeps the four 90-degree rotations distinguishable)
-                   ) -> PairTransform:
+def train_transform(
+    size: int,  # output side, e.g. 224
+    rgb: bool,  # True for RGB images (adds saturation and hue jitter)
+    scale: tuple[float, float] = (0.5, 1.0),  # random crop area, as a fraction of the image
+    degrees: float = 20.0,  # random rotation in [-degrees, degrees]
+    jitter: float = 0.2,  # brightness and contrast (and saturation) jitter
+    hue: float = 0.05,  # hue jitter, RGB only
+    vflip: bool = False,  # also flip vertically (off: keeps the four 90-degree rotations distinguishable)
+) -> PairTransform:
     "The paper's training augmentation: random crop (resized to size), rotation, flip and colour jitter."
-    if size < 1: raise ValueError(f"size must be a positive number of pixels, got {size}")
-    tfs = [v2.RandomResizedCrop(size, scale=scale, antialias=True),
-           v2.RandomRotation(degrees, fill={tv_tensors.Image: 0, tv_tensors.Mask: 0}),
-           v2.RandomHorizontalFlip()] + ([v2.RandomVerticalFlip()] if vflip else [])
-    color = v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter if rgb else None, hue=hue if rgb else None)
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    tfs = [
+        v2.RandomResizedCrop(size, scale=scale, antialias=True),
+        v2.RandomRotation(degrees, fill={tv_tensors.Image: 0, tv_tensors.Mask: 0}),
+        v2.RandomHorizontalFlip(),
+    ] + ([v2.RandomVerticalFlip()] if vflip else [])
+    color = v2.ColorJitter(
+        brightness=jitter, contrast=jitter, saturation=jitter if rgb else None, hue=hue if rgb else None
+    )
     return PairTransform(v2.Compose(tfs + [color]))
 
 # %% ../nbs/08a_transforms.ipynb #893228ca
-def eval_transform(size: int, # output side, e.g. 224
-                  ) -> PairTransform:
+def eval_transform(
+    size: int,  # output side, e.g. 224
+) -> PairTransform:
     "Deterministic evaluation transform: resize image (bilinear) and mask (nearest) to size x size."
-    if size < 1: raise ValueError(f"size must be a positive number of pixels, got {size}")
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
     return PairTransform(v2.Resize((size, size), antialias=True))

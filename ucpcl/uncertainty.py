@@ -21,33 +21,49 @@ __all__ = ['CONTRAST_MODES', 'THRESHOLD_MODES', 'entropy_map', 'certain_pseudo_l
 def _check_probs(probs: Tensor, name: str = "probs"):
     "Raise a `ValueError` unless `probs` is (B, C, H, W), finite, in [0, 1] and summing to 1 over C."
     if not isinstance(probs, Tensor) or probs.ndim != 4 or not probs.is_floating_point():
-        raise ValueError(f"{name} must be a floating (B, C, H, W) tensor of softmax probabilities, "
-                         f"got {getattr(probs, 'dtype', type(probs).__name__)} of shape {tuple(getattr(probs, 'shape', ()))}")
+        raise ValueError(
+            f"{name} must be a floating (B, C, H, W) tensor of softmax probabilities, "
+            f"got {getattr(probs, 'dtype', type(probs).__name__)} of shape {tuple(getattr(probs, 'shape', ()))}"
+        )
     tol, total = 1e-2, probs.sum(1)  # loose enough for probabilities rounded to half precision
-    bad = ~probs.isfinite().all() | (probs < -tol).any() | (probs > 1 + tol).any() | ((total - 1).abs() > tol).any()
+    bad = (
+        ~probs.isfinite().all()
+        | (probs < -tol).any()
+        | (probs > 1 + tol).any()
+        | ((total - 1).abs() > tol).any()
+    )
     if bad:  # the one host-device synchronisation of the check
-        raise ValueError(f"{name} are not probabilities (values in [{probs.min():.3g}, {probs.max():.3g}], sums over C in "
-                         f"[{total.min():.3g}, {total.max():.3g}]): pass torch.softmax(logits, dim=1), not logits")
+        raise ValueError(
+            f"{name} are not probabilities (values in [{probs.min():.3g}, {probs.max():.3g}], sums over C in "
+            f"[{total.min():.3g}, {total.max():.3g}]): pass torch.softmax(logits, dim=1), not logits"
+        )
 
 # %% ../nbs/01_uncertainty.ipynb #361fdefa
-def entropy_map(probs: Tensor, # (B, C, H, W) softmax probabilities
-                eps: float = 1e-6, # keeps the logarithm away from log(0)
-               ) -> Tensor: # (B, H, W) entropy in nats, between 0 and ln C
+def entropy_map(
+    probs: Tensor,  # (B, C, H, W) softmax probabilities
+    eps: float = 1e-6,  # keeps the logarithm away from log(0)
+) -> Tensor:  # (B, H, W) entropy in nats, between 0 and ln C
     "Pixel-wise predictive entropy u of Eq. 6."
     _check_probs(probs)
-    if eps < 0: raise ValueError(f"eps must be >= 0, got {eps}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
     # Eq. 6: u = -sum_c p_c log(p_c + eps), with 0 log 0 = 0 even when eps = 0
     return -torch.special.xlogy(probs, probs + eps).sum(1)
 
 # %% ../nbs/01_uncertainty.ipynb #0077fff6
-def certain_pseudo_label(p_c: Tensor, # (B, C, H, W) softmax probabilities of the CNN decoder
-                         p_t: Tensor, # (B, C, H, W) softmax probabilities of the transformer decoder
-                         threshold: float, # H: a pixel whose entropy u is not below H is ignored
-                         eps: float = 1e-6, # as in `entropy_map`
-                        ) -> Tensor: # (B, H, W) long class ids, -1 where uncertain
+def certain_pseudo_label(
+    p_c: Tensor,  # (B, C, H, W) softmax probabilities of the CNN decoder
+    p_t: Tensor,  # (B, C, H, W) softmax probabilities of the transformer decoder
+    threshold: float,  # H: a pixel whose entropy u is not below H is ignored
+    eps: float = 1e-6,  # as in `entropy_map`
+) -> Tensor:  # (B, H, W) long class ids, -1 where uncertain
     "Certain pseudo labels y_p of Eq. 7: the argmax of the mean prediction where its entropy is below H."
-    if p_c.shape != p_t.shape: raise ValueError(f"p_c {tuple(p_c.shape)} and p_t {tuple(p_t.shape)} must have the same (B, C, H, W) shape")
-    if not float(threshold) >= 0: raise ValueError(f"threshold H must be >= 0 (at most ln C matters), got {threshold}")
+    if p_c.shape != p_t.shape:
+        raise ValueError(
+            f"p_c {tuple(p_c.shape)} and p_t {tuple(p_t.shape)} must have the same (B, C, H, W) shape"
+        )
+    if not float(threshold) >= 0:
+        raise ValueError(f"threshold H must be >= 0 (at most ln C matters), got {threshold}")
     # p_hat = (p_c + p_t) / 2, the mean prediction of the two decoders
     p_hat = (p_c + p_t) / 2
     # Eq. 6: its entropy u
@@ -58,44 +74,59 @@ def certain_pseudo_label(p_c: Tensor, # (B, C, H, W) softmax probabilities of th
 # %% ../nbs/01_uncertainty.ipynb #b52539af
 CONTRAST_MODES = ("uncertainty", "pseudo", "labeled")
 
+
 def _check_contrast_inputs(p_c: Tensor, labels: Tensor, labeled_bs: int, mode: str):
     "Raise a `ValueError` naming the problem when `contrast_labels` gets inconsistent inputs."
-    if mode not in CONTRAST_MODES: raise ValueError(f"unknown mode {mode!r}; valid modes are {list(CONTRAST_MODES)}")
+    if mode not in CONTRAST_MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes are {list(CONTRAST_MODES)}")
     B, C, H, W = p_c.shape
-    if not 0 <= labeled_bs <= B: raise ValueError(f"labeled_bs must be in 0..{B} (the batch size), got {labeled_bs}")
+    if not 0 <= labeled_bs <= B:
+        raise ValueError(f"labeled_bs must be in 0..{B} (the batch size), got {labeled_bs}")
     if labels.ndim != 3 or labels.shape[0] not in (B, labeled_bs) or tuple(labels.shape[1:]) != (H, W):
-        raise ValueError(f"labels must be (B, H, W) = ({B}, {H}, {W}) or ({labeled_bs}, {H}, {W}), got {tuple(labels.shape)}")
-    if labels.is_floating_point(): raise ValueError(f"labels must hold integer class ids, got {labels.dtype}")
+        raise ValueError(
+            f"labels must be (B, H, W) = ({B}, {H}, {W}) or ({labeled_bs}, {H}, {W}), got {tuple(labels.shape)}"
+        )
+    if labels.is_floating_point():
+        raise ValueError(f"labels must hold integer class ids, got {labels.dtype}")
     known = labels[:labeled_bs]
-    if ((known < -1) | (known >= C)).any(): raise ValueError(f"labels hold class ids outside -1..{C - 1}: check num_classes")
+    if ((known < -1) | (known >= C)).any():
+        raise ValueError(f"labels hold class ids outside -1..{C - 1}: check num_classes")
 
 # %% ../nbs/01_uncertainty.ipynb #5fe94dd2
-def contrast_labels(p_c: Tensor, # (B, C, H, W) softmax probabilities of the CNN decoder
-                    p_t: Tensor, # (B, C, H, W) softmax probabilities of the transformer decoder
-                    labels: Tensor, # (B, H, W) or (labeled_bs, H, W) ground truth; only the first labeled_bs images are read
-                    labeled_bs: int, # the first labeled_bs images of the batch are labeled
-                    threshold: float, # H of Eq. 7 ("uncertainty" mode only)
-                    mode: str = "uncertainty", # "uncertainty" (Eq. 7), "pseudo" (no mask) or "labeled" (ground truth only)
-                    eps: float = 1e-6, # as in `entropy_map`
-                   ) -> Tensor: # (B, H, W) long class ids, -1 = ignored
+def contrast_labels(
+    p_c: Tensor,  # (B, C, H, W) softmax probabilities of the CNN decoder
+    p_t: Tensor,  # (B, C, H, W) softmax probabilities of the transformer decoder
+    labels: Tensor,  # (B, H, W) or (labeled_bs, H, W) ground truth; only the first labeled_bs images are read
+    labeled_bs: int,  # the first labeled_bs images of the batch are labeled
+    threshold: float,  # H of Eq. 7 ("uncertainty" mode only)
+    mode: str = "uncertainty",  # "uncertainty" (Eq. 7), "pseudo" (no mask) or "labeled" (ground truth only)
+    eps: float = 1e-6,  # as in `entropy_map`
+) -> Tensor:  # (B, H, W) long class ids, -1 = ignored
     "Class ids for anchor sampling: ground truth on labeled images, certain pseudo labels (Eq. 7) or an ablation on the rest."
     _check_contrast_inputs(p_c, labels, labeled_bs, mode)
     p_u, t_u = p_c[labeled_bs:], p_t[labeled_bs:]
-    if mode == "uncertainty": unlabeled = certain_pseudo_label(p_u, t_u, threshold, eps)
-    elif mode == "pseudo": _check_probs((p_u + t_u) / 2, "p_c and p_t"); unlabeled = ((p_u + t_u) / 2).argmax(1)
-    else: unlabeled = torch.full(p_u.shape[:1] + p_u.shape[2:], -1, dtype=torch.long, device=p_u.device)
+    if mode == "uncertainty":
+        unlabeled = certain_pseudo_label(p_u, t_u, threshold, eps)
+    elif mode == "pseudo":
+        _check_probs((p_u + t_u) / 2, "p_c and p_t")
+        unlabeled = ((p_u + t_u) / 2).argmax(1)
+    else:
+        unlabeled = torch.full(p_u.shape[:1] + p_u.shape[2:], -1, dtype=torch.long, device=p_u.device)
     return torch.cat([labels[:labeled_bs].long(), unlabeled])
 
 # %% ../nbs/01_uncertainty.ipynb #865f3de7
 def _ramp_fraction(current: float, rampup_length: float) -> float:
     "t = current / rampup_length clipped to [0, 1]; 1 for a ramp of length 0."
-    if rampup_length < 0: raise ValueError(f"rampup_length must be >= 0, got {rampup_length}")
+    if rampup_length < 0:
+        raise ValueError(f"rampup_length must be >= 0, got {rampup_length}")
     return 1.0 if rampup_length == 0 else min(max(float(current) / rampup_length, 0.0), 1.0)
+
 
 def sigmoid_rampup(current: float, rampup_length: float) -> float:
     "Gaussian ramp-up exp(-5 (1 - t)^2) with t = current / rampup_length clipped to [0, 1]."
     # w(t) = e^{-5 (1 - t)^2}
     return float(math.exp(-5.0 * (1.0 - _ramp_fraction(current, rampup_length)) ** 2))
+
 
 def linear_rampup(current: float, rampup_length: float) -> float:
     "Linear ramp-up t = current / rampup_length clipped to [0, 1]."
@@ -104,22 +135,34 @@ def linear_rampup(current: float, rampup_length: float) -> float:
 # %% ../nbs/01_uncertainty.ipynb #5ddde34c
 THRESHOLD_MODES = ("schedule", "fixed")
 
+
 @dataclass(frozen=True)
 class ThresholdSchedule(Config):
     "The entropy threshold H of Eq. 7: fixed, or ramped up to `value` over the run."
-    mode: str = "schedule" # "schedule": H = (start + (1 - start) * sigmoid_rampup) * value; "fixed": H = value
-    value: float = math.log(2) # the fixed H, or the H reached at the end of the schedule
-    start: float = 0.75 # H at iteration 0 is about start * value ("schedule" only)
+
+    mode: str = (
+        "schedule"  # "schedule": H = (start + (1 - start) * sigmoid_rampup) * value; "fixed": H = value
+    )
+    value: float = math.log(2)  # the fixed H, or the H reached at the end of the schedule
+    start: float = 0.75  # H at iteration 0 is about start * value ("schedule" only)
 
     def __post_init__(self):
-        if self.mode not in THRESHOLD_MODES: raise ValueError(f"ThresholdSchedule: unknown mode {self.mode!r}; valid modes are {list(THRESHOLD_MODES)}")
-        if not self.value > 0: raise ValueError(f"ThresholdSchedule: value must be > 0 (entropies lie in [0, ln C]), got {self.value}")
-        if not 0 <= self.start <= 1: raise ValueError(f"ThresholdSchedule: start must be in [0, 1], got {self.start}")
+        if self.mode not in THRESHOLD_MODES:
+            raise ValueError(
+                f"ThresholdSchedule: unknown mode {self.mode!r}; valid modes are {list(THRESHOLD_MODES)}"
+            )
+        if not self.value > 0:
+            raise ValueError(
+                f"ThresholdSchedule: value must be > 0 (entropies lie in [0, ln C]), got {self.value}"
+            )
+        if not 0 <= self.start <= 1:
+            raise ValueError(f"ThresholdSchedule: start must be in [0, 1], got {self.start}")
 
 # %% ../nbs/01_uncertainty.ipynb #1c9dad03
 @patch
 def __call__(self: ThresholdSchedule, iteration: int, max_iterations: int) -> float:
     "H of Eq. 7 at `iteration` of a run of `max_iterations` iterations."
-    if self.mode == "fixed": return float(self.value)
+    if self.mode == "fixed":
+        return float(self.value)
     # H(t) = (start + (1 - start) e^{-5 (1 - t)^2}) * value, t = iteration / max_iterations
     return (self.start + (1 - self.start) * sigmoid_rampup(iteration, max_iterations)) * self.value

@@ -18,23 +18,30 @@ def as_array(x) -> np.ndarray:
     "A tensor (any device, any dtype) or array-like as a NumPy array."
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
+
 def to_numpy(x) -> np.ndarray:
     "A tensor or array as a NumPy image for plotting: (H, W), or (H, W, 3) for RGB."
     x = as_array(x)
-    while x.ndim > 2 and x.shape[0] == 1: x = x[0]
-    if x.ndim == 3 and x.shape[0] in (3, 4) and x.shape[-1] not in (3, 4): x = np.moveaxis(x, 0, -1)
-    if x.ndim not in (2, 3): raise ValueError(f"cannot plot an array of shape {x.shape}: expected (H, W), (1, H, W) or (3, H, W)")
+    while x.ndim > 2 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim == 3 and x.shape[0] in (3, 4) and x.shape[-1] not in (3, 4):
+        x = np.moveaxis(x, 0, -1)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"cannot plot an array of shape {x.shape}: expected (H, W), (1, H, W) or (3, H, W)")
     return x
 
 # %% ../nbs/00a_viz.ipynb #9fd874be
 CLASS_COLORS = ["#000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
 IGNORE_COLOR = "#9e9e9e"
 
-def label_cmap(num_classes: int = 4, # classes 0..num_classes-1; -1 is drawn grey
-               background: str = "#000000", # colour of class 0 ("#00000000" for transparent)
-              ) -> tuple[ListedColormap, BoundaryNorm]:
+
+def label_cmap(
+    num_classes: int = 4,  # classes 0..num_classes-1; -1 is drawn grey
+    background: str = "#000000",  # colour of class 0 ("#00000000" for transparent)
+) -> tuple[ListedColormap, BoundaryNorm]:
     "Colormap and norm for a label map with values -1 (ignored) and 0..num_classes-1."
-    if not 1 <= num_classes <= len(CLASS_COLORS): raise ValueError(f"num_classes must be in 1..{len(CLASS_COLORS)}, got {num_classes}")
+    if not 1 <= num_classes <= len(CLASS_COLORS):
+        raise ValueError(f"num_classes must be in 1..{len(CLASS_COLORS)}, got {num_classes}")
     cmap = ListedColormap([IGNORE_COLOR, background] + CLASS_COLORS[1:num_classes])
     return cmap, BoundaryNorm(np.arange(-1.5, num_classes), cmap.N)
 
@@ -45,41 +52,56 @@ def subplots(n: int, ncols: int | None = None, size: float = 2.2, **kw):
     nrows = -(-n // ncols)
     fig, axs = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, **kw)
     axs = list(axs.flat)
-    for ax in axs: ax.set_xticks([]); ax.set_yticks([])
-    for ax in axs[n:]: ax.axis("off")
+    for ax in axs:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axs[n:]:
+        ax.axis("off")
     return fig, axs[:n]
+
 
 def show_image(im, ax=None, title: str | None = None, cmap: str = "gray", **kw):
     "Draw an image (H, W) or (C, H, W); grey-scale unless it has 3 channels."
     ax = ax or subplots(1)[1][0]
     ax.imshow(to_numpy(im), cmap=cmap, **kw)
-    if title: ax.set_title(title, fontsize=9)
+    if title:
+        ax.set_title(title, fontsize=9)
     return ax
 
 # %% ../nbs/00a_viz.ipynb #01fdaf72
-def show_label(label, ax=None, image=None, num_classes: int = 4, alpha: float = 0.55, title: str | None = None):
+def show_label(
+    label, ax=None, image=None, num_classes: int = 4, alpha: float = 0.55, title: str | None = None
+):
     "Draw a label map (H, W) with values -1..C-1, over `image` when given (background left transparent)."
     ax = ax or subplots(1)[1][0]
-    if image is not None: show_image(image, ax)
+    if image is not None:
+        show_image(image, ax)
     lbl = to_numpy(label)
     cmap, norm = label_cmap(num_classes, background="#00000000" if image is not None else "#000000")
     ax.imshow(lbl, cmap=cmap, norm=norm, alpha=alpha if image is not None else 1.0, interpolation="nearest")
-    if title: ax.set_title(title, fontsize=9)
+    if title:
+        ax.set_title(title, fontsize=9)
     return ax
 
-def show_map(m, ax=None, title: str | None = None, cmap: str = "magma", vmin=None, vmax=None, colorbar: bool = True):
+
+def show_map(
+    m, ax=None, title: str | None = None, cmap: str = "magma", vmin=None, vmax=None, colorbar: bool = True
+):
     "Draw a continuous map (H, W), e.g. a probability or entropy map, with a colour bar."
     ax = ax or subplots(1)[1][0]
     h = ax.imshow(to_numpy(m), cmap=cmap, vmin=vmin, vmax=vmax)
-    if colorbar: ax.figure.colorbar(h, ax=ax, fraction=0.046, pad=0.03)
-    if title: ax.set_title(title, fontsize=9)
+    if colorbar:
+        ax.figure.colorbar(h, ax=ax, fraction=0.046, pad=0.03)
+    if title:
+        ax.set_title(title, fontsize=9)
     return ax
 
 # %% ../nbs/00a_viz.ipynb #09dc3c13
 def show_points(points, classes, ax=None, num_classes: int = 4, size: float = 14, marker: str = "o"):
     "Scatter `(row, col)` points (N, 2) coloured by their class ids (N,) over an existing panel."
     pts, cls = as_array(points).reshape(-1, 2), as_array(classes).reshape(-1).astype(int)
-    if len(pts) != len(cls): raise ValueError(f"{len(pts)} points but {len(cls)} class ids")
+    if len(pts) != len(cls):
+        raise ValueError(f"{len(pts)} points but {len(cls)} class ids")
     ax = ax or subplots(1)[1][0]
     colors = [CLASS_COLORS[c][:7] if c > 0 else "#ffffff" for c in cls]
     ax.scatter(pts[:, 1], pts[:, 0], c=colors, s=size, marker=marker, edgecolors="k", linewidths=0.5)
