@@ -44,9 +44,16 @@ install:
 # committed notebooks must already be clean (nbdev-clean leaves them unchanged).
 check: $(STAMP)
 	$(BIN)/python tools/check_nbs.py
+	$(BIN)/ruff format --check --quiet . || { echo "ruff: files above are not formatted: run 'make format'"; exit 1; }
 
 test: check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff formats the notebooks, tests, tools and benchmarks (line length 110, pyproject.toml); ucpcl/ is exported from nbs/.
+.PHONY: format
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/nbdev-export
 
 export: $(STAMP)
 	$(BIN)/nbdev-export
