@@ -258,5 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 # %% ../nbs/12_cli.ipynb #7aa93651
-if __name__ == "__main__" and "ipykernel" not in sys.modules:
+# A program (`ucpcl`, `python -m ucpcl.cli`, `torchrun -m ucpcl.cli`) has a `__file__`; a notebook kernel and
+# nbdev's doc builder run this cell as `__main__` too, but without one, so they never exit here.
+if __name__ == "__main__" and "__file__" in globals():
     sys.exit(main())
