@@ -19,7 +19,7 @@ help:
 	@echo "make test   create .venv if needed, check notebooks and library are in sync, run all tests"
 	@echo "make demo   train on the embedded cardiac phantom (CPU), print a results table, write $(DEMO_OUT)/"
 	@echo "make lab    open JupyterLab on nbs/"
-	@echo "make docs   build the documentation site into _docs/ (Quarto via nbdev-docs if installed, else offline)"
+	@echo "make docs   build the documentation site into _docs/ with Quarto (nbdev-docs); make preview serves it"
 
 env: $(STAMP)
 
@@ -69,14 +69,32 @@ lab: $(STAMP)
 readme: $(STAMP)
 	$(BIN)/python tools/readme.py
 
-# With Quarto: nbdev's site (nbdev-docs reads _quarto.yml through nbs/_quarto.yml). Without it: the same
-# notebooks' saved outputs as static pages, math typeset by KaTeX (fetched once from npm), no CDN.
-.PHONY: docs
-docs: $(STAMP)
-	@if command -v quarto >/dev/null 2>&1; then \
-		echo "quarto found: building the Quarto site with nbdev-docs"; \
-		$(BIN)/nbdev-docs && echo "built the Quarto site (nbdev-docs): open _docs/index.html"; \
-	else \
-		echo "quarto not found: building the offline site with tools/site.py"; \
-		$(BIN)/python tools/site.py --out _docs && echo "built the offline site (tools/site.py): open _docs/index.html"; \
-	fi
+# The documentation site (README: "The documentation site"): Quarto renders every notebook through
+# nbdev-docs (nbs/_quarto.yml links to ../_quarto.yml) into _docs/. KaTeX comes once from the npm
+# registry into nbs/katex/ (ignored by git), and Quarto copies it into the site: no page loads anything
+# from the network. Quarto itself: quarto.org, or on a machine that reaches only the package registries
+# ../shared/tools/quarto/install (it prints the launcher; put its folder on PATH).
+KATEX_VERSION := 0.16.22
+KATEX_DIR := nbs/katex
+.PHONY: docs katex preview
+katex: $(KATEX_DIR)/.katex-$(KATEX_VERSION)
+
+$(KATEX_DIR)/.katex-$(KATEX_VERSION):
+	@command -v npm >/dev/null || { echo "make docs: npm is needed once, to fetch KaTeX from the npm registry (apt-get install npm)"; exit 1; }
+	rm -rf $(KATEX_DIR) .cache/katex && mkdir -p .cache/katex $(KATEX_DIR)
+	cd .cache/katex && npm pack --silent katex@$(KATEX_VERSION) >/dev/null && tar -xzf katex-$(KATEX_VERSION).tgz
+	cp -r .cache/katex/package/dist/katex.min.js .cache/katex/package/dist/katex.min.css \
+	  .cache/katex/package/dist/fonts .cache/katex/package/LICENSE $(KATEX_DIR)/
+	@touch $@
+
+docs: $(STAMP) katex
+	@command -v quarto >/dev/null || { \
+	  echo "make docs: Quarto is not on PATH. Install it from https://quarto.org/docs/get-started/, or where only"; \
+	  echo "the package registries are reachable: PATH=\"\$$(dirname \$$(../shared/tools/quarto/install)):\$$PATH\" make docs"; \
+	  exit 1; }
+	$(BIN)/nbdev-docs
+	@echo "built the site with Quarto (nbdev-docs): $$(ls _docs/*.html | wc -l) pages, open _docs/index.html"
+
+# Quarto's live preview of the same site (it re-renders a notebook when it is saved).
+preview: $(STAMP) katex
+	$(BIN)/nbdev-preview
