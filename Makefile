@@ -87,11 +87,13 @@ $(KATEX_DIR)/.katex-$(KATEX_VERSION):
 	  .cache/katex/package/dist/fonts .cache/katex/package/LICENSE $(KATEX_DIR)/
 	@touch $@
 
-docs: $(STAMP) katex
+# Quarto is looked for first: without it nothing is installed, fetched or built.
+docs:
 	@command -v quarto >/dev/null || { \
 	  echo "make docs: Quarto is not on PATH. Install it from https://quarto.org/docs/get-started/, or where only"; \
 	  echo "the package registries are reachable: PATH=\"\$$(dirname \$$(../shared/tools/quarto/install)):\$$PATH\" make docs"; \
 	  exit 1; }
+	@$(MAKE) --no-print-directory env katex
 	$(BIN)/nbdev-docs
 	@echo "built the site with Quarto (nbdev-docs): $$(ls _docs/*.html | wc -l) pages, open _docs/index.html"
 

@@ -1,67 +1,106 @@
-"""The documentation site: `_quarto.yml` names every notebook, nbdev reads it, and the offline build
-(tools/site.py) gives every notebook a page in the sidebar's order, with its title, figures and
-typeset math, links that resolve, and a page that a real browser loads without console errors."""
+"""The documentation site as its readers get it.
 
-import html, importlib.util, os, re, shutil, struct, subprocess, sys
+Quarto renders every notebook through `nbdev-docs`, as `make docs` does, into a copy of the project in a
+temporary folder, once per session; headless Chromium then reads every page from a local HTTP server and
+records what it requested, what it logged and what it drew. The checks: formulas typeset by the site's
+own KaTeX and no raw TeX left, every image loaded, no console error, no request beyond the local server,
+code that scrolls sideways, the Mermaid diagram drawn, the explorer's static stand-in, and the code of
+each equation's function visible on its page.
+
+Quarto is taken from PATH or installed with ../shared/tools/quarto/install; Chromium from
+$UCPCL_CHROMIUM or PATH (Debian's `chromium`, or Chrome). Without them these tests skip and say why.
+Set $UCPCL_SCREENSHOTS to a folder to keep the screenshots, and $UCPCL_SITE to a built site (`_docs` after
+`make docs`) to check it instead of rendering one.
+"""
+
+import ast, builtins, functools, http.server, os, re, shutil, subprocess, sys, threading, time, warnings
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import nbformat
 import pytest
 import yaml
-from bs4 import BeautifulSoup
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-_spec = importlib.util.spec_from_file_location("ucpcl_site", ROOT / "tools" / "site.py")
-site = sys.modules["ucpcl_site"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(site)
+NBS = ROOT / "nbs"
+BIN = Path(sys.executable).parent
+BUILT = (
+    Path(os.environ["UCPCL_SITE"]).resolve() if os.environ.get("UCPCL_SITE") else None
+)  # from where pytest ran
+QUARTO_INSTALL = ROOT.parent / "shared" / "tools" / "quarto" / "install"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+# Flags that keep a headless Chromium from calling home: no sync, no component or background updates.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
-def _cfg():
-    return site.load_config(ROOT / "_quarto.yml")
+def notebooks() -> list[Path]:
+    return sorted(p for p in NBS.glob("*.ipynb") if not p.name.startswith((".", "_")))
 
 
-def _soup(p: Path) -> BeautifulSoup:
-    return BeautifulSoup(p.read_text(), "html.parser")
+def page_name(nb: str) -> str:
+    "The page nbdev gives a notebook: its name less the number (`01_uncertainty.ipynb`: `uncertainty.html`)."
+    stem = Path(nb).stem
+    return re.sub(r"^\d+[a-z]?_", "", stem) + ".html"
 
 
-_SKIP = re.compile(r"<(pre|code|script|style|annotation)\b.*?</\1>", re.S)
+def _cfg() -> dict:
+    return yaml.safe_load((ROOT / "_quarto.yml").read_text())
 
 
-def _visible_text(soup) -> str:
-    "Page text outside code, scripts and KaTeX's TeX annotations: where a raw `$$` would mean untypeset math."
-    return html.unescape(re.sub(r"<[^>]+>", " ", _SKIP.sub(" ", str(soup))))
+def sidebar_files(cfg: dict) -> list[str]:
+    "The notebooks of the sidebar in its order."
+    out = []
+
+    def walk(items):
+        for e in items:
+            if isinstance(e, str):
+                out.append(e)
+            elif "href" in e:
+                out.append(e["href"])
+            else:
+                walk(e.get("contents", []))
+
+    walk(cfg["website"]["sidebar"]["contents"])
+    return out
 
 
 # --- the configuration -------------------------------------------------------------------------
 
 
-def test_quarto_yml_parses_and_names_exactly_the_notebooks():
+def test_quarto_yml_names_exactly_the_notebooks():
     cfg = _cfg()
     assert cfg["project"]["type"] == "website" and cfg["project"]["output-dir"] == "_docs"
-    files = site.sidebar_files(cfg)
+    files = sidebar_files(cfg)
     assert files[0] == "index.ipynb", "the overview comes first"
     assert len(files) == len(set(files)), f"named twice: {sorted({f for f in files if files.count(f) > 1})}"
-    missing = [f for f in files if not (ROOT / "nbs" / f).exists()]
+    missing = [f for f in files if not (NBS / f).exists()]
     assert not missing, f"_quarto.yml names notebooks that are not in nbs/: {missing}"
-    unnamed = [p.name for p in site.notebooks(ROOT / "nbs") if p.name not in files]
+    unnamed = [p.name for p in notebooks() if p.name not in files]
     assert not unnamed, f"add these notebooks to the sidebar in _quarto.yml: {unnamed}"
 
 
-def test_the_site_config_has_math_search_folding_and_the_citation():
-    cfg = _cfg()
-    assert cfg["format"]["html"]["html-math-method"] == "katex"
-    assert cfg["website"]["navbar"]["search"] is True
-    footer = " ".join(str(v) for v in cfg["website"]["page-footer"].values())
-    assert "Uncertainty-Guided Pixel Contrastive Learning" in footer and "IJCAI 2022" in footer
-    sections = [s for s, _ in site.sidebar_sections(cfg) if s]
-    assert sections[:4] == ["The method", "Models", "Data", "Training"], sections
+def test_the_site_needs_no_network():
+    "Math from the site's own KaTeX (Makefile fetches it into nbs/katex/), no web font, code that scrolls."
+    cfg, make = _cfg(), (ROOT / "Makefile").read_text()
+    html = cfg["format"]["html"]
+    math = html["html-math-method"]
+    assert math["method"] == "katex" and math["url"] == "katex/", "math must come from the site itself"
+    assert "katex/" in cfg["project"]["resources"] and "KATEX_DIR := nbs/katex" in make
+    assert "styles.scss" in html["theme"]
+    assert re.search(r"^\$web-font-path:\s*false;", (NBS / "styles.scss").read_text(), re.M)
+    assert html["code-overflow"] == "scroll"
+    assert "nbs/katex/" in (ROOT / ".gitignore").read_text().split()
 
 
-def test_nbdev_docs_would_read_the_top_level_config(tmp_path, monkeypatch):
-    "nbs/_quarto.yml is a link to ../_quarto.yml; nbdev keeps it, stages its content and writes no sidebar of its own."
-    link = ROOT / "nbs" / "_quarto.yml"
+def test_nbdev_docs_reads_the_top_level_config(tmp_path, monkeypatch):
+    "nbs/_quarto.yml links to ../_quarto.yml; nbdev keeps it, stages its content and writes no sidebar."
+    link = NBS / "_quarto.yml"
     assert link.is_symlink() and link.resolve() == (ROOT / "_quarto.yml").resolve()
     from nbdev.config import get_config
     from nbdev.quarto import nbdev_sidebar, refresh_quarto_yml
@@ -71,10 +110,8 @@ def test_nbdev_docs_would_read_the_top_level_config(tmp_path, monkeypatch):
     shutil.copy2(ROOT / "pyproject.toml", tmp_path)
     shutil.copy2(ROOT / "_quarto.yml", tmp_path)
     (tmp_path / "nbs" / "_quarto.yml").symlink_to("../_quarto.yml")
-    nbformat.write(
-        nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T")]),
-        tmp_path / "nbs" / "index.ipynb",
-    )
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T")])
+    nbformat.write(nb, tmp_path / "nbs" / "index.ipynb")
     monkeypatch.chdir(tmp_path)
     assert get_config().custom_sidebar is True, (
         "pyproject.toml must set custom_sidebar = true under [tool.nbdev]"
@@ -89,9 +126,25 @@ def test_nbdev_docs_would_read_the_top_level_config(tmp_path, monkeypatch):
     assert (cache / "_quarto.yml").read_text() == (ROOT / "_quarto.yml").read_text()
 
 
+def test_make_docs_without_quarto_says_how_to_install_it():
+    if shutil.which("quarto", path="/usr/bin:/bin"):
+        pytest.skip("Quarto is installed in /usr/bin or /bin: make docs cannot be run without it here")
+    r = subprocess.run(
+        ["make", "--no-print-directory", "docs"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode != 0
+    assert "Quarto is not on PATH" in r.stdout and "quarto.org" in r.stdout and "quarto/install" in r.stdout
+
+
+# --- the cells nbdev-docs executes ---------------------------------------------------------------
+
+
 def _nbdev_executed_cells(nb_path: Path) -> list:
-    "The cells `nbdev-docs` executes before Quarto renders: exports, cells with an import, show_doc (nbdev's own choice)."
-    import warnings
+    "The cells `nbdev-docs` runs before Quarto renders: exports, cells with an import, show_doc (its choice)."
     from fastcore.basics import str2bool
     from nbdev.process import NBProcessor
     from nbdev.processors import FrontmatterProc, _do_eval, add_show_docs
@@ -108,8 +161,6 @@ def _nbdev_executed_cells(nb_path: Path) -> list:
 
 def _names(tree) -> tuple[set, set, bool]:
     "(names bound at module level, names loaded when the cell runs, whether it star-imports)."
-    import ast
-
     bound, used, star = set(), set(), False
 
     def visit(n, body_runs=True, binds=True):
@@ -142,8 +193,6 @@ def _names(tree) -> tuple[set, set, bool]:
 
 
 def _nbdev_problems(nb_path: Path) -> list[str]:
-    import ast, builtins
-
     known, bad = set(dir(builtins)) | {"show_doc", "get_ipython", "display"}, []
     for c in _nbdev_executed_cells(nb_path):
         bound, used, star = _names(ast.parse(c.source))
@@ -156,9 +205,9 @@ def _nbdev_problems(nb_path: Path) -> list[str]:
 
 
 def test_nbdev_docs_can_run_the_cells_it_executes():
-    """With Quarto, `nbdev-docs` executes every cell that holds an import (and the exports) to draw show_doc; a cell
-    that also uses a name from a cell nbdev skips (a papermill parameter, a variable of an example) stops the build."""
-    bad = [b for f in site.notebooks(ROOT / "nbs") for b in _nbdev_problems(f)]
+    """`nbdev-docs` executes every cell that holds an import (and the exports) to draw show_doc; a cell
+    that also uses a name from a cell nbdev skips (a papermill parameter, an example's variable) stops it."""
+    bad = [b for f in notebooks() for b in _nbdev_problems(f)]
     assert not bad, (
         "nbdev-docs would stop on these cells (it runs them because they import something, "
         "without the cells that define the names they use); move their imports into the module's "
@@ -184,334 +233,353 @@ def test_the_nbdev_check_sees_a_name_from_a_skipped_cell(tmp_path):
     ]
 
 
-def test_the_publishing_workflow_is_nbdevs_quarto_pages_workflow():
-    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "deploy.yaml").read_text())
-    steps = wf["jobs"]["deploy"]["steps"]
-    assert any(s.get("uses") == "fastai/workflows/quarto-ghp@master" for s in steps)
-    assert wf["permissions"]["pages"] == "write"
+def test_the_cli_module_runs_in_nbdevs_executor_without_exiting():
+    """nbdev-docs runs the exported cells of nbs/12_cli.ipynb in its own shell, where `__name__` is
+    `__main__`: the guard must not call `main()` there, yet `ucpcl` and `python -m ucpcl.cli` run it."""
+    from execnb.shell import CaptureShell
+
+    nb = nbformat.read(NBS / "12_cli.ipynb", as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("#| export")]
+    assert any("__main__" in c.source for c in cells)
+    shell = CaptureShell()
+    for c in cells:
+        shell.run(c.source)
+        assert shell.exc is None, f"{c.source.splitlines()[1]!r} raised {shell.exc!r}"
+    for cmd in ([BIN / "ucpcl", "--help"], [sys.executable, "-m", "ucpcl.cli", "--help"]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.startswith("usage: ucpcl"), (cmd, r.stdout, r.stderr)
+    bad = [sys.executable, "-m", "ucpcl.cli", "train", "--data-root", "/nonexistent", "--method", "nope"]
+    r = subprocess.run(bad, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown method 'nope'" in r.stderr, "the guard passes main()'s status on"
 
 
-# --- the offline build ------------------------------------------------------------------------
+# --- the workflows ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("site") / "_docs"
-    r = subprocess.run(
-        [sys.executable, ROOT / "tools" / "site.py", "--out", out],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+def _workflow(name: str) -> dict:
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / name).read_text())
+    wf["on"] = wf.pop(True, wf.get("on"))  # YAML 1.1 reads the key `on` as True
+    return wf
+
+
+def _runs(job: dict) -> str:
+    return "\n".join(s.get("run", "") for s in job["steps"])
+
+
+def test_the_pages_workflow_builds_with_make_docs_and_publishes_docs():
+    wf = _workflow("deploy.yaml")
+    assert "main" in wf["on"]["push"]["branches"]
+    assert wf["permissions"]["pages"] == "write" and wf["permissions"]["id-token"] == "write"
+    build, deploy = wf["jobs"]["build"], wf["jobs"]["deploy"]
+    uses = [s.get("uses", "") for s in build["steps"]]
+    assert any(u.startswith("quarto-dev/quarto-actions/setup@") for u in uses)
+    assert re.search(r"^make docs$", _runs(build), re.M), "the site is built the README's way"
+    upload = next(s for s in build["steps"] if s.get("uses", "").startswith("actions/upload-pages-artifact@"))
+    assert upload["with"]["path"] == "_docs"
+    assert deploy["needs"] == "build" and deploy["steps"][-1]["uses"].startswith("actions/deploy-pages@")
+    text = (ROOT / ".github" / "workflows" / "deploy.yaml").read_text()
+    assert "fastai/workflows" not in text and "settings.ini" not in text, (
+        "nbdev 2's action does not fit nbdev 3"
     )
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "offline site" in r.stdout and str(out / "index.html") in r.stdout
-    return out, r, {p.name: _soup(p) for p in out.glob("*.html")}  # parsed once: the pages are large
 
 
-def test_the_build_reports_no_problem(built):
-    _, r, _ = built
-    assert "warning" not in r.stderr, r.stderr
+def test_the_ci_workflow_runs_make_test_on_every_push():
+    wf = _workflow("ci.yaml")
+    assert "push" in wf["on"] and "pull_request" in wf["on"]
+    (job,) = wf["jobs"].values()
+    uses = [s.get("uses", "") for s in job["steps"]]
+    assert any(u.startswith("quarto-dev/quarto-actions/setup@") for u in uses), "the site tests need Quarto"
+    assert re.search(r"^make test$", _runs(job), re.M)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get install" in ci and "chromium" in ci and "quarto/install" in ci and "make test" in ci
 
 
-def test_every_notebook_has_a_page_in_the_sidebars_order(built):
-    out, _, soups = built
-    files = site.sidebar_files(_cfg())
-    pages = [site.page_name(f) for f in files]
-    assert sorted(pages) == sorted(soups), "one page per notebook, and no other"
-    for f, page in zip(files, pages):
-        soup = soups[page]
-        nav = [a["href"] for a in soup.select("nav.sidebar a")]
-        assert nav == pages, f"{page}: sidebar order differs from _quarto.yml"
-        active = soup.select("nav.sidebar a.active")
-        assert [a["href"] for a in active] == [page], f"{page}: the current page is not the one highlighted"
+# --- the rendered site -------------------------------------------------------------------------
 
 
-def test_every_page_has_its_title_a_figure_and_typeset_math(built):
-    out, _, soups = built
-    bad = []
-    for f in site.sidebar_files(_cfg()):
-        nb = nbformat.read(ROOT / "nbs" / f, as_version=4)
-        title = site.frontmatter(nb)[0]
-        soup = soups[site.page_name(f)]
-        if (
-            not title
-            or soup.select_one("h1.title").get_text() != title
-            or not soup.title.get_text().startswith(title)
-        ):
-            bad.append(f"{f}: the page does not carry the notebook's title {title!r}")
-        main = soup.select_one("main")
-        if not main.select("img"):
-            bad.append(f"{f}: no figure (its saved outputs show no image)")
-        if not main.select(".katex"):
-            bad.append(f"{f}: no math (nothing between $ or $$ in its Markdown)")
-        if err := main.select_one(".katex-error"):
-            bad.append(f"{f}: KaTeX could not typeset {err.get_text()!r}")
-        text = _visible_text(main)
-        if "$$" in text or re.search(r"(?<![\w\\])\$[^$\s][^$]*\$", text):
-            bad.append(f"{f}: raw TeX left on the page")
-    assert not bad, "\n".join(bad)
+def _quarto() -> str:
+    "The `quarto` launcher: from PATH, or installed once with ../shared/tools/quarto/install."
+    if q := shutil.which("quarto"):
+        return q
+    if not QUARTO_INSTALL.exists():
+        pytest.skip(f"Quarto is not on PATH and {QUARTO_INSTALL} does not exist: install Quarto (quarto.org)")
+    r = subprocess.run(["bash", QUARTO_INSTALL], capture_output=True, text=True, timeout=900)
+    if r.returncode:
+        pytest.skip(f"{QUARTO_INSTALL} could not install Quarto:\n{r.stderr[-2000:]}")
+    return r.stdout.strip().splitlines()[-1]
 
 
-def test_links_between_pages_resolve(built):
-    out, _, soups = built
-    ids = {name: {t["id"] for t in soup.select("[id]")} for name, soup in soups.items()}
-    bad = []
-    for p in sorted(out.glob("*.html")):
-        soup = soups[p.name]
-        refs = [a.get("href") for a in soup.select("a[href], link[href]")] + [
-            t.get("src") for t in soup.select("img[src], script[src]")
-        ]
-        for ref in refs:
-            u = urlparse(ref)
-            if u.scheme in ("http", "https", "mailto", "data"):
-                continue
-            target = p if not u.path else (p.parent / unquote(u.path)).resolve()
-            if not target.exists():
-                bad.append(f"{p.name}: {ref} (no such file)")
-                continue
-            if u.fragment and target.suffix == ".html" and u.fragment not in ids[target.name]:
-                bad.append(f"{p.name}: {ref} (no such anchor)")
-    assert not bad, "\n".join(bad)
-    index = soups["index.html"]  # the overview links every page of the reading path
-    linked = {urlparse(a["href"]).path for a in index.select("main a[href]")}
-    assert not (
-        missing := [
-            site.page_name(f) for f in site.sidebar_files(_cfg())[1:] if site.page_name(f) not in linked
-        ]
-    ), f"add these notebooks to the reading path in nbs/index.ipynb: {missing}"
-
-
-def test_nothing_is_fetched_at_view_time(built):
-    "No CDN: every script, style sheet and font the pages use is in the site."
-    out, _, soups = built
-    for p in out.glob("*.html"):
-        soup = soups[p.name]
-        for t in soup.select("script[src], link[href][rel~=stylesheet]"):
-            assert not urlparse(t.get("src") or t.get("href")).scheme, f"{p.name}: {t}"
-    css = (out / "assets" / "katex" / "katex.min.css").read_text()
-    fonts = set(re.findall(r"url\((fonts/[^)]+\.woff2)\)", css))
-    assert fonts and all((out / "assets" / "katex" / f).exists() for f in fonts)
-    idx = (out / "assets" / "search-index.js").read_text()
-    assert all(f'"href": "{site.page_name(f)}"' in idx for f in site.sidebar_files(_cfg()))
-
-
-# --- the renderer on a notebook made for the purpose ------------------------------------------
-
-
-def _mini_project(root: Path, extra_nb: bool = False) -> Path:
-    (root / "nbs").mkdir(parents=True)
-    (root / "_quarto.yml").write_text(
-        yaml.safe_dump(
-            {
-                "project": {"type": "website"},
-                "website": {
-                    "title": "mini",
-                    "page-footer": {"left": "Cite the paper."},
-                    "sidebar": {
-                        "contents": ["index.ipynb", {"section": "Parts", "contents": ["01_part.ipynb"]}]
-                    },
-                },
-            }
+@pytest.fixture(scope="session")
+def site(tmp_path_factory) -> Path:
+    "`make docs` in a copy of the project: KaTeX, then nbdev-docs with Quarto; the rendered _docs/."
+    if BUILT:
+        return BUILT
+    quarto = _quarto()
+    r = subprocess.run(["make", "--no-print-directory", "katex"], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(
+            f"make katex could not fetch KaTeX from the npm registry:\n{r.stdout[-1000:]}{r.stderr[-1000:]}"
         )
-    )
-    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
-    nbformat.write(
-        nbformat.v4.new_notebook(
-            cells=[md("# Mini\n\n> A subtitle with $x$."), md("See [the part](01_part.ipynb#a-part).")]
-        ),
-        root / "nbs" / "index.ipynb",
-    )
-    part = nbformat.v4.new_notebook(
-        cells=[
-            md("# Part\n\n> Its subtitle."),
-            code("#| default_exp part"),
-            code("#| export\nimport math"),
-            code("#| hide\nSECRET = 1"),
-            md(
-                "## A part\n\n$$ u = -\\sum_c p_c \\log p_c \\tag{6} $$\n\nInline $a_1$, a price of 5 dollars, and code `$not math$` and `area`."
-            ),
-            code(
-                '#| export\ndef area(r: float) -> float:\n    "Area of a disk."\n    return math.pi * r * r'
-            ),
-            code(
-                "#| code-fold: true\nprint('folded')",
-                outputs=[nbformat.v4.new_output("stream", name="stdout", text="folded\n")],
-            ),
-            code(
-                "#| echo: false\nshown_output_only = 1",
-                outputs=[nbformat.v4.new_output("stream", name="stdout", text="only the output\n")],
-            ),
-        ]
-    )
-    nbformat.write(part, root / "nbs" / "01_part.ipynb")
-    if extra_nb:
-        nbformat.write(nbformat.v4.new_notebook(cells=[md("# Extra")]), root / "nbs" / "02_extra.ipynb")
-    return root
+    proj = tmp_path_factory.mktemp("site")
+    for f in ("pyproject.toml", "_quarto.yml"):
+        shutil.copy2(ROOT / f, proj / f)
+    skip = shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", "_proc", "_docs")
+    shutil.copytree(NBS, proj / "nbs", symlinks=True, ignore=skip)
+    shutil.copytree(ROOT / "ucpcl", proj / "ucpcl", ignore=skip)  # nbdev-docs rewrites its _modidx.py
+    env = {**os.environ, "PATH": f"{Path(quarto).parent}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"}
+    t = time.perf_counter()
+    r = subprocess.run([BIN / "nbdev-docs"], cwd=proj, capture_output=True, text=True, env=env, timeout=1800)
+    assert r.returncode == 0, f"nbdev-docs failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    docs, seconds = proj / "_docs", time.perf_counter() - t
+    print(f"\nsite: nbdev-docs rendered {len(list(docs.glob('*.html')))} pages in {seconds:.0f} s")
+    return docs
 
 
-def test_the_renderer_follows_the_cell_directives(tmp_path):
-    root = _mini_project(tmp_path / "p")
-    problems = site.Site(root).build(tmp_path / "out")
-    assert problems == []
-    page = (tmp_path / "out" / "part.html").read_text()
-    soup = BeautifulSoup(page, "html.parser")
-    assert (
-        soup.select_one("h1.title").get_text() == "Part"
-        and "Its subtitle." in soup.select_one(".subtitle").get_text()
-    )
-    assert "SECRET" not in page and "default_exp" not in page and "#|" not in page
-    fold = soup.select("details.code-fold")
-    assert [d.summary.get_text() for d in fold] == ["Imports", "Code"] and not fold[1].has_attr("open")
-    assert "print" in fold[1].get_text() and "folded" in soup.select(".output.stream")[0].get_text()
-    assert "shown_output_only" not in page and "only the output" in page
-    assert (
-        soup.select_one("span#area") is not None
-        and "def" in soup.select_one(".cell.code span#area").parent.get_text()
-    )
-    assert soup.select_one('a.symbol[href="part.html#area"]') is not None, "`area` links to its definition"
-    assert soup.select(".katex-display") and "(6)" in soup.select_one(".katex-display").get_text()
-    assert soup.select_one("code").get_text() == "$not math$" and "5 dollars" in page
-    index = BeautifulSoup((tmp_path / "out" / "index.html").read_text(), "html.parser")
-    assert index.select_one('main a[href="part.html#a-part"]') is not None, ".ipynb links point to the pages"
-    assert (
-        index.select_one(".subtitle .katex") is not None
-        and "Cite the paper." in index.select_one("footer").get_text()
-    )
-    assert [a["href"] for a in index.select("nav.pager a")] == ["part.html"]
-
-
-def test_a_notebook_missing_from_the_sidebar_fails_the_strict_build(tmp_path):
-    root = _mini_project(tmp_path / "p", extra_nb=True)
-    problems = site.Site(root).build(tmp_path / "out")
-    assert problems == ["nbs/02_extra.ipynb is not in the sidebar of _quarto.yml"]
-    with pytest.raises(SystemExit):
-        site.Site(root).build(tmp_path / "out", strict=True)
-
-
-# --- a real browser ---------------------------------------------------------------------------
-
-
-def _chromium() -> str:
-    if Path(CHROMIUM).exists():
-        return CHROMIUM
-    if os.geteuid() != 0:
-        pytest.skip(f"{CHROMIUM} is missing and installing it needs root (apt-get install chromium)")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        r = subprocess.run(
-            cmd, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        )
-        if r.returncode:
-            pytest.skip(f"could not install Debian's chromium: {r.stderr[-500:]}")
-    return CHROMIUM
-
-
-def _browse(url: str, tmp: Path, screenshot: Path | None = None) -> tuple[str, list[str]]:
-    "The DOM after the page's scripts ran, and the console messages, from headless Chromium."
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-quic",
-        "--no-first-run",
-        "--hide-scrollbars",
-        f"--user-data-dir={tmp / 'profile'}",
-        "--enable-logging=stderr",
-        "--v=0",
-        "--window-size=1280,900",
-        "--virtual-time-budget=3000",
-    ]
-    flags += ["--dump-dom"] + ([f"--screenshot={screenshot}"] if screenshot else [])
-    r = subprocess.run([_chromium(), *flags, url], capture_output=True, text=True, timeout=120)
-    console = [l for l in r.stderr.splitlines() if ":CONSOLE" in l or "Uncaught" in l]
-    return r.stdout, console
-
-
-def _png_size(p: Path) -> tuple[int, int]:
-    head = p.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{p} is not a PNG"
-    return struct.unpack(">II", head[16:24])
-
-
-def test_the_console_check_catches_errors(tmp_path):
-    "The check below can fail: a page that throws is caught."
-    bad = tmp_path / "bad.html"
-    bad.write_text("<!DOCTYPE html><html><body><script>undefinedFunction();</script></body></html>")
-    _, console = _browse(bad.as_uri(), tmp_path)
-    assert any("Uncaught ReferenceError" in l for l in console), console
-
-
-@pytest.mark.parametrize("page", ["index.html", "uncertainty.html"])
-def test_pages_load_in_chromium_with_math_typeset(built, page, tmp_path):
-    out, _, _ = built
-    url, shot = (out / page).as_uri(), tmp_path / f"{page}.png"
-    dom, console = _browse(url, tmp_path, screenshot=shot)
-    assert not console, f"{page}: console messages:\n" + "\n".join(console)
-    soup = BeautifulSoup(dom, "html.parser")
-    assert soup.html.get("data-site-ready") == "1", f"{page}: the site script did not run to its end"
-    assert soup.select(".katex") and "$$" not in _visible_text(soup.select_one("main"))
-    w, h = _png_size(shot)
-    assert (w, h) == (1280, 900) and shot.stat().st_size > 20_000, "the screenshot is blank or missing"
-    if os.environ.get("UCPCL_SCREENSHOTS"):
-        shutil.copy2(shot, Path(os.environ["UCPCL_SCREENSHOTS"]) / shot.name)
-
-
-def test_search_finds_a_component_in_chromium(built, tmp_path):
-    out, _, _ = built
-    dom, console = _browse((out / "index.html").as_uri() + "?q=entropy", tmp_path)
-    assert not console, console
-    hits = [a["href"] for a in BeautifulSoup(dom, "html.parser").select("#search-results a")]
-    assert hits and any(h.startswith("uncertainty.html") for h in hits), hits
-
-
-# The html-manager's bundled JSON-schema validator prints one warning about its own schema; it says nothing about the page.
-_BENIGN = ("strict mode: use allowUnionTypes",)
-
-
-def _widget_pages(out: Path) -> list[str]:
-    return sorted(
-        p.name for p in out.glob("*.html") if "application/vnd.jupyter.widget-state+json" in p.read_text()
+def _browser_path() -> str:
+    for b in (os.environ.get("UCPCL_CHROMIUM"), *BROWSERS):
+        if b and (p := shutil.which(b)):
+            return p
+    pytest.skip(
+        "no Chromium: apt-get install chromium (Debian), or set UCPCL_CHROMIUM to a Chromium or Chrome"
     )
 
 
-def test_saved_widgets_render_offline(tmp_path):
-    "A notebook run with its widget state saved: the page embeds the state and Chromium draws the controls, no kernel, no CDN."
-    from nbclient import NotebookClient
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
 
-    root = tmp_path / "w"
-    (root / "nbs").mkdir(parents=True)
-    (root / "_quarto.yml").write_text(
-        yaml.safe_dump(
-            {"project": {"type": "website"}, "website": {"sidebar": {"contents": ["index.ipynb"]}}}
-        )
+
+# What the browser reports about a page once its scripts ran and every image was asked to load.
+_PAGE_JS = """async () => {
+  const imgs = [...document.images];
+  imgs.forEach(i => { i.loading = "eager"; });
+  await Promise.all(imgs.map(i => i.decode().catch(() => null)));
+  const main = document.querySelector("main");
+  const text = main.cloneNode(true);
+  text.querySelectorAll("pre, code, script, style, .katex, .sourceCode").forEach(e => e.remove());
+  const pres = [...main.querySelectorAll("div.sourceCode pre, .cell-output pre")];
+  return {
+    title: (document.querySelector("h1.title") || {}).textContent || "",
+    math: main.querySelectorAll("span.math").length,
+    typeset: main.querySelectorAll("span.math .katex").length,
+    katex_errors: [...main.querySelectorAll(".katex-error")].map(e => e.textContent),
+    images: imgs.length,
+    broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src")),
+    text: text.textContent,
+    code: [...main.querySelectorAll("div.sourceCode")].map(e => e.textContent),
+    pre_styles: pres.map(p => { const s = getComputedStyle(p); return s.whiteSpace + " " + s.overflowX; }),
+    scrolling: pres.filter(p => p.scrollWidth > p.clientWidth + 1).length,
+    mermaid_nodes: main.querySelectorAll("svg[id^=mermaid] g.node").length,
+    mermaid_text: [...main.querySelectorAll("svg[id^=mermaid]")].map(e => e.textContent).join(" "),
+    widgets: main.querySelectorAll(".jupyter-widgets, .widget-slider, input[type=range], select").length
+      + document.querySelectorAll("script[type*='jupyter.widget']").length,
+    sidebar: [...document.querySelectorAll("#quarto-sidebar a.sidebar-link[href]")]
+      .map(a => new URL(a.href).pathname.split("/").pop() || "index.html"),  // Quarto links index.html as ./
+  };
+}"""
+
+# the pages to photograph, and what to scroll to first (its last match): the explorer's grid, the diagram
+SHOTS = {
+    "index.html": "",
+    "uncertainty.html": "",
+    "explorer.html": "main img",
+    "models.html": "svg[id^=mermaid]",
+}
+
+
+@pytest.fixture(scope="session")
+def pages(site, tmp_path_factory) -> dict:
+    "Every page of the site read once in headless Chromium over a local HTTP server, with what it requested."
+    browser_path = _browser_path()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed: pip install -e '.[dev]'")
+    handler = functools.partial(_Quiet, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}/"
+    shots = Path(os.environ.get("UCPCL_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    out, t = {}, time.perf_counter()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)  # a fresh profile
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            for html in sorted(site.glob("*.html")):
+                out[html.name] = _read_page(context, base, html.name, shots)
+            browser.close()
+    finally:
+        server.shutdown()
+    print(
+        f"\nsite: Chromium read {len(out)} pages in {time.perf_counter() - t:.0f} s; screenshots in {shots}"
     )
-    nb = nbformat.v4.new_notebook(
-        cells=[
-            nbformat.v4.new_markdown_cell("# Widgets"),
-            nbformat.v4.new_code_cell(
-                "import ipywidgets as w\nout = w.Output()\nwith out: print('saved output')\nw.VBox([w.FloatSlider(value=0.25, description='H'), out])"
-            ),
-        ]
+    return out
+
+
+def _read_page(context, base: str, name: str, shots: Path) -> dict:
+    page, log = context.new_page(), dict(requests=[], console=[], failed=[])
+    page.on("request", lambda r: log["requests"].append(r.url))
+    page.on(
+        "console", lambda m: m.type in ("error", "warning") and log["console"].append(f"{m.type}: {m.text}")
     )
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
-    NotebookClient(nb, kernel_name="python3", store_widget_state=True, timeout=120).execute()
-    nbformat.write(nb, root / "nbs" / "index.ipynb")
-    assert site.Site(root).build(tmp_path / "out") == []
-    assert _widget_pages(tmp_path / "out") == ["index.html"]
-    dom, console = _browse((tmp_path / "out" / "index.html").as_uri(), tmp_path)
-    assert not [l for l in console if not any(b in l for b in _BENIGN)], console
-    soup = BeautifulSoup(dom, "html.parser")
-    assert soup.select(".widget-slider") and "saved output" in soup.select_one(".widget-output").get_text()
+    page.on("pageerror", lambda e: log["console"].append(f"uncaught: {e}"))
+    page.on("requestfailed", lambda r: log["failed"].append(f"{r.url} ({r.failure})"))
+    page.on("response", lambda r: r.status >= 400 and log["failed"].append(f"{r.url} ({r.status})"))
+    local = lambda url: url.startswith(base) or url.startswith("data:")
+    # a request beyond the local server is recorded above and refused here, so that none leaves the machine
+    page.route("**/*", lambda route: route.continue_() if local(route.request.url) else route.abort())
+    response = page.goto(base + name, wait_until="networkidle")
+    assert response.ok, f"{name}: HTTP {response.status}"
+    info = page.evaluate(_PAGE_JS)
+    info.update(log, external=[u for u in log["requests"] if not local(u)])
+    if name in SHOTS:
+        if SHOTS[name]:
+            page.locator(SHOTS[name]).last.scroll_into_view_if_needed()
+        info["shot"] = shots / name.replace(".html", ".png")
+        page.screenshot(path=info["shot"])
+    page.close()
+    return info
 
 
-def test_the_sites_widget_pages_render_in_chromium(built, tmp_path):
-    out, _, _ = built
-    if not (pages := _widget_pages(out)):
-        pytest.skip("no notebook saved widget state")
-    for page in pages:
-        dom, console = _browse((out / page).as_uri(), tmp_path)
-        assert not [l for l in console if not any(b in l for b in _BENIGN)], f"{page}: {console}"
-        assert BeautifulSoup(dom, "html.parser").select(".jupyter-widgets"), f"{page}: no widget was drawn"
+def _problems(pages: dict, check) -> list[str]:
+    return [f"{name}: {msg}" for name, info in sorted(pages.items()) for msg in check(info)]
+
+
+def test_every_notebook_has_its_page_with_its_title_in_the_sidebars_order(site, pages):
+    files = sidebar_files(_cfg())
+    assert sorted(pages) == sorted(page_name(f) for f in files), "one page per notebook, and no other"
+    for f in files:
+        nb = nbformat.read(NBS / f, as_version=4)
+        title = re.match(r"#\s+(.+)", nb.cells[0].source)[1].strip()
+        assert pages[page_name(f)]["title"] == title, f"{f}: the page's title is not the notebook's"
+    assert pages["index.html"]["sidebar"] == [page_name(f) for f in files]
+    assert set(re.findall(r'"href":\s*"([^"#]+)', (site / "search.json").read_text())) >= set(pages)
+
+
+def test_no_request_leaves_the_local_server(pages):
+    "Every script, style sheet, font and image a page asks for comes from the site itself."
+    assert not _problems(pages, lambda i: i["external"]), "requests beyond the site (refused here)"
+    assert not _problems(pages, lambda i: i["failed"]), "requests that failed"
+    assert all(
+        any(u.endswith("katex/katex.min.js") for u in i["requests"]) for i in pages.values() if i["math"]
+    )
+    assert any(
+        re.search(r"katex/fonts/KaTeX_\w+-\w+\.woff2$", u) for i in pages.values() for u in i["requests"]
+    )
+
+
+def test_no_console_errors(pages):
+    assert not _problems(pages, lambda i: i["console"])
+
+
+_RAW_TEX = re.compile(r"\$\$|\\(frac|ell|hat|sum|tag|mathbb|operatorname|lambda|theta|epsilon|log)\b")
+
+
+def test_formulas_are_typeset_by_katex(pages):
+    assert sum(i["math"] for i in pages.values()) > 500 and pages["losses.html"]["math"] > 50
+
+    def check(i):
+        if i["typeset"] != i["math"]:
+            yield f"{i['math'] - i['typeset']} of {i['math']} formulas not typeset"
+        yield from (f"KaTeX error: {e}" for e in i["katex_errors"])
+        if m := _RAW_TEX.search(i["text"]):
+            yield f"raw TeX on the page: ...{i['text'][max(0, m.start() - 60) : m.end() + 20]!r}"
+
+    assert not _problems(pages, check)
+
+
+def test_every_image_loads(pages):
+    assert sum(i["images"] for i in pages.values()) >= len(pages)
+    assert not _problems(pages, lambda i: [f"image not loaded: {s}" for s in i["broken"]])
+
+
+def test_code_scrolls_sideways_instead_of_wrapping(pages):
+    "A long line stays one line (wrapping to column 0 reads like a dedent in Python): the block scrolls."
+    bad = _problems(pages, lambda i: [s for s in set(i["pre_styles"]) if s not in ("pre auto", "pre scroll")])
+    assert not bad, "code blocks that wrap"
+    assert sum(i["scrolling"] for i in pages.values()) > 0, "no code block is wider than its column"
+
+
+def test_the_models_diagram_is_drawn(pages):
+    models = pages["models.html"]
+    assert models["mermaid_nodes"] >= 10, "the Mermaid flowchart has no drawn nodes"
+    assert "ResNet encoder" in models["mermaid_text"] and "flowchart LR" not in models["text"]
+
+
+def test_the_explorer_page_shows_the_static_grid_instead_of_dead_controls(pages):
+    ex = pages["explorer.html"]
+    assert ex["widgets"] == 0, "saved widget controls do nothing without a kernel: leave them out"
+    assert ex["images"] >= 2 and "the grid above stands in for it" in ex["text"]
+    assert not re.search(r"VBox\(|Image\(value=", " ".join(ex["code"]) + ex["text"])
+
+
+def test_screenshots_show_the_pages(pages):
+    "The screenshots of the overview, a component, the explorer and the diagram are pictures (look at them)."
+    from PIL import Image
+
+    for name in SHOTS:
+        im = Image.open(pages[name]["shot"]).convert("L")
+        assert im.size == (1280, 900)
+        assert len(im.getcolors(1 << 16)) > 50, f"{name}: the screenshot is nearly blank"
+
+
+# Each equation of the paper, the function that computes it, and the page that must show its code.
+EQUATION_CODE = {
+    "Eq. 1": ("losses.html", "ucpcl.losses.total_loss"),
+    "Eq. 1, a training step": ("train.html", "ucpcl.train.UCPCL.training_step"),
+    "Eq. 2": ("models.html", "ucpcl.models.PatchEmbedding.forward"),
+    "Eq. 3, 4": ("losses.html", "ucpcl.losses.seg_loss"),
+    "Eq. 3": ("losses.html", "ucpcl.losses.supervised_loss"),
+    "Eq. 5": ("losses.html", "ucpcl.losses.consistency_loss"),
+    "Eq. 6": ("uncertainty.html", "ucpcl.uncertainty.entropy_map"),
+    "Eq. 7": ("uncertainty.html", "ucpcl.uncertainty.certain_pseudo_label"),
+    "anchors": ("anchors.html", "ucpcl.anchors.sample_anchor_index"),
+    "anchors per class": ("anchors.html", "ucpcl.anchors.sample_anchors"),
+    "Eq. 8, 9": ("contrast.html", "ucpcl.contrast.pixel_info_nce"),
+    "the memory queue": ("contrast.html", "ucpcl.contrast.MemoryQueue.push"),
+    "Eq. 12": ("rotation.html", "ucpcl.rotation.rotation_loss"),
+}
+
+
+def _first_body_line(qualname: str) -> str:
+    "The first line of a function's body after its docstring: on a page only where the code is shown."
+    import importlib, inspect, textwrap
+
+    parts = qualname.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+            break
+        except ImportError:
+            continue
+    for name in parts[i:]:
+        obj = getattr(obj, name)
+    src = textwrap.dedent(inspect.getsource(obj))
+    fn = ast.parse(src).body[0]
+    body = (
+        fn.body[1:]
+        if isinstance(fn.body[0], ast.Expr) and isinstance(fn.body[0].value, ast.Constant)
+        else fn.body
+    )
+    return src.splitlines()[body[0].lineno - 1].strip()
+
+
+def test_the_first_body_line_is_not_in_the_signature():
+    line = _first_body_line("ucpcl.uncertainty.entropy_map")
+    assert line and not line.startswith(("def ", '"', "probs")), line
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pending the exports pass: `#| export` hides these functions' code on the site (nbdev shows only "
+    "their signature); `#| exports` shows it (issue 14, item 2)",
+)
+@pytest.mark.parametrize("equation", list(EQUATION_CODE))
+def test_the_code_of_each_equation_is_on_its_page(pages, equation):
+    page, qualname = EQUATION_CODE[equation]
+    line = " ".join(_first_body_line(qualname).split())
+    shown = [" ".join(b.split()) for b in pages[page]["code"]]
+    assert any(line in b for b in shown), (
+        f"{page} does not show the code of {qualname} ({equation}): {line!r}"
+    )
