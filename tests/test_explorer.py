@@ -290,12 +290,16 @@ def test_one_name_for_the_modes():
 
 
 def test_H_moves_by_a_step_a_person_can_use(counted):
-    "0.01 nat per arrow key: about 140 presses across [0, ln 4], not 1,400; the readout still shows ln 2."
+    "About 0.01 nat per arrow key: 140 presses across [0, ln 4], not 1,400; ln 2 and ln 4 are on the slider."
     _, data = counted
     ex = Explorer(data, mode="schedule", iteration=data.max_iterations)
     h = ex.controls["H"]
-    assert h.step == H_STEP == 0.01 and 100 <= (h.max - h.min) / h.step <= 200
-    assert h.readout_format == ".3f" and f"{h.value:{h.readout_format}}" == f"{math.log(2):.3f}" == "0.693"
+    assert h.step == H_STEP and 0.009 < H_STEP < 0.011 and round((h.max - h.min) / h.step, 9) == 140
+    assert round(math.log(2) / h.step, 9) == 70  # the schedule's final H is on the slider, not next to it
+    assert h.readout_format == ".3f" and f"{h.value:{h.readout_format}}" == "0.693" and h.disabled
+    ex.update(mode="fixed")
+    h.value = 140 * h.step  # 140 presses of the right arrow
+    assert ex.wait() and ex.last["H"] == pytest.approx(math.log(4))
 
 
 @pytest.mark.parametrize("width", [633, 960, 1001])

@@ -387,34 +387,58 @@ SHOTS = {
 }
 
 
-@pytest.fixture(scope="session")
-def pages(site, tmp_path_factory) -> dict:
-    "Every page of the site read once in headless Chromium over a local HTTP server, with what it requested."
+def _browse(folder: Path, names: list[str], shots: Path) -> dict:
+    "Pages of `folder` read in headless Chromium over a local HTTP server: what each drew, logged, requested."
     browser_path = _browser_path()
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.skip("playwright is not installed: pip install -e '.[dev]'")
-    handler = functools.partial(_Quiet, directory=str(site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}/"
-    shots = Path(os.environ.get("UCPCL_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
-    shots.mkdir(parents=True, exist_ok=True)
-    out, t = {}, time.perf_counter()
+    base, out = f"http://127.0.0.1:{server.server_port}/", {}
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)  # a fresh profile
             context = browser.new_context(viewport={"width": 1280, "height": 900})
-            for html in sorted(site.glob("*.html")):
-                out[html.name] = _read_page(context, base, html.name, shots)
+            for name in names:
+                out[name] = _read_page(context, base, name, shots)
             browser.close()
     finally:
         server.shutdown()
+    return out
+
+
+@pytest.fixture(scope="session")
+def pages(site, tmp_path_factory) -> dict:
+    "Every page of the site, read once."
+    shots = Path(os.environ.get("UCPCL_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    out = _browse(site, sorted(p.name for p in site.glob("*.html")), shots)
     print(
         f"\nsite: Chromium read {len(out)} pages in {time.perf_counter() - t:.0f} s; screenshots in {shots}"
     )
     return out
+
+
+BAD_PAGE = r"""<!DOCTYPE html><html><head><title>Bad</title></head><body><main>
+<h1 class="title">Bad</h1><p>Raw $$\ell_c = 1$$ and $x_1$.</p><span class="math inline">\frac{1}{2}</span>
+<img src="missing.png"><img src="https://cdn.example.invalid/x.png"><script>undefinedFunction();</script>
+</main></body></html>"""
+
+
+def test_the_checks_catch_a_bad_page(tmp_path):
+    "The checks can fail: raw TeX, a missing image, a request to a CDN (refused) and a script error are seen."
+    (tmp_path / "bad.html").write_text(BAD_PAGE)
+    bad = _browse(tmp_path, ["bad.html"], tmp_path)["bad.html"]
+    assert set(bad["external"]) == {"https://cdn.example.invalid/x.png"}
+    assert any("missing.png (404)" in f for f in bad["failed"]) and "missing.png" in bad["broken"]
+    assert any("undefinedFunction" in c for c in bad["console"])
+    assert bad["math"] == 1 and bad["typeset"] == 0 and _RAW_TEX.search(bad["text"])
+    assert {"$$", "$x_1$", "\\ell", "\\frac"} <= {m[0] for m in _RAW_TEX.finditer(bad["text"])}
 
 
 def _read_page(context, base: str, name: str, shots: Path) -> dict:
@@ -473,7 +497,10 @@ def test_no_console_errors(pages):
     assert not _problems(pages, lambda i: i["console"])
 
 
-_RAW_TEX = re.compile(r"\$\$|\\(frac|ell|hat|sum|tag|mathbb|operatorname|lambda|theta|epsilon|log)\b")
+# TeX that KaTeX did not typeset: $$, a $...$ pair, or a command such as \frac
+_RAW_TEX = re.compile(
+    r"\$\$|(?<![\w\\])\$[^$\s][^$\n]*?\$|\\(frac|ell|hat|sum|tag|mathbb|operatorname|lambda|theta|epsilon|log)(?![a-zA-Z])"
+)
 
 
 def test_formulas_are_typeset_by_katex(pages):

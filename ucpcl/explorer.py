@@ -425,7 +425,8 @@ def wait(self: LatestOnly, timeout: float | None = 30) -> bool:
     return done
 
 # %% ../nbs/15_explorer.ipynb #a39b46e3
-H_STEP = 0.01  # nat per arrow key or slider notch: 139 steps from 0 to ln 4
+# nat per arrow key or slider notch, about 0.01: 70 steps to ln 2 and 140 to ln 4, so both are on the slider
+H_STEP = math.log(2) / 70
 FIGSIZE = (8.8, 6.2)  # inches: the layout of the explorer's figure; its pixels follow from `width`
 
 # %% ../nbs/15_explorer.ipynb #776f1925
