@@ -349,6 +349,12 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # the browser closed a page mid-transfer
+            super().handle_error(request, client_address)
+
+
 # What the browser reports about a page once its scripts ran and every image was asked to load.
 _PAGE_JS = """async () => {
   const imgs = [...document.images];
