@@ -11,7 +11,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 
 # %% auto #0
 __all__ = ['CLASS_COLORS', 'IGNORE_COLOR', 'as_array', 'to_numpy', 'label_cmap', 'subplots', 'show_image', 'show_label',
-           'show_map', 'show_points']
+           'show_map', 'light_figures', 'show_points']
 
 # %% ../nbs/00a_viz.ipynb #a8edcadc
 def as_array(x) -> np.ndarray:
@@ -45,7 +45,7 @@ def label_cmap(
     cmap = ListedColormap([IGNORE_COLOR, background] + CLASS_COLORS[1:num_classes])
     return cmap, BoundaryNorm(np.arange(-1.5, num_classes), cmap.N)
 
-# %% ../nbs/00a_viz.ipynb #6bf0beb9
+# %% ../nbs/00a_viz.ipynb #26e2de9b
 def subplots(n: int, ncols: int | None = None, size: float = 2.2, **kw):
     "A figure with `n` tick-less panels of side `size` inches; returns (fig, flat list of axes)."
     ncols = ncols or n
@@ -53,22 +53,26 @@ def subplots(n: int, ncols: int | None = None, size: float = 2.2, **kw):
     fig, axs = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, **kw)
     axs = list(axs.flat)
     for ax in axs:
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
     for ax in axs[n:]:
         ax.axis("off")
     return fig, axs[:n]
+
+# %% ../nbs/00a_viz.ipynb #738be5ba
+def _titled(ax, title: str | None):
+    "Give a panel its title in the figures' small font; return the panel."
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
 
 
 def show_image(im, ax=None, title: str | None = None, cmap: str = "gray", **kw):
     "Draw an image (H, W) or (C, H, W); grey-scale unless it has 3 channels."
     ax = ax or subplots(1)[1][0]
     ax.imshow(to_numpy(im), cmap=cmap, **kw)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return ax
+    return _titled(ax, title)
 
-# %% ../nbs/00a_viz.ipynb #01fdaf72
+# %% ../nbs/00a_viz.ipynb #ffca3089
 def show_label(
     label, ax=None, image=None, num_classes: int = 4, alpha: float = 0.55, title: str | None = None
 ):
@@ -76,14 +80,12 @@ def show_label(
     ax = ax or subplots(1)[1][0]
     if image is not None:
         show_image(image, ax)
-    lbl = to_numpy(label)
-    cmap, norm = label_cmap(num_classes, background="#00000000" if image is not None else "#000000")
-    ax.imshow(lbl, cmap=cmap, norm=norm, alpha=alpha if image is not None else 1.0, interpolation="nearest")
-    if title:
-        ax.set_title(title, fontsize=9)
-    return ax
+    over = image is not None  # over an image: class 0 transparent, the classes half transparent
+    cmap, norm = label_cmap(num_classes, background="#00000000" if over else "#000000")
+    ax.imshow(to_numpy(label), cmap=cmap, norm=norm, alpha=alpha if over else 1.0, interpolation="nearest")
+    return _titled(ax, title)
 
-
+# %% ../nbs/00a_viz.ipynb #c2b1a5a3
 def show_map(
     m, ax=None, title: str | None = None, cmap: str = "magma", vmin=None, vmax=None, colorbar: bool = True
 ):
@@ -92,9 +94,14 @@ def show_map(
     h = ax.imshow(to_numpy(m), cmap=cmap, vmin=vmin, vmax=vmax)
     if colorbar:
         ax.figure.colorbar(h, ax=ax, fraction=0.046, pad=0.03)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return ax
+    return _titled(ax, title)
+
+# %% ../nbs/00a_viz.ipynb #2ddd20d3
+def light_figures(dpi: int = 80):
+    "Draw this session's figures at `dpi` and images pixel for pixel (nearest), which keeps PNGs small."
+    if not 30 <= dpi <= 300:
+        raise ValueError(f"dpi must be in 30..300, got {dpi}")
+    plt.rcParams.update({"figure.dpi": dpi, "image.interpolation": "nearest"})
 
 # %% ../nbs/00a_viz.ipynb #09dc3c13
 def show_points(points, classes, ax=None, num_classes: int = 4, size: float = 14, marker: str = "o"):
