@@ -355,6 +355,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ucpcl.rotation.RotationHead.__init__': ('rotation.html#rotationhead.__init__', 'ucpcl/rotation.py'),
                                 'ucpcl.rotation.RotationHead.forward': ('rotation.html#rotationhead.forward', 'ucpcl/rotation.py'),
                                 'ucpcl.rotation._check_k': ('rotation.html#_check_k', 'ucpcl/rotation.py'),
+                                'ucpcl.rotation._check_rotation_inputs': ('rotation.html#_check_rotation_inputs', 'ucpcl/rotation.py'),
+                                'ucpcl.rotation._rot90_one_parity': ('rotation.html#_rot90_one_parity', 'ucpcl/rotation.py'),
                                 'ucpcl.rotation.random_rotation': ('rotation.html#random_rotation', 'ucpcl/rotation.py'),
                                 'ucpcl.rotation.rot90_batch': ('rotation.html#rot90_batch', 'ucpcl/rotation.py'),
                                 'ucpcl.rotation.rotation_loss': ('rotation.html#rotation_loss', 'ucpcl/rotation.py'),
