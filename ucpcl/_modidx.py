@@ -261,6 +261,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'ucpcl.losses': { 'ucpcl.losses.LossWeights': ('losses.html#lossweights', 'ucpcl/losses.py'),
                               'ucpcl.losses.LossWeights.__post_init__': ('losses.html#lossweights.__post_init__', 'ucpcl/losses.py'),
                               'ucpcl.losses._check_seg': ('losses.html#_check_seg', 'ucpcl/losses.py'),
+                              'ucpcl.losses._check_seg_shapes': ('losses.html#_check_seg_shapes', 'ucpcl/losses.py'),
+                              'ucpcl.losses._check_seg_values': ('losses.html#_check_seg_values', 'ucpcl/losses.py'),
                               'ucpcl.losses._dice': ('losses.html#_dice', 'ucpcl/losses.py'),
                               'ucpcl.losses.consistency_loss': ('losses.html#consistency_loss', 'ucpcl/losses.py'),
                               'ucpcl.losses.consistency_weight': ('losses.html#consistency_weight', 'ucpcl/losses.py'),
