@@ -33,7 +33,7 @@ def _check_seg_shapes(input: Tensor, target: Tensor, num_classes: int | None, ig
         raise ValueError(f"{want}, got dtype {target.dtype}")
     return C
 
-# %% ../nbs/05_losses.ipynb #952823c9
+# %% ../nbs/05_losses.ipynb #2cdf2070
 def _check_seg_values(input: Tensor, target: Tensor, ignore_index: int, probs: bool):
     "Raise a `ValueError` for class ids out of range, a non-finite prediction, or probabilities that are not."
     C = input.shape[1]
@@ -51,7 +51,8 @@ def _check_seg_values(input: Tensor, target: Tensor, ignore_index: int, probs: b
         fix = "the model diverged (lower the learning rate) or the input is broken"
         raise ValueError(f"prediction holds NaN or inf values: {fix}")
     if flags[2]:
-        seen = f"values in [{input.min():.3g}, {input.max():.3g}], sums over C in [{total.min():.3g}, {total.max():.3g}]"
+        values, sums = f"[{input.min():.3g}, {input.max():.3g}]", f"[{total.min():.3g}, {total.max():.3g}]"
+        seen = f"values in {values}, sums over C in {sums}"
         fix = "pass logits with softmax=True, or torch.softmax(logits, 1)"
         raise ValueError(f"prediction is not probabilities ({seen}): {fix}")
 
