@@ -276,6 +276,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'ucpcl.models.CNNDecoder.forward': ('models.html#cnndecoder.forward', 'ucpcl/models.py'),
                               'ucpcl.models.Encoder': ('models.html#encoder', 'ucpcl/models.py'),
                               'ucpcl.models.Encoder.__init__': ('models.html#encoder.__init__', 'ucpcl/models.py'),
+                              'ucpcl.models.Encoder._read_weights': ('models.html#encoder._read_weights', 'ucpcl/models.py'),
                               'ucpcl.models.Encoder.forward': ('models.html#encoder.forward', 'ucpcl/models.py'),
                               'ucpcl.models.Encoder.load_pretrained': ('models.html#encoder.load_pretrained', 'ucpcl/models.py'),
                               'ucpcl.models.ModelConfig': ('models.html#modelconfig', 'ucpcl/models.py'),
