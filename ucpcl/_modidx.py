@@ -171,6 +171,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'ucpcl.data._pack': ('data.html#_pack', 'ucpcl/data.py'),
                             'ucpcl.data._root': ('data.html#_root', 'ucpcl/data.py'),
                             'ucpcl.data._sha_cached': ('data.html#_sha_cached', 'ucpcl/data.py'),
+                            'ucpcl.data._toy_frame': ('data.html#_toy_frame', 'ucpcl/data.py'),
                             'ucpcl.data._write_h5': ('data.html#_write_h5', 'ucpcl/data.py'),
                             'ucpcl.data._write_isic_split': ('data.html#_write_isic_split', 'ucpcl/data.py'),
                             'ucpcl.data._write_lists': ('data.html#_write_lists', 'ucpcl/data.py'),

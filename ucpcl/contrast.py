@@ -99,7 +99,7 @@ def filled(self: MemoryQueue) -> Tensor:  # (C, S) bool
     # the pointer starts at slot 0, so until a class is full its filled slots are 0..count-1
     return torch.arange(self.memory_size, device=self.count.device)[None] < self.count[:, None]
 
-
+# %% ../nbs/03_contrast.ipynb #8ef5e04e
 @patch
 def entries(self: MemoryQueue) -> tuple[Tensor, Tensor]:  # vectors (M, D) and class ids (M,)
     "The filled slots as vectors (M, D) and class ids (M,), class by class, oldest first."

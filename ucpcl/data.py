@@ -224,7 +224,23 @@ def acdc_labeled_names(
         raise DataError(f"{where}: slices of {late[0]} come after line {k}: {why}")
     return names[:k]
 
-# %% ../nbs/08_data.ipynb #149e979e
+# %% ../nbs/08_data.ipynb #7f52e678
+def _toy_frame(
+    rng: np.random.Generator,  # draws the heart's position and the noise
+    shape: tuple[int, int, int],  # (D, H, W)
+    systole: bool,  # end systole: a smaller cavity than at end diastole
+) -> tuple[np.ndarray, np.ndarray]:  # image (D, H, W) int16, label (D, H, W) uint8
+    "One synthetic frame: LV cavity 3 in a myocardium ring 2, the RV 1 beside it, MR-like noisy intensities."
+    D, H, W = shape
+    yy, xx = np.mgrid[:H, :W]
+    cy, cx = H / 2 + rng.uniform(-2, 2), W / 2 + rng.uniform(-1, 1)
+    r = min(H, W) * (0.11 if systole else 0.14)
+    d, d_rv = np.hypot(yy - cy, xx - cx), np.hypot(yy - cy, xx - cx + 2.4 * r)
+    lab = np.repeat(np.select([d < r, d < 1.6 * r, d_rv < r], [3, 2, 1], 0)[None], D, 0).astype(np.uint8)
+    img = 300 + 200 * (lab == 3) + 100 * (lab == 1) - 150 * (lab == 2) + rng.normal(0, 40, lab.shape)
+    return img.astype(np.int16), lab
+
+# %% ../nbs/08_data.ipynb #78cb6a3d
 def toy_acdc_release(
     out: str | Path,  # folder to write
     patients: int = 4,  # patient001 .. patientNNN
@@ -233,36 +249,15 @@ def toy_acdc_release(
     seed: int = 0,
 ) -> Path:
     "Write a tiny synthetic ACDC challenge release: two annotated NIfTI frames per patient, with _gt masks."
-    rng, (D, H, W) = np.random.default_rng(seed), shape
-    yy, xx = np.mgrid[:H, :W]
+    rng = np.random.default_rng(seed)
     for p in range(1, patients + 1):
         folder = Path(out) / "training" / f"patient{p:03d}"
         folder.mkdir(parents=True, exist_ok=True)
-        for frame in (1, 7 + p):  # end diastole is frame 1, end systole a later frame (smaller cavity)
-            cy, cx, r = (
-                H / 2 + rng.uniform(-2, 2),
-                W / 2 + rng.uniform(-1, 1),
-                min(H, W) * (0.14 if frame == 1 else 0.11),
-            )
-            lab = np.select(
-                [
-                    np.hypot(yy - cy, xx - cx) < r,
-                    np.hypot(yy - cy, xx - cx) < 1.6 * r,
-                    np.hypot(yy - cy, xx - cx + 2.4 * r) < r,
-                ],
-                [3, 2, 1],
-                0,
-            )
-            lab = np.repeat(lab[None], D, 0).astype(np.uint8)  # (D, H, W)
-            img = 300 + 200 * (lab == 3) + 100 * (lab == 1) - 150 * (lab == 2) + rng.normal(0, 40, lab.shape)
-            for arr, end in (
-                (img.astype(np.int16), ""),
-                (lab, "_gt"),
-            ):  # NIfTI axes are (x, y, z) = (W, H, D)
-                nib.save(
-                    nib.Nifti1Image(arr.transpose(2, 1, 0), np.diag([*zooms, 1.0])),
-                    folder / f"patient{p:03d}_frame{frame:02d}{end}.nii.gz",
-                )
+        for frame in (1, 7 + p):  # end diastole is frame 1, end systole a later frame
+            img, lab = _toy_frame(rng, shape, systole=frame != 1)
+            for arr, end in ((img, ""), (lab, "_gt")):  # NIfTI axes are (x, y, z) = (W, H, D)
+                path = folder / f"patient{p:03d}_frame{frame:02d}{end}.nii.gz"
+                nib.save(nib.Nifti1Image(arr.transpose(2, 1, 0), np.diag([*zooms, 1.0])), path)
     return Path(out)
 
 # %% ../nbs/08_data.ipynb #e109b083
@@ -701,7 +696,7 @@ def _write_names(path: Path, names: Sequence[str]):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(n + "\n" for n in names))
 
-
+# %% ../nbs/08_data.ipynb #e7cd587d
 def _write_isic_split(index: dict, d: Path, seed: int):
     "Draw train/val from the images with masks (test = val); train.txt goes last: it marks completion."
     pool = sorted(n for n, (_, m) in index.items() if m is not None)
@@ -805,7 +800,7 @@ def _labeled_stream(self: TwoStreamBatchSampler, start: int, n: int) -> list[int
     pos = np.concatenate(perms)[start % L : start % L + n]
     return [self.labeled_idx[p] for p in pos]
 
-
+# %% ../nbs/08_data.ipynb #726293f9
 @patch
 def __iter__(self: TwoStreamBatchSampler):
     "The batches of the next epoch: each its labeled part, then its unlabeled part."

@@ -198,7 +198,7 @@ def _balanced(labels: Tensor, per_class: int, seed: int) -> Tensor:  # (M,) indi
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     return torch.cat([perm[labels[perm] == k][:per_class] for k in labels.unique().tolist() if k >= 0])
 
-# %% ../nbs/09_evaluate.ipynb #4ce34c42
+# %% ../nbs/09_evaluate.ipynb #8ae70849
 def plot_tsne(
     embeddings: Tensor,  # (N, D) pixel embeddings
     labels: Tensor,  # (N,) class ids
@@ -217,10 +217,8 @@ def plot_tsne(
         got = f"{tuple(emb.shape)} and {tuple(lab.shape)}"
         raise ValueError(f"embeddings (N, D) and labels (N,) expected, got {got}")
     idx = _balanced(lab, per_class, seed)
-    perplexity = min(30, max(5, len(idx) // 4))
-    xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(
-        emb[idx].numpy()
-    )
+    tsne = TSNE(n_components=2, init="pca", perplexity=min(30, max(5, len(idx) // 4)), random_state=seed)
+    xy = tsne.fit_transform(emb[idx].numpy())
     ax = ax or plt.subplots(figsize=(3, 3))[1]
     for k in lab[idx].unique().tolist():
         sel, name = (lab[idx] == k).numpy(), class_names[k] if class_names else f"class {k}"

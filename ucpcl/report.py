@@ -75,7 +75,7 @@ def _mean_std(r: dict, m: str, percent: bool | Sequence[str]) -> str:
         return "-"
     return f"{k * mean:.2f}" + ("" if std is None or math.isnan(std) else f" ± {k * std:.2f}")
 
-
+# %% ../nbs/11_report.ipynb #ce40f579
 def markdown_table(
     rows: Sequence[dict],  # summary rows, e.g. from `summarize_runs`
     columns: Sequence[str],  # keys shown as they are
@@ -168,7 +168,7 @@ def _predict_slices(trainer: Trainer, cases: list[tuple[Tensor, Tensor]]) -> lis
         out.append(predict_case(predict, im, S, volume=volume, device=trainer.device).reshape(gt.shape))
     return out
 
-
+# %% ../nbs/11_report.ipynb #847ca693
 def plot_run_predictions(
     runs: Sequence[str | Path],  # finished run folders
     labels: Sequence[str] | None = None,  # one column title per run (default: the folder names)

@@ -121,7 +121,7 @@ def toy_probs(
     smooth = TF.gaussian_blur(torch.randn(soft.shape, generator=as_generator(seed)), 9, 2.0)
     return torch.softmax(sharpness * soft + noise * smooth, 1)
 
-
+# %% ../nbs/00b_toy.ipynb #73a29cb8
 def toy_decoders(
     labels: Tensor,  # (B, H, W) class ids 0..C-1
     disagreement: int = 2,  # p_t is off target by this many pixels
@@ -144,7 +144,7 @@ def toy_class_means(
     "One random mean vector per class, N(0, spread^2) in every coordinate."
     return spread * torch.randn(num_classes, dim, generator=as_generator(seed))
 
-
+# %% ../nbs/00b_toy.ipynb #ad1dc209
 def toy_features(
     labels: Tensor,  # (B, h, w) class ids, -1 = ignored
     means: Tensor,  # (C, D) class means, e.g. `toy_class_means`
