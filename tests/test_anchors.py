@@ -44,8 +44,8 @@ def test_shortfall_goes_to_the_other_classes_at_random():
         ]
     )
     assert (counts.sum(1) == 9).all() and (counts[:, 2] == 1).all() and (counts[:, :2] >= 3).all()
-    # the 2 extra anchors are 2 of the 6 remaining pixels (3 of class 0, 3 of class 1), uniformly: both from class 0
-    # with probability 3/6 * 2/5 = 0.2, both from class 1 likewise, one of each 0.6
+    # the 2 extra anchors are 2 of the 6 remaining pixels (3 of class 0, 3 of class 1), uniformly:
+    # both from class 0 with probability 3/6 * 2/5 = 0.2, both from class 1 likewise, one of each 0.6
     for k, p in [(5, 0.2), (4, 0.6), (3, 0.2)]:
         assert abs((counts[:, 0] == k).float().mean() - p) < 0.07
 

@@ -1,5 +1,6 @@
-"""The benchmark scripts in bench/ keep working from a clone: each runs at tiny sizes and prints its table (the
-figures are not checked: they depend on the machine). bench/contrast.py has its own tests in test_contrast_bench.py."""
+"""The benchmark scripts in bench/ keep working from a clone: each runs at tiny sizes and prints its table
+(the figures are not checked: they depend on the machine). bench/contrast.py has its own tests in
+test_contrast_bench.py."""
 
 import os, subprocess, sys
 

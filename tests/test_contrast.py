@@ -1,4 +1,5 @@
-"ucpcl.contrast beyond the notebook: queue edge cases and checkpoints, the loss against a literal formula and gradcheck."
+"""ucpcl.contrast beyond the notebook: queue edge cases and checkpoints, the loss against a literal formula
+and gradcheck."""
 
 import io, math
 

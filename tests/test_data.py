@@ -1,4 +1,5 @@
-"Data loading on small on-disk fixtures: ACDC layout and conversion, manifests, ISIC layouts and splits, transforms, sampler."
+"""Data loading on small on-disk fixtures: ACDC layout and conversion, manifests, ISIC layouts and splits,
+transforms, sampler."""
 
 import json
 from pathlib import Path
@@ -53,7 +54,7 @@ def make_acdc(
     hw=(12, 10),
     spacing=True,
 ) -> Path:
-    "The preprocessed ACDC layout: two frames per patient, `depth` slices each, lists in the given patient order."
+    "The preprocessed ACDC layout: two frames per patient, `depth` slices each, lists in the given order."
     rng = np.random.default_rng(0)
     vols = {}
     for p in (*train, *val, *test):
@@ -107,7 +108,6 @@ def write_release(raw: Path, patients=4, shape=(4, 12, 10), zooms=(1.5, 1.25, 10
 
 def make_isic(root: Path, n=10, official=True, no_mask=(), seed=0) -> Path:
     "ISIC images of varying size with binary masks, in the two official folders or in one folder."
-    rng = np.random.default_rng(seed)
     img_dir = root / "ISIC2018_Task1-2_Training_Input" if official else root
     msk_dir = root / "ISIC2018_Task1_Training_GroundTruth" if official else root
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -118,9 +118,8 @@ def make_isic(root: Path, n=10, official=True, no_mask=(), seed=0) -> Path:
         a[5:15, 6:18] = (220, 120, 80)
         Image.fromarray(a).save(img_dir / f"ISIC_{k:07d}.jpg", quality=95)
         if k not in no_mask:
-            Image.fromarray((a[..., 0] > 100).astype(np.uint8) * 255).save(
-                msk_dir / f"ISIC_{k:07d}_segmentation.png"
-            )
+            mask = (a[..., 0] > 100).astype(np.uint8) * 255
+            Image.fromarray(mask).save(msk_dir / f"ISIC_{k:07d}_segmentation.png")
     (img_dir / "LICENSE.txt").write_text("not an image")
     return root
 
@@ -172,10 +171,8 @@ def test_missing_list_file(acdc):
 
 def test_list_naming_a_missing_file(acdc):
     (acdc / "data" / "slices" / "patient001_frame02_slice_1.h5").unlink()
-    with pytest.raises(
-        DataError,
-        match=r"patient001_frame02_slice_1\.h5: slice file not found \(1 of 18 missing\), named in train_slices\.list",
-    ):
+    missing = r"patient001_frame02_slice_1\.h5: slice file not found \(1 of 18 missing\)"
+    with pytest.raises(DataError, match=missing + r", named in train_slices\.list"):
         ACDCSlices(acdc)
     (acdc / "data" / "patient004_frame02.h5").unlink()
     with pytest.raises(
@@ -234,10 +231,8 @@ def test_label_values_outside_the_classes(acdc, bad):
         image=np.zeros((12, 10), np.float32),
         label=lbl,
     )
-    with pytest.raises(
-        DataError,
-        match=rf"patient003_frame01_slice_1\.h5: label values span {min(bad, 0)}\.\.{max(bad, 0)}, expected class ids 0\.\.3",
-    ):
+    span = rf"label values span {min(bad, 0)}\.\.{max(bad, 0)}, expected class ids 0\.\.3"
+    with pytest.raises(DataError, match=r"patient003_frame01_slice_1\.h5: " + span):
         ACDCSlices(acdc)[1]
 
 
@@ -287,7 +282,7 @@ def test_labeled_split_takes_whole_patients_from_the_top(acdc):
 
 
 def test_labeled_split_counts_like_the_field_list(tmp_path):
-    "A list shaped like the public one (patients shuffled, slices of a patient together) gives 3 patients -> 68 lines."
+    "A list shaped like the public one (shuffled patients, their slices together): 3 patients -> 68 lines."
     root = tmp_path / "L"
     root.mkdir()
     per_frame = {"patient099": 16, "patient038": 8, "patient050": 10, "patient100": 8}
@@ -572,7 +567,7 @@ def test_two_stream_sampler_bad_input():
 
 
 def test_build_data_acdc_on_the_cardiac_phantom(tmp_path):
-    "The demo path: a phantom written to disk, read back by the real loader, batched by the two-stream sampler."
+    "The demo path: a phantom written to disk, read back by the real loader, batched by the two streams."
     from ucpcl.phantoms import write_cardiac_phantom
 
     root = write_cardiac_phantom(tmp_path / "phantom", num_patients=(4, 1, 1), size=48, slices=(3, 4), seed=0)
@@ -640,7 +635,7 @@ def test_h5_files_are_opened_once_per_process_bounded_and_rewrites_are_seen(tmp_
 
 
 def test_isic_reduced_scale_decoding_keeps_mask_aligned(tmp_path):
-    "A large JPEG is decoded at 1/2 scale when that keeps the shorter side >= min_side; the mask follows (nearest)."
+    "A large JPEG is decoded at 1/2 scale when that keeps the shorter side >= min_side; the mask follows."
     yy, xx = np.mgrid[:600, :800]
     disk = (yy - 300) ** 2 + (xx - 400) ** 2 < 150**2
     img = np.where(

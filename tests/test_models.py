@@ -1,4 +1,5 @@
-"Tests of ucpcl.models that do not fit the notebook's reading flow: both presets, save and load, bad configurations, weight files."
+"""Tests of ucpcl.models that do not fit the notebook's reading flow: both presets, save and load, bad
+configurations, weight files."""
 
 import pytest
 import torch
@@ -230,7 +231,7 @@ def test_pretrained_local_file(tmp_path):
 
 
 def test_pretrained_by_name_uses_torchvision_weights(monkeypatch):
-    "A weights name goes to torchvision's enum (which would download); here the download is replaced by a fresh state_dict."
+    "A weights name goes to torchvision's enum (which would download); here a fresh state_dict stands in."
     tv = torchvision.models.resnet18(weights=None)
     asked = []
 

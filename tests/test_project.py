@@ -79,7 +79,7 @@ def test_kernel_is_explicit_and_is_this_environment(tmp_path):
 
 
 def test_a_notebook_run_keeps_its_temporary_folders_inside_its_workdir(tmp_path):
-    "Notebooks make run folders with checkpoints in `scratch()` folders: under the test suite they land in the workdir."
+    "Notebooks make run folders in `scratch()` folders: under the test suite they land in the workdir."
     f = tmp_path / "s.ipynb"
     (tmp_path / "out").mkdir()
     nbformat.write(
@@ -122,16 +122,16 @@ def _top_level_names(source: str) -> tuple[set, set]:
 
 @pytest.mark.parametrize("nb", [p for p in notebooks() if has_parameters_cell(p)], ids=lambda p: p.stem)
 def test_no_papermill_parameter_is_shadowed_by_a_later_definition(nb):
-    "A parameter later redefined by a def/class/import silently ignores the value papermill passed (a function is truthy)."
+    "A parameter redefined later by a def/class/import would ignore the value papermill passed."
     cells = [c for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code"]
     i = next(k for k, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
     params = _top_level_names(cells[i].source)[0]
     clashes = {
         name: k for k, c in enumerate(cells) if k > i for name in _top_level_names(c.source)[1] & params
     }
-    assert not clashes, (
-        f"{nb.name}: parameter(s) {sorted(clashes)} redefined by a later def/class/import (code cells {sorted(set(clashes.values()))}): rename the parameter"
-    )
+    at = sorted(set(clashes.values()))
+    where = f"{sorted(clashes)} redefined by a later def, class or import (code cells {at})"
+    assert not clashes, f"{nb.name}: parameter(s) {where}: rename the parameter"
 
 
 def test_parameters_given_to_a_notebook_without_a_parameters_cell_are_an_error(tmp_path):
@@ -148,7 +148,7 @@ def test_config_keeps_papermill_and_widget_metadata_and_skips_flagged_cells():
 
 
 def test_flagged_cells_are_skipped_by_nbdev_test(tmp_path):
-    "A `#| gpu` cell is left out by nbdev-test (its flag is in tst_flags); papermill runs it with small defaults."
+    "A `#| gpu` cell is left out by nbdev-test (its flag is in tst_flags); papermill runs it, small."
     from nbdev.test import nb_test_cells
 
     f = tmp_path / "flags.ipynb"

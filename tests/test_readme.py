@@ -1,7 +1,7 @@
 """README.md is generated from nbs/index.ipynb (tools/readme.py) and must be current; the overview's
 equation table names functions that exist."""
 
-import csv, importlib, importlib.util, itertools, re, sys
+import ast, csv, importlib, importlib.util, itertools, re, sys
 from pathlib import Path
 
 import nbformat
@@ -78,7 +78,7 @@ def test_every_function_the_table_names_exists():
 
 
 def _table_after(marker: str) -> list[list[str]]:
-    "The rows (cells stripped, header and rule dropped) of the first Markdown table after `marker` in index.ipynb."
+    "The rows (cells stripped, header and rule dropped) of the first Markdown table after `marker`."
     nb = nbformat.read(ROOT / "nbs" / "index.ipynb", as_version=4)
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert marker in text, f"index.ipynb has no {marker!r}"
@@ -115,3 +115,20 @@ def test_the_phantom_table_in_the_overview_is_the_committed_one():
         r = committed[names.get(row[0], row[0])]
         for col, l in ((1, "l2"), (2, "l4")):
             assert row[col] == f"{float(r[f'dice_{l}']):.2f} ± {float(r[f'dice_{l}_std']):.2f}", (row[0], l)
+
+
+def test_the_open_choices_in_the_overview_are_the_trainers_defaults():
+    "Each `field=value` in the last column of 'What the paper leaves open' is TrainConfig's default."
+    from ucpcl.train import TrainConfig
+
+    rows = _table_after("## What the paper leaves open")
+    settings = [s for row in rows for s in re.findall(r"`(\w+)=([^`]+)`", row[-1])]
+    assert len(settings) >= 10, "the table names a TrainConfig field and its default in every row"
+    defaults = TrainConfig()
+    for name, text in settings:
+        assert hasattr(defaults, name), f"index.ipynb names TrainConfig.{name}, which does not exist"
+        value, default = ast.literal_eval(text), getattr(defaults, name)
+        if isinstance(default, float):
+            assert round(default, 4) == value, f"{name}: the table says {value}, TrainConfig has {default}"
+        else:
+            assert default == value, f"{name}: the table says {value!r}, TrainConfig has {default!r}"

@@ -112,7 +112,7 @@ def test_a_rotation_invariant_encoder_cannot_beat_chance():
 
 
 def test_rotation_loss_all_batchnorm_caveat_and_dtype():
-    "In training mode BatchNorm sees one batch of 4B images (batched) or four of B: the two forms then differ."
+    "In training mode BatchNorm sees one batch of 4B images (batched) or four of B: the forms then differ."
     torch.manual_seed(0)
     enc = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
     head = RotationHead(4, dropout=0.0)

@@ -49,23 +49,20 @@ def run(nb_path: Path, timeout: int = 900):
     nb = _finish(nbformat.read(nb_path, as_version=4))
     t = time.time()
     before = os.environ.get("TMPDIR")
-    with (
-        tempfile.TemporaryDirectory() as cwd
-    ):  # notebooks write their artefacts, and their temporary folders, here
+    # notebooks write their artefacts, and their temporary folders, in a folder removed afterwards
+    with tempfile.TemporaryDirectory() as cwd:
         os.environ["TMPDIR"] = cwd  # the kernel inherits it
         try:
-            NotebookClient(
-                nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}}
-            ).execute()
+            where = {"metadata": {"path": cwd}}
+            NotebookClient(nb, timeout=timeout, kernel_name="python3", resources=where).execute()
         finally:
             if before is None:
                 os.environ.pop("TMPDIR")
             else:
                 os.environ["TMPDIR"] = before
     nbformat.write(nb, nb_path)
-    subprocess.run(
-        [Path(sys.executable).parent / "nbdev-clean", "--fname", str(nb_path)], check=True, cwd=ROOT
-    )
+    clean = Path(sys.executable).parent / "nbdev-clean"
+    subprocess.run([clean, "--fname", str(nb_path)], check=True, cwd=ROOT)
     print(f"ran {nb_path.name} in {time.time() - t:.1f}s")
 
 

@@ -15,7 +15,10 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 INDEX, README, IMG_DIR = ROOT / "nbs" / "index.ipynb", ROOT / "README.md", ROOT / "docs" / "readme"
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$")
-HEADER = "<!-- Generated from nbs/index.ipynb by tools/readme.py: edit the notebook, then run `make readme`. -->\n\n"
+HEADER = (
+    "<!-- Generated from nbs/index.ipynb by tools/readme.py: "
+    "edit the notebook, then run `make readme`. -->\n\n"
+)
 
 
 def _directives(src: str) -> tuple[dict, str]:
@@ -73,7 +76,8 @@ def render(nb_path: Path = INDEX) -> tuple[str, dict[str, bytes]]:
                 code = f"```python\n{src}\n```"
                 fold = d.get("code-fold", "false")
                 if fold in ("true", "show"):
-                    code = f"<details{' open' if fold == 'show' else ''}>\n<summary>Code</summary>\n\n{code}\n\n</details>"
+                    details = "<details open>" if fold == "show" else "<details>"
+                    code = f"{details}\n<summary>Code</summary>\n\n{code}\n\n</details>"
                 parts.append(code)
             if d.get("output", "true") != "false":
                 parts += _outputs(cell, i, images)

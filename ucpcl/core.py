@@ -13,7 +13,7 @@ import torch
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['in_test', 'quick', 'scratch', 'seed_everything', 'get_device', 'Config']
+__all__ = ['in_test', 'quick', 'scratch', 'seed_everything', 'get_device', 'Config', 'describe']
 
 # %% ../nbs/00_core.ipynb #259c5caa
 def in_test() -> bool:
@@ -25,10 +25,9 @@ def quick(full, short):
     "Return `short` under the test suite and `full` otherwise."
     return short if in_test() else full
 
-# %% ../nbs/00_core.ipynb #6ad0ef03
-_SCRATCH: list[
-    tempfile.TemporaryDirectory
-] = []  # kept alive until exit, when each one's finalizer removes its folder
+# %% ../nbs/00_core.ipynb #3d666790
+# the folders handed out, kept alive until exit, when each one's finalizer removes its folder
+_SCRATCH: list[tempfile.TemporaryDirectory] = []
 
 
 def scratch(
@@ -39,7 +38,14 @@ def scratch(
     _SCRATCH.append(d)
     return Path(d.name)
 
-# %% ../nbs/00_core.ipynb #93a9e76a
+# %% ../nbs/00_core.ipynb #44f9b183
+def _deterministic_kernels():
+    "Ask PyTorch for deterministic kernels where they exist (on CUDA, cuBLAS needs its workspace setting)."
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+# %% ../nbs/00_core.ipynb #d6fd3c2c
 def seed_everything(
     seed: int,  # the seed for `random`, NumPy and PyTorch
     deterministic: bool = False,  # also ask for deterministic kernels (slower on CUDA)
@@ -54,12 +60,18 @@ def seed_everything(
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+        _deterministic_kernels()
     return torch.Generator().manual_seed(seed)
 
-# %% ../nbs/00_core.ipynb #d40bb253
+# %% ../nbs/00_core.ipynb #1a85a787
+def _auto_device() -> torch.device:
+    "CUDA if there is a CUDA device, else Apple's MPS if there is one, else the CPU."
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+
+# %% ../nbs/00_core.ipynb #4eb4e949
 def get_device(
     device: str | torch.device = "auto",  # "auto", "cpu", "cuda", "cuda:1", "mps" or a `torch.device`
 ) -> torch.device:
@@ -67,18 +79,14 @@ def get_device(
     if isinstance(device, torch.device):
         return device
     if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+        return _auto_device()
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {device!r} asked for, but CUDA is not available here: use --device cpu or auto"
-        )
+        missing = f"device {device!r} asked for, but CUDA is not available here"
+        raise ValueError(f"{missing}: use --device cpu or auto")
     return dev
 
 # %% ../nbs/00_core.ipynb #56c51c29
@@ -115,3 +123,10 @@ def save(self: Config, path: str | Path) -> Path:
 def load(cls: Config, path: str | Path):
     "Read a configuration written by `save`."
     return cls.from_dict(json.loads(Path(path).read_text()))
+
+# %% ../nbs/00_core.ipynb #169153af
+def describe(x) -> str:
+    "What an argument is, for an error message: dtype and shape of a tensor or array, else its type."
+    if hasattr(x, "dtype") and hasattr(x, "shape"):
+        return f"{x.dtype} of shape {tuple(x.shape)}"
+    return type(x).__name__

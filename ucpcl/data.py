@@ -24,14 +24,15 @@ from . import __version__
 from .transforms import eval_transform, train_transform
 
 # %% auto #0
-__all__ = ['MANIFEST', 'ACDC_LISTS', 'ACDC_PATIENTS_TO_SLICES', 'H5', 'DATASETS', 'DataError', 'read_list', 'check_label',
-           'sha256_file', 'write_manifest', 'read_manifest', 'verify_manifest', 'acdc_patient', 'check_no_overlap',
-           'acdc_splits', 'acdc_labeled_names', 'toy_acdc_release', 'find_acdc_release', 'minmax', 'load_nifti_case',
-           'split_patients', 'convert_acdc', 'H5Files', 'read_h5', 'ACDCSlices', 'ACDCVolumes', 'isic_index',
-           'read_image', 'read_binary_mask', 'ISICImages', 'isic_val_count', 'labeled_count', 'isic_split',
-           'TwoStreamBatchSampler', 'seed_worker', 'SemiSupervisedSet', 'SemiSupervisedData', 'build_data']
+__all__ = ['MANIFEST', 'ACDC_LISTS', 'ACDC_PATIENTS_TO_SLICES', 'H5', 'DATASETS', 'CLASS_NAMES', 'DataError', 'read_list',
+           'check_label', 'sha256_file', 'write_manifest', 'read_manifest', 'verify_manifest', 'acdc_patient',
+           'check_no_overlap', 'acdc_splits', 'acdc_labeled_names', 'toy_acdc_release', 'find_acdc_release', 'minmax',
+           'load_nifti_case', 'split_patients', 'convert_acdc', 'H5Files', 'read_h5', 'ACDCSlices', 'ACDCVolumes',
+           'isic_index', 'read_image', 'read_binary_mask', 'ISICImages', 'isic_val_count', 'labeled_count',
+           'isic_split', 'TwoStreamBatchSampler', 'seed_worker', 'SemiSupervisedSet', 'SemiSupervisedData',
+           'build_data']
 
-# %% ../nbs/08_data.ipynb #d748b697
+# %% ../nbs/08_data.ipynb #4b7e14f4
 class DataError(ValueError):
     "A data set on disk is missing, malformed or inconsistent; the message names the file and the problem."
 
@@ -43,7 +44,7 @@ def _root(root: str | Path, what: str) -> Path:
         raise DataError(f"{root}: {what} not found (no such folder)")
     return root
 
-
+# %% ../nbs/08_data.ipynb #9dd2a399
 def read_list(path: str | Path) -> list[str]:
     "The names in a list file, one a line; a missing file or a repeated name raises a `DataError`."
     path = Path(path)
@@ -54,7 +55,7 @@ def read_list(path: str | Path) -> list[str]:
         raise DataError(f"{path}: {len(dups)} name(s) listed twice, e.g. {dups[:3]}")
     return names
 
-# %% ../nbs/08_data.ipynb #b945f462
+# %% ../nbs/08_data.ipynb #de194fe7
 def check_label(
     path: str | Path,  # the file the label came from (named in errors)
     shape: Sequence[int],  # the image's shape
@@ -64,21 +65,15 @@ def check_label(
     "The label as int64 after checking its shape against the image and its values against 0..num_classes-1."
     if tuple(label.shape) != tuple(shape):
         raise DataError(f"{path}: label shape {tuple(label.shape)} differs from image shape {tuple(shape)}")
-    if (
-        label.size
-        and not np.issubdtype(label.dtype, np.integer)
-        and not np.array_equal(label, np.round(label))
-    ):
-        raise DataError(
-            f"{path}: label has non-integer values; class ids must be integers 0..{num_classes - 1}"
-        )
+    ids = f"class ids 0..{num_classes - 1}"
+    fractional = not np.issubdtype(label.dtype, np.integer) and not np.array_equal(label, np.round(label))
+    if label.size and fractional:
+        raise DataError(f"{path}: label has non-integer values; {ids} must be integers")
     if label.size and (label.min() < 0 or label.max() >= num_classes):
-        raise DataError(
-            f"{path}: label values span {label.min()}..{label.max()}, expected class ids 0..{num_classes - 1}"
-        )
+        raise DataError(f"{path}: label values span {label.min()}..{label.max()}, expected {ids}")
     return label.astype(np.int64)
 
-# %% ../nbs/08_data.ipynb #4e6df50c
+# %% ../nbs/08_data.ipynb #13c5a744
 MANIFEST = "manifest.json"
 
 
@@ -90,7 +85,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
             h.update(b)
     return h.hexdigest()
 
-
+# %% ../nbs/08_data.ipynb #3d420488
 def write_manifest(
     root: str | Path,  # the data set root; files are recorded relative to it
     files: Sequence[str | Path],  # the files to record
@@ -104,12 +99,12 @@ def write_manifest(
         "created_by": f"ucpcl {__version__}",
         "files": dict(sorted(table.items())),
         "spacing": spacing or {},
-        **extra,
     }
+    doc.update(extra)
     (root / MANIFEST).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     return root / MANIFEST
 
-# %% ../nbs/08_data.ipynb #f5bdaf76
+# %% ../nbs/08_data.ipynb #52b7db1b
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
@@ -121,7 +116,7 @@ def _sha_cached(path: Path) -> str:
         _SHA_CACHE[key] = sha256_file(path)
     return _SHA_CACHE[key]
 
-
+# %% ../nbs/08_data.ipynb #a5dcdc7e
 def read_manifest(root: str | Path) -> dict | None:
     "The parsed `ROOT/manifest.json`, or None when the root has none."
     p = Path(root) / MANIFEST
@@ -135,7 +130,7 @@ def read_manifest(root: str | Path) -> dict | None:
         raise DataError(f"{p}: has no 'files' table of SHA-256 digests")
     return doc
 
-# %% ../nbs/08_data.ipynb #e9a020fd
+# %% ../nbs/08_data.ipynb #50529542
 def verify_manifest(root: str | Path, cache: bool = True) -> dict:
     "Check every file listed in `ROOT/manifest.json` against its SHA-256; a `DataError` names each mismatch."
     root = Path(root)
@@ -151,15 +146,14 @@ def verify_manifest(root: str | Path, cache: bool = True) -> dict:
         if (got := _sha_cached(p) if cache else sha256_file(p)) != sha:
             bad.append(f"{p}: SHA-256 {got[:12]}..., manifest {sha[:12]}...")
     if bad:
-        raise DataError(
-            f"{root / MANIFEST}: {len(bad)} of {len(doc['files'])} files differ from the manifest:\n  "
-            + "\n  ".join(bad[:10])
-            + ("\n  ..." if len(bad) > 10 else "")
-            + "\nFix: convert the release again (ucpcl convert-acdc RAW OUT), or load with verify=False if the change is intended"
-        )
+        listed = "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
+        head = f"{root / MANIFEST}: {len(bad)} of {len(doc['files'])} files differ from the manifest"
+        fix = "convert the release again (ucpcl convert-acdc RAW OUT)"
+        fix += ", or load with verify=False if the change is intended"
+        raise DataError(f"{head}:\n  {listed}\nFix: {fix}")
     return doc
 
-# %% ../nbs/08_data.ipynb #46303fc3
+# %% ../nbs/08_data.ipynb #1b5d6f32
 _PATIENT = re.compile(r"^(.+?)_frame\d+")
 ACDC_LISTS = ("train_slices", "train", "val", "test")
 
@@ -167,12 +161,11 @@ ACDC_LISTS = ("train_slices", "train", "val", "test")
 def acdc_patient(name: str) -> str:
     "The patient of an ACDC volume or slice name: patient099_frame01_slice_15 -> patient099."
     if not (m := _PATIENT.match(name)):
-        raise DataError(
-            f"cannot read the patient from {name!r}: ACDC names look like 'patient099_frame01' or 'patient099_frame01_slice_15'"
-        )
+        looks = "ACDC names look like 'patient099_frame01' or 'patient099_frame01_slice_15'"
+        raise DataError(f"cannot read the patient from {name!r}: {looks}")
     return m[1]
 
-# %% ../nbs/08_data.ipynb #8332499d
+# %% ../nbs/08_data.ipynb #e8b23e38
 def check_no_overlap(
     groups: dict[str, Sequence[str]],  # split name -> names in it
     key: Callable[[str], str] = str,  # what must not repeat across splits, e.g. `acdc_patient`
@@ -190,20 +183,16 @@ def check_no_overlap(
                     f"a {level} must be in one split only: fix the split files or write them again"
                 )
 
-
+# %% ../nbs/08_data.ipynb #9aee514f
 def acdc_splits(root: str | Path) -> dict[str, list[str]]:
     "The four ACDC list files of `root`, checked that no patient is in two of train, val and test."
     root = _root(root, "ACDC root")
     lists = {k: read_list(root / f"{k}.list") for k in ACDC_LISTS}
-    check_no_overlap(
-        {"train": lists["train"] + lists["train_slices"], "val": lists["val"], "test": lists["test"]},
-        acdc_patient,
-        root,
-        "patient",
-    )
+    splits = {"train": lists["train"] + lists["train_slices"], "val": lists["val"], "test": lists["test"]}
+    check_no_overlap(splits, acdc_patient, root, "patient")
     return lists
 
-# %% ../nbs/08_data.ipynb #0e2908ae
+# %% ../nbs/08_data.ipynb #d0e1f90b
 ACDC_PATIENTS_TO_SLICES = {3: 68, 7: 136, 14: 256, 21: 396, 28: 512, 35: 664, 140: 1312}
 
 
@@ -212,7 +201,7 @@ def acdc_labeled_names(
     labeled_patients: int | None = None,  # whole patients, in list order (3 -> 68 slices on ACDC)
     labeled_slices: int | None = None,  # or a number of slices: the first lines of train_slices.list
 ) -> list[str]:
-    "The labeled ACDC slices: the first lines of train_slices.list, as whole patients or as a count of slices."
+    "The labeled ACDC slices: the first lines of train_slices.list, as whole patients or a count of slices."
     if (labeled_patients is None) == (labeled_slices is None):
         raise ValueError(
             "give exactly one of labeled_patients (e.g. 3 -> 68 slices on ACDC) and labeled_slices"
@@ -231,12 +220,27 @@ def acdc_labeled_names(
         raise DataError(f"{where}: asked for {n} labeled patients but the training set has {len(order)}")
     k = patients.index(order[n]) if n < len(order) else len(names)  # first line of patient n+1
     if late := sorted(set(patients[k:]) & set(order[:n])):
-        raise DataError(
-            f"{where}: slices of {late[0]} come after line {k}: the list is not grouped by patient; use labeled_slices"
-        )
+        why = "the list is not grouped by patient; use labeled_slices"
+        raise DataError(f"{where}: slices of {late[0]} come after line {k}: {why}")
     return names[:k]
 
-# %% ../nbs/08_data.ipynb #c787df64
+# %% ../nbs/08_data.ipynb #7f52e678
+def _toy_frame(
+    rng: np.random.Generator,  # draws the heart's position and the noise
+    shape: tuple[int, int, int],  # (D, H, W)
+    systole: bool,  # end systole: a smaller cavity than at end diastole
+) -> tuple[np.ndarray, np.ndarray]:  # image (D, H, W) int16, label (D, H, W) uint8
+    "One synthetic frame: LV cavity 3 in a myocardium ring 2, the RV 1 beside it, MR-like noisy intensities."
+    D, H, W = shape
+    yy, xx = np.mgrid[:H, :W]
+    cy, cx = H / 2 + rng.uniform(-2, 2), W / 2 + rng.uniform(-1, 1)
+    r = min(H, W) * (0.11 if systole else 0.14)
+    d, d_rv = np.hypot(yy - cy, xx - cx), np.hypot(yy - cy, xx - cx + 2.4 * r)
+    lab = np.repeat(np.select([d < r, d < 1.6 * r, d_rv < r], [3, 2, 1], 0)[None], D, 0).astype(np.uint8)
+    img = 300 + 200 * (lab == 3) + 100 * (lab == 1) - 150 * (lab == 2) + rng.normal(0, 40, lab.shape)
+    return img.astype(np.int16), lab
+
+# %% ../nbs/08_data.ipynb #78cb6a3d
 def toy_acdc_release(
     out: str | Path,  # folder to write
     patients: int = 4,  # patient001 .. patientNNN
@@ -244,40 +248,19 @@ def toy_acdc_release(
     zooms: tuple[float, float, float] = (1.5, 1.25, 10.0),  # voxel size (x, y, z) in mm, as NIfTI stores it
     seed: int = 0,
 ) -> Path:
-    "Write a tiny synthetic ACDC challenge release: two annotated NIfTI frames per patient and their _gt masks."
-    rng, (D, H, W) = np.random.default_rng(seed), shape
-    yy, xx = np.mgrid[:H, :W]
+    "Write a tiny synthetic ACDC challenge release: two annotated NIfTI frames per patient, with _gt masks."
+    rng = np.random.default_rng(seed)
     for p in range(1, patients + 1):
         folder = Path(out) / "training" / f"patient{p:03d}"
         folder.mkdir(parents=True, exist_ok=True)
-        for frame in (1, 7 + p):  # end diastole is frame 1, end systole a later frame (smaller cavity)
-            cy, cx, r = (
-                H / 2 + rng.uniform(-2, 2),
-                W / 2 + rng.uniform(-1, 1),
-                min(H, W) * (0.14 if frame == 1 else 0.11),
-            )
-            lab = np.select(
-                [
-                    np.hypot(yy - cy, xx - cx) < r,
-                    np.hypot(yy - cy, xx - cx) < 1.6 * r,
-                    np.hypot(yy - cy, xx - cx + 2.4 * r) < r,
-                ],
-                [3, 2, 1],
-                0,
-            )
-            lab = np.repeat(lab[None], D, 0).astype(np.uint8)  # (D, H, W)
-            img = 300 + 200 * (lab == 3) + 100 * (lab == 1) - 150 * (lab == 2) + rng.normal(0, 40, lab.shape)
-            for arr, end in (
-                (img.astype(np.int16), ""),
-                (lab, "_gt"),
-            ):  # NIfTI axes are (x, y, z) = (W, H, D)
-                nib.save(
-                    nib.Nifti1Image(arr.transpose(2, 1, 0), np.diag([*zooms, 1.0])),
-                    folder / f"patient{p:03d}_frame{frame:02d}{end}.nii.gz",
-                )
+        for frame in (1, 7 + p):  # end diastole is frame 1, end systole a later frame
+            img, lab = _toy_frame(rng, shape, systole=frame != 1)
+            for arr, end in ((img, ""), (lab, "_gt")):  # NIfTI axes are (x, y, z) = (W, H, D)
+                path = folder / f"patient{p:03d}_frame{frame:02d}{end}.nii.gz"
+                nib.save(nib.Nifti1Image(arr.transpose(2, 1, 0), np.diag([*zooms, 1.0])), path)
     return Path(out)
 
-# %% ../nbs/08_data.ipynb #545b4a9f
+# %% ../nbs/08_data.ipynb #e109b083
 _FRAME = re.compile(r"^(patient\d+)_frame(\d+)\.nii(\.gz)?$")
 
 
@@ -287,24 +270,22 @@ def find_acdc_release(
     "The annotated frames of an ACDC challenge release: {patient: [(image, mask), ...]} in frame order."
     raw, cases = _root(raw, "ACDC release folder"), {}
     for img in sorted(raw.rglob("patient*_frame*.nii*")):
-        if (
-            not (m := _FRAME.match(img.name))
-            or not (gt := img.with_name(f"{m[1]}_frame{m[2]}_gt.nii{m[3] or ''}")).is_file()
-        ):
+        if not (m := _FRAME.match(img.name)):
             continue
+        if not (gt := img.with_name(f"{m[1]}_frame{m[2]}_gt.nii{m[3] or ''}")).is_file():
+            continue  # a frame without a mask: not annotated
         frames = cases.setdefault(m[1], [])
         if frames and frames[0][0].parent != img.parent:
-            raise DataError(
-                f"{img}: patient {m[1]} is also in {frames[0][0].parent}; keep one copy of each patient"
-            )
+            where = f"patient {m[1]} is also in {frames[0][0].parent}"
+            raise DataError(f"{img}: {where}; keep one copy of each patient")
         frames.append((img, gt))
     if not cases:
-        raise DataError(
-            f"{raw}: no annotated ACDC frames; expected patientXXX/patientXXX_frameYY.nii.gz with patientXXX_frameYY_gt.nii.gz beside it"
-        )
-    return {p: sorted(fs, key=lambda t: int(_FRAME.match(t[0].name)[2])) for p, fs in sorted(cases.items())}
+        expected = "patientXXX/patientXXX_frameYY.nii.gz with patientXXX_frameYY_gt.nii.gz beside it"
+        raise DataError(f"{raw}: no annotated ACDC frames; expected {expected}")
+    in_time = lambda t: int(_FRAME.match(t[0].name)[2])  # noqa: E731
+    return {p: sorted(fs, key=in_time) for p, fs in sorted(cases.items())}
 
-# %% ../nbs/08_data.ipynb #ac984ba0
+# %% ../nbs/08_data.ipynb #1c17430d
 def minmax(
     x: np.ndarray,  # any shape
 ) -> np.ndarray:
@@ -313,9 +294,11 @@ def minmax(
     # x' = (x - min x) / (max x - min x)
     return ((x - lo) / (hi - lo) if hi > lo else np.zeros(x.shape)).astype(np.float32)
 
-
+# %% ../nbs/08_data.ipynb #c44e0770
 def load_nifti_case(
-    image_path: Path, mask_path: Path, num_classes: int = 4
+    image_path: Path,  # the frame's NIfTI image
+    mask_path: Path,  # its _gt mask
+    num_classes: int = 4,  # mask values must be in 0..num_classes-1
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     "One frame as (D, H, W) arrays (image float64, mask uint8) and its voxel spacing in (z, y, x) order."
     try:
@@ -327,21 +310,19 @@ def load_nifti_case(
         ) from None
     if x.ndim != 3:
         raise DataError(f"{image_path}: image has shape {x.shape}, expected a 3D frame (x, y, z)")
-    x, y = (
-        x.transpose(2, 1, 0),
-        y.transpose(2, 1, 0) if y.ndim == 3 else y,
-    )  # (x, y, z) -> (D, H, W) = (z, y, x)
+    # (x, y, z) -> (D, H, W) = (z, y, x)
+    x, y = x.transpose(2, 1, 0), (y.transpose(2, 1, 0) if y.ndim == 3 else y)
     spacing = tuple(float(s) for s in img.header.get_zooms()[:3][::-1])  # voxel size in (z, y, x) order
     return x, check_label(mask_path, x.shape, y, num_classes).astype(np.uint8), spacing
 
-# %% ../nbs/08_data.ipynb #91be90b6
+# %% ../nbs/08_data.ipynb #b1a9020c
 def _count(v: int | float, n: int, what: str) -> int:
     "A count given as an int, or as a fraction of n (rounded, at least 1)."
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
         raise ValueError(f"{what} must be a count or a fraction, got {v!r}")
     return v if isinstance(v, int) else max(1, round(v * n)) if v > 0 else 0
 
-
+# %% ../nbs/08_data.ipynb #b2cc86c7
 def split_patients(
     patients: Sequence[str],  # patient ids
     seed: int = 0,
@@ -359,44 +340,38 @@ def split_patients(
     random.Random(seed).shuffle(order)
     return dict(train=order[nv + nt :], val=sorted(order[:nv]), test=sorted(order[nv : nv + nt]))
 
-# %% ../nbs/08_data.ipynb #a24fb9a4
+# %% ../nbs/08_data.ipynb #c4979c0b
 def _write_h5(path: Path, **arrays) -> Path:
     "Write arrays to an HDF5 file, gzip-compressed and without timestamps (equal inputs give equal bytes)."
-    tmp = path.with_name(
-        path.name + ".tmp"
-    )  # then renamed: a reader holding the old file open is not disturbed
+    # written beside it, then renamed: a reader holding the old file open is not disturbed
+    tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         for k, v in arrays.items():
             f.create_dataset(k, data=v, compression="gzip" if np.ndim(v) > 1 else None, track_times=False)
     os.replace(tmp, path)
     return path
 
-
+# %% ../nbs/08_data.ipynb #52fce7f6
 def _convert_case(
     image_path: Path, mask_path: Path, out: Path, volume: str
-) -> tuple[list[Path], list[str], list[float]]:
-    "Write one normalised frame as a volume file and its slice files; return the files, slice names and spacing."
+) -> tuple[list[Path], list[str], list[float]]:  # the files written, the slice names, the spacing
+    "Write one normalised frame as a volume file and its slice files."
     x, y, spacing = load_nifti_case(image_path, mask_path)
     x = minmax(x)  # normalised over the volume, then cut into slices
-    files = [
-        _write_h5(out / "data" / f"{volume}.h5", image=x, label=y, spacing=np.asarray(spacing, np.float32))
-    ]
-    slices = [f"{volume}_slice_{k + 1}" for k in range(len(x))]
-    files += [
-        _write_h5(out / "data" / "slices" / f"{s}.h5", image=x[k], label=y[k]) for k, s in enumerate(slices)
-    ]
+    data, slices = out / "data", [f"{volume}_slice_{k + 1}" for k in range(len(x))]
+    files = [_write_h5(data / f"{volume}.h5", image=x, label=y, spacing=np.asarray(spacing, np.float32))]
+    files += [_write_h5(data / "slices" / f"{s}.h5", image=x[k], label=y[k]) for k, s in enumerate(slices)]
     return files, slices, list(spacing)
 
-# %% ../nbs/08_data.ipynb #f9ef9286
+# %% ../nbs/08_data.ipynb #84f9c12f
 def _acdc_lists(volumes: dict[str, list[str]], seed: int, val, test, lists_from) -> dict[str, list[str]]:
     "The four lists: read from `lists_from` when given, else from a seeded patient split."
     if lists_from is not None:
         src = _root(lists_from, "folder with the list files")
         lists = {k: read_list(src / f"{k}.list") for k in ("train", "val", "test")}
         ts = src / "train_slices.list"
-        lists["train_slices"] = (
-            read_list(ts) if ts.is_file() else [s for v in lists["train"] for s in volumes.get(v, [])]
-        )
+        from_volumes = [s for v in lists["train"] for s in volumes.get(v, [])]
+        lists["train_slices"] = read_list(ts) if ts.is_file() else from_volumes
         return lists
     split = split_patients({acdc_patient(v) for v in volumes}, seed, val, test)
     lists = {
@@ -404,28 +379,27 @@ def _acdc_lists(volumes: dict[str, list[str]], seed: int, val, test, lists_from)
     }
     return lists | {"train_slices": [s for v in lists["train"] for s in volumes[v]]}
 
-
+# %% ../nbs/08_data.ipynb #8762033e
 def _write_lists(out: Path, lists: dict[str, list[str]], volumes: dict[str, list[str]]) -> list[Path]:
     "Write the list files after checking that every name is a converted volume or slice."
     known = set(volumes) | {s for v in volumes.values() for s in v}
     for k, names in lists.items():
         if bad := [n for n in names if n not in known]:
+            why = "the lists must come from the same release"
             raise DataError(
-                f"{k}.list names {bad[:3]} ({len(bad)} in all) that the conversion did not produce; the lists must come from the same release"
+                f"{k}.list names {bad[:3]} ({len(bad)} in all) that the conversion did not produce; {why}"
             )
         (out / f"{k}.list").write_text("".join(n + "\n" for n in names))
     return [out / f"{k}.list" for k in lists]
 
-# %% ../nbs/08_data.ipynb #d0ce59fa
+# %% ../nbs/08_data.ipynb #9a12c9b4
 def convert_acdc(
     raw: str | Path,  # the challenge release: patientXXX/patientXXX_frameYY.nii.gz and _gt masks
     out: str | Path,  # output root: data/, data/slices/, the four list files, manifest.json
     seed: int = 0,  # seed of the patient split
     val_patients: int | float = 0.1,  # a count, or a fraction of the patients
     test_patients: int | float = 0.2,  # a count, or a fraction of the patients
-    lists_from: str
-    | Path
-    | None = None,  # a folder with train/val/test(.list) to reuse instead of a seeded split
+    lists_from: str | Path | None = None,  # a folder with train/val/test(.list) to reuse, not a seeded split
 ) -> Path:
     "Convert the ACDC challenge release to the common preprocessed layout, with split lists and a manifest."
     raw, out = Path(raw).expanduser(), Path(out).expanduser()
@@ -443,7 +417,7 @@ def convert_acdc(
     acdc_splits(out)  # the result loads: every patient in one split
     return out
 
-# %% ../nbs/08_data.ipynb #d8ca912e
+# %% ../nbs/08_data.ipynb #bd4807de
 class H5Files:
     "The h5 files this process has open, at most `max_open`, least recently used closed first."
 
@@ -451,11 +425,8 @@ class H5Files:
         self.max_open, self.files, self.pid = max_open, OrderedDict(), os.getpid()
 
     def get(self, path: Path) -> h5py.File:
-        if os.getpid() != self.pid:
-            self.files, self.pid = (
-                OrderedDict(),
-                os.getpid(),
-            )  # a forked worker: the parent's handles are not ours
+        if os.getpid() != self.pid:  # a forked worker: the parent's handles are not ours
+            self.files, self.pid = OrderedDict(), os.getpid()
         st = os.stat(path)
         key = (str(path), st.st_mtime_ns, st.st_size)
         if key in self.files:
@@ -469,14 +440,14 @@ class H5Files:
 
 H5 = H5Files()
 
-# %% ../nbs/08_data.ipynb #913194a4
+# %% ../nbs/08_data.ipynb #59656d64
 def read_h5(
     path: Path,  # an ACDC slice or volume file
     ndim: int,  # 2 for slices (H, W), 3 for volumes (D, H, W)
-    labels: str = "required",  # "required", "optional" (a file without `label` gives None) or "none" (not read)
+    labels: str = "required",  # "required", "optional" (no `label` in the file gives None) or "none"
     num_classes: int = 4,  # label values must be in 0..num_classes-1
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    "Image (float32), label (int64 or None) and the optional spacing of one ACDC h5 file; errors name the file."
+    "Image (float32), label (int64 or None) and spacing (or None) of one ACDC h5 file; errors name the file."
     try:
         f = H5.get(Path(path))
         if "image" not in f or (labels == "required" and "label" not in f):
@@ -488,16 +459,12 @@ def read_h5(
     except OSError as e:
         raise DataError(f"{path}: cannot be read as HDF5 ({e})") from None
     if image.ndim != ndim:
-        raise DataError(
-            f"{path}: image has shape {image.shape}, expected {ndim} axes {'(H, W)' if ndim == 2 else '(D, H, W)'}"
-        )
-    return (
-        image.astype(np.float32, copy=False),
-        None if label is None else check_label(path, image.shape, label, num_classes),
-        spacing,
-    )
+        axes = "(H, W)" if ndim == 2 else "(D, H, W)"
+        raise DataError(f"{path}: image has shape {image.shape}, expected {ndim} axes {axes}")
+    label = None if label is None else check_label(path, image.shape, label, num_classes)
+    return image.astype(np.float32, copy=False), label, spacing
 
-# %% ../nbs/08_data.ipynb #0773ff26
+# %% ../nbs/08_data.ipynb #e0650d23
 def _existing(paths: list[Path], what: str, source: str) -> list[Path]:
     "`paths`, or a `DataError` naming the first missing one and where its name came from."
     if missing := [p for p in paths if not p.is_file()]:
@@ -506,7 +473,7 @@ def _existing(paths: list[Path], what: str, source: str) -> list[Path]:
         )
     return paths
 
-
+# %% ../nbs/08_data.ipynb #15b2e0fd
 def _pack(image: Tensor, label: Tensor | None, name: str, transform: Callable | None) -> dict:
     "One item: dict(image, label, name, has_label); no label gives a mask of -1 after the transform."
     has = label is not None
@@ -516,7 +483,7 @@ def _pack(image: Tensor, label: Tensor | None, name: str, transform: Callable | 
         image, label = transform(image, label)
     return dict(image=image, label=label if has else torch.full_like(label, -1), name=name, has_label=has)
 
-# %% ../nbs/08_data.ipynb #415af946
+# %% ../nbs/08_data.ipynb #ad7092ad
 class ACDCSlices(Dataset):
     "ACDC 2D slices ROOT/data/slices/NAME.h5 as dict(image (1, H, W), label (H, W), name, has_label)."
 
@@ -524,8 +491,7 @@ class ACDCSlices(Dataset):
         self,
         root: str | Path,  # preprocessed ACDC root
         names: Sequence[str] | None = None,  # slice names; None = all of train_slices.list
-        transform: Callable
-        | None = None,  # (image, label) -> (image, label), e.g. `train_transform(224, rgb=False)`
+        transform: Callable | None = None,  # (image, label) -> (image, label), e.g. `train_transform(224)`
         with_labels: bool = True,  # False: masks are never read, labels are all -1
         optional_labels: bool = False,  # True: a file without `label` gives -1s instead of an error
         num_classes: int = 4,  # 0 background, 1 RV, 2 myocardium, 3 LV
@@ -535,10 +501,9 @@ class ACDCSlices(Dataset):
         if verify and read_manifest(self.root) is not None:
             verify_manifest(self.root)
         self.names = list(lists["train_slices"] if names is None else names)
+        paths = [self.root / "data" / "slices" / f"{n}.h5" for n in self.names]
         self.paths = _existing(
-            [self.root / "data" / "slices" / f"{n}.h5" for n in self.names],
-            "slice file",
-            "train_slices.list" if names is None else "the names given",
+            paths, "slice file", "train_slices.list" if names is None else "the names given"
         )
         self.labels = "none" if not with_labels else "optional" if optional_labels else "required"
         self.transform, self.num_classes = transform, num_classes
@@ -546,20 +511,17 @@ class ACDCSlices(Dataset):
     def __len__(self):
         return len(self.paths)
 
-# %% ../nbs/08_data.ipynb #ec53a2d6
+# %% ../nbs/08_data.ipynb #019a6273
 @patch
 def __getitem__(self: ACDCSlices, i: int) -> dict:
+    "Slice i as dict(image (1, H, W), label (H, W), name, has_label), after the transform."
     image, label, _ = read_h5(self.paths[i], 2, self.labels, self.num_classes)
-    return _pack(
-        torch.from_numpy(image)[None],
-        None if label is None else torch.from_numpy(label),
-        self.names[i],
-        self.transform,
-    )
+    label = None if label is None else torch.from_numpy(label)
+    return _pack(torch.from_numpy(image)[None], label, self.names[i], self.transform)
 
-# %% ../nbs/08_data.ipynb #24f3ab75
+# %% ../nbs/08_data.ipynb #5d8df4eb
 class ACDCVolumes(Dataset):
-    "Whole ACDC volumes ROOT/data/NAME.h5 of one split: dict(image (D, H, W), label (D, H, W), name, spacing (3,) or None)."
+    "Whole ACDC volumes ROOT/data/NAME.h5 of a split: dict(image, label (D, H, W), name, spacing or None)."
 
     def __init__(
         self,
@@ -583,9 +545,10 @@ class ACDCVolumes(Dataset):
     def __len__(self):
         return len(self.paths)
 
-# %% ../nbs/08_data.ipynb #b54707f5
+# %% ../nbs/08_data.ipynb #54fda8e4
 @patch
 def __getitem__(self: ACDCVolumes, i: int) -> dict:
+    "Volume i as dict(image (D, H, W), label (D, H, W), name, spacing (3,) in mm or None)."
     path, name = self.paths[i], self.names[i]
     image, label, spacing = read_h5(path, 3, "required", self.num_classes)
     if spacing is None:
@@ -594,15 +557,12 @@ def __getitem__(self: ACDCVolumes, i: int) -> dict:
         spacing = np.asarray(spacing, np.float32)
         if spacing.shape != (3,) or not (spacing > 0).all():
             raise DataError(f"{path}: spacing {spacing.tolist()} is not three positive voxel sizes (z, y, x)")
-    return dict(
-        image=torch.from_numpy(image),
-        label=torch.from_numpy(label),
-        name=name,
-        spacing=None if spacing is None else torch.from_numpy(spacing),
-    )
+    spacing = None if spacing is None else torch.from_numpy(spacing)
+    return dict(image=torch.from_numpy(image), label=torch.from_numpy(label), name=name, spacing=spacing)
 
-# %% ../nbs/08_data.ipynb #6bce8cf9
-_ISIC_IMAGE, _ISIC_MASK = re.compile(r"^(ISIC_\d+)\.jpe?g$"), re.compile(r"^(ISIC_\d+)_segmentation\.png$")
+# %% ../nbs/08_data.ipynb #4583b2d1
+_ISIC_IMAGE = re.compile(r"^(ISIC_\d+)\.jpe?g$")
+_ISIC_MASK = re.compile(r"^(ISIC_\d+)_segmentation\.png$")
 
 
 def isic_index(
@@ -620,28 +580,26 @@ def isic_index(
     images = {m[1]: p for p in img_dir.iterdir() if (m := _ISIC_IMAGE.match(p.name))}
     masks = {m[1]: p for p in mask_dir.iterdir() if (m := _ISIC_MASK.match(p.name))}
     if not images:
-        raise DataError(
-            f"{img_dir}: no ISIC_XXXXXXX.jpg images; use ISIC2018_Task1-2_Training_Input/ and ISIC2018_Task1_Training_GroundTruth/, or one folder with both"
-        )
+        official = "ISIC2018_Task1-2_Training_Input/ and ISIC2018_Task1_Training_GroundTruth/"
+        raise DataError(f"{img_dir}: no ISIC_XXXXXXX.jpg images; use {official}, or one folder with both")
     if orphans := sorted(set(masks) - set(images)):
-        raise DataError(
-            f"{masks[orphans[0]]}: mask without its image {orphans[0]}.jpg in {img_dir} ({len(orphans)} such masks)"
-        )
+        lone = f"mask without its image {orphans[0]}.jpg in {img_dir}"
+        raise DataError(f"{masks[orphans[0]]}: {lone} ({len(orphans)} such masks)")
     return {n: (images[n], masks.get(n)) for n in sorted(images)}
 
-# %% ../nbs/08_data.ipynb #1a1ea65d
+# %% ../nbs/08_data.ipynb #f76d5b91
 def _draft_size(full: tuple[int, int], min_side: int) -> tuple[int, int]:
-    "The (width, height) to ask Pillow's draft mode for: the full size scaled so that its shorter side is min_side."
+    "The (width, height) to ask Pillow's draft mode for: the full size scaled to a shorter side of min_side."
     k = min_side / min(full)
     return (max(1, math.ceil(full[1] * k)), max(1, math.ceil(full[0] * k)))
 
-
+# %% ../nbs/08_data.ipynb #76d2bd45
 def read_image(
-    path: Path,
-    mode: str = "RGB",
+    path: Path,  # an image file
+    mode: str = "RGB",  # Pillow's mode: "RGB" or "L"
     min_side: int | None = None,  # JPEG only: decode at a reduced scale whose shorter side is >= min_side
-) -> tuple[Tensor, tuple[int, int]]:
-    "Decode an image file to a uint8 tensor (C, H, W) (RGB or L) and its full size (H, W); unreadable files raise a `DataError`."
+) -> tuple[Tensor, tuple[int, int]]:  # (C, H, W) uint8, and the full size (H, W)
+    "Decode an image file to a uint8 tensor (C, H, W) and its full size; unreadable: a `DataError`."
     try:
         with Image.open(path) as im:
             full = (im.height, im.width)
@@ -650,41 +608,38 @@ def read_image(
             a = np.array(im.convert(mode))
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: cannot be decoded as an image ({e})") from None
-    return (
-        torch.from_numpy(a).permute(2, 0, 1).contiguous() if a.ndim == 3 else torch.from_numpy(a)[None]
-    ), full
+    image = torch.from_numpy(a).permute(2, 0, 1).contiguous() if a.ndim == 3 else torch.from_numpy(a)[None]
+    return image, full
 
-# %% ../nbs/08_data.ipynb #1ba3b2da
+# %% ../nbs/08_data.ipynb #8c08e7b1
 def read_binary_mask(
-    path: Path,
-    shape: Sequence[int],  # the mask file; its image's full size (H, W)
+    path: Path,  # the mask file, a PNG with values 0 and one positive level
+    shape: Sequence[int],  # its image's full size (H, W)
     out_shape: Sequence[int] | None = None,  # the size the image was decoded at, if reduced
-) -> Tensor:
-    "A binary lesion mask (H, W) int64 in {0, 1} from a PNG with values 0 and one positive level, at out_shape (nearest)."
+) -> Tensor:  # (H, W) int64 in {0, 1}, at out_shape
+    "A binary lesion mask from a PNG, brought to out_shape by nearest neighbour."
     m = read_image(path, "L")[0][0]
     if tuple(m.shape) != tuple(shape):
         raise DataError(f"{path}: mask is {tuple(m.shape)} but its image is {tuple(shape)} (H, W)")
     if ((m != 0) & (m != m.max())).any():
-        raise DataError(
-            f"{path}: mask has more than two values ({m.unique()[:5].tolist()}...); ISIC masks are binary, 0 and 255"
-        )
+        values = f"{m.unique()[:5].tolist()}..."
+        raise DataError(f"{path}: mask has more than two values ({values}); ISIC masks are binary, 0 and 255")
     m = (m > 0).long()
     if out_shape is not None and tuple(out_shape) != tuple(shape):
-        m = torch.nn.functional.interpolate(m[None, None].float(), size=tuple(out_shape), mode="nearest")[
-            0, 0
-        ].long()
+        m = torch.nn.functional.interpolate(m[None, None].float(), size=tuple(out_shape), mode="nearest")
+        m = m[0, 0].long()
     return m
 
-# %% ../nbs/08_data.ipynb #27ad5704
+# %% ../nbs/08_data.ipynb #ae07ff6a
 class ISICImages(Dataset):
-    "ISIC 2018 images and lesion masks: dict(image (3, H, W) in [0, 1], label (H, W) in {0, 1} or all -1, name, has_label)."
+    "ISIC 2018 images and masks: dict(image (3, H, W) in [0, 1], label (H, W) in {0, 1} or -1, name, ...)."
 
     def __init__(
         self,
         root: str | Path,  # ISIC root (see `isic_index`)
         names: Sequence[str] | None = None,  # image names ISIC_XXXXXXX; None = every image
         transform: Callable
-        | None = None,  # (image, label) -> (image, label); images vary in size, so resize here
+        | None = None,  # (image, label) -> (image, label); images vary in size: resize here
         with_labels: bool = True,  # False: masks are never read, labels are all -1
         optional_labels: bool = False,  # True: an image without a mask gives -1s instead of an error
         min_side: int | None = None,  # decode JPEGs at a reduced scale keeping the shorter side >= min_side
@@ -694,40 +649,37 @@ class ISICImages(Dataset):
         if bad := [n for n in self.names if n not in index]:
             raise DataError(f"{self.root}: no image {bad[0]}.jpg ({len(bad)} of the names given have none)")
         self.items = [(n, *index[n]) for n in self.names]
-        if (
-            with_labels
-            and not optional_labels
-            and (nomask := [(n, p) for n, p, m in self.items if m is None])
-        ):
-            raise DataError(
-                f"{nomask[0][1]}: no mask {nomask[0][0]}_segmentation.png for this labeled image ({len(nomask)} without masks)"
-            )
+        nomask = [(n, p) for n, p, m in self.items if m is None]
+        if with_labels and not optional_labels and nomask:
+            (name, path), count = nomask[0], f"{len(nomask)} without masks"
+            raise DataError(f"{path}: no mask {name}_segmentation.png for this labeled image ({count})")
         self.transform, self.with_labels = transform, with_labels
 
     def __len__(self):
         return len(self.items)
 
-# %% ../nbs/08_data.ipynb #76fd563a
+# %% ../nbs/08_data.ipynb #f2852bf4
 @patch
 def __getitem__(self: ISICImages, i: int) -> dict:
+    "Image i as dict(image (3, H, W) in [0, 1], label (H, W), name, has_label), after the transform."
     name, img, mask = self.items[i]
     image, full = read_image(img, "RGB", self.min_side)
     image = image.float().div_(255)  # (3, H, W) in [0, 1]
     label = read_binary_mask(mask, full, image.shape[-2:]) if self.with_labels and mask is not None else None
     return _pack(image, label, name, self.transform)
 
-# %% ../nbs/08_data.ipynb #e9bd78da
+# %% ../nbs/08_data.ipynb #571e8be6
 def isic_val_count(n: int) -> int:
     "Validation images out of n: ceil(0.3 n), which gives the paper's 779 of 2594."
     return -(-3 * n // 10)
 
-
+# %% ../nbs/08_data.ipynb #4ad1c7ff
 def labeled_count(
     labeled: int | float,  # a number of images, or a fraction in (0, 1]
     n: int,  # training images
     where: str | Path = "",  # the file named in errors
 ) -> int:
-    "Labeled images: an int as given, a fraction f as f n rounded with ties down (1815 images: 0.05 -> 91, 0.1 -> 181)."
+    "Labeled images: an int as given; a fraction f gives f n rounded, ties down (0.05 -> 91 of 1815)."
     if isinstance(labeled, bool) or not isinstance(labeled, (int, float)) or labeled <= 0:
         raise ValueError(f"labeled must be a positive count or a fraction in (0, 1], got {labeled!r}")
     if isinstance(labeled, float):
@@ -738,14 +690,15 @@ def labeled_count(
         raise DataError(f"{where}: asked for {labeled} labeled images but the training split has {n}")
     return labeled
 
-# %% ../nbs/08_data.ipynb #e301ff9f
+# %% ../nbs/08_data.ipynb #f56dba22
 def _write_names(path: Path, names: Sequence[str]):
+    "Write a split file: one name a line."
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(n + "\n" for n in names))
 
-
+# %% ../nbs/08_data.ipynb #e7cd587d
 def _write_isic_split(index: dict, d: Path, seed: int):
-    "Draw train/val from the images that have masks; test is the validation set; train.txt last (it marks completion)."
+    "Draw train/val from the images with masks (test = val); train.txt goes last: it marks completion."
     pool = sorted(n for n, (_, m) in index.items() if m is not None)
     if len(pool) < 2:
         raise DataError(f"{d}: {len(pool)} image(s) with masks, too few to split into train and validation")
@@ -755,7 +708,7 @@ def _write_isic_split(index: dict, d: Path, seed: int):
     _write_names(d / "test.txt", sorted(pool[:nv]))
     _write_names(d / "train.txt", pool[nv:])
 
-
+# %% ../nbs/08_data.ipynb #7ab62b8c
 def _check_isic_split(split: dict[str, list[str]], index: dict, d: Path):
     "Every name is an indexed image, labeled/val/test images have masks, and no image is in two splits."
     for k, names in split.items():
@@ -764,28 +717,23 @@ def _check_isic_split(split: dict[str, list[str]], index: dict, d: Path):
                 f"{d / k}.txt: names {bad[:3]} have no image under the ISIC root ({len(bad)} in all)"
             )
         if k != "unlabeled" and (nomask := [n for n in names if index[n][1] is None]):
-            raise DataError(
-                f"{index[nomask[0]][0]}: no mask {nomask[0]}_segmentation.png, but it is in {k}.txt; labeled, val and test images need masks"
-            )
-    held = (
-        {"val": split["val"]}
-        if set(split["test"]) == set(split["val"])
-        else {"val": split["val"], "test": split["test"]}
-    )
+            where = f"no mask {nomask[0]}_segmentation.png, but it is in {k}.txt"
+            raise DataError(f"{index[nomask[0]][0]}: {where}; labeled, val and test images need masks")
+    same = set(split["test"]) == set(split["val"])  # test is the validation set (the paper's protocol)
+    held = {"val": split["val"]} if same else {"val": split["val"], "test": split["test"]}
     check_no_overlap({"train": split["train"], **held}, where=d, level="image")
     if "labeled" in split:
-        check_no_overlap(
-            {"labeled": split["labeled"], "unlabeled": split["unlabeled"], **held}, where=d, level="image"
-        )
+        parts = {"labeled": split["labeled"], "unlabeled": split["unlabeled"], **held}
+        check_no_overlap(parts, where=d, level="image")
 
-# %% ../nbs/08_data.ipynb #9505a9df
+# %% ../nbs/08_data.ipynb #cd38c54b
 def isic_split(
     root: str | Path,  # ISIC root
     seed: int = 0,  # the split's seed; the files go to ROOT/splits/seed<seed>/
     labeled: int | float | None = None,  # labeled images (count or fraction); None: train/val/test only
     splits_dir: str | Path | None = None,  # where the split files live, if not under the root
 ) -> dict[str, list[str]]:
-    "The seeded ISIC split: train, val, test (and labeled, unlabeled), written once, read back and checked on every call."
+    "The seeded ISIC split: train, val, test (and labeled, unlabeled), written once, read back and checked."
     index = isic_index(root)
     d = Path(splits_dir) if splits_dir is not None else Path(root) / "splits" / f"seed{seed}"
     if not (d / "train.txt").is_file():
@@ -794,17 +742,20 @@ def isic_split(
     if labeled is not None:
         n = labeled_count(labeled, len(split["train"]), d / "train.txt")
         if not (d / f"labeled_{n}.txt").is_file():
-            _write_names(
-                d / f"unlabeled_{n}.txt", split["train"][n:] + [k for k, (_, m) in index.items() if m is None]
-            )
+            without_mask = [k for k, (_, m) in index.items() if m is None]
+            _write_names(d / f"unlabeled_{n}.txt", split["train"][n:] + without_mask)
             _write_names(d / f"labeled_{n}.txt", split["train"][:n])
         split |= {k: read_list(d / f"{k}_{n}.txt") for k in ("labeled", "unlabeled")}
     _check_isic_split(split, index, d)
     return split
 
-# %% ../nbs/08_data.ipynb #8727d044
+# %% ../nbs/08_data.ipynb #41468edc
+DATASETS = ("acdc", "isic")
+CLASS_NAMES = {"acdc": ["background", "RV", "Myo", "LV"], "isic": ["background", "lesion"]}  # by class id
+
+# %% ../nbs/08_data.ipynb #f72df8c8
 class TwoStreamBatchSampler(Sampler[list[int]]):
-    "Batches of labeled_bs labeled indices then batch_size - labeled_bs unlabeled ones; the labeled stream cycles on its own."
+    "Batches of labeled_bs labeled indices then batch_size - labeled_bs unlabeled ones; labeled ones cycle."
 
     def __init__(
         self,
@@ -820,55 +771,46 @@ class TwoStreamBatchSampler(Sampler[list[int]]):
         if len(self.labeled_idx) < labeled_bs:
             raise ValueError(f"{len(self.labeled_idx)} labeled items cannot fill labeled_bs={labeled_bs}")
         if len(self.unlabeled_idx) < batch_size - labeled_bs:
-            raise ValueError(
-                f"{len(self.unlabeled_idx)} unlabeled items cannot fill one batch of {batch_size - labeled_bs}"
-            )
+            n = len(self.unlabeled_idx)
+            raise ValueError(f"{n} unlabeled items cannot fill one batch of {batch_size - labeled_bs}")
         if both := set(self.labeled_idx) & set(self.unlabeled_idx):
             raise ValueError(f"indices {sorted(both)[:5]} are both labeled and unlabeled")
-        self.batch_size, self.labeled_bs, self.unlabeled_bs, self.seed, self.epoch = (
-            batch_size,
-            labeled_bs,
-            batch_size - labeled_bs,
-            seed,
-            0,
-        )
+        self.batch_size, self.labeled_bs, self.unlabeled_bs = batch_size, labeled_bs, batch_size - labeled_bs
+        self.seed, self.epoch = seed, 0
 
-    def __len__(self) -> int:
-        return len(self.unlabeled_idx) // self.unlabeled_bs
+# %% ../nbs/08_data.ipynb #16e1b8d4
+@patch
+def __len__(self: TwoStreamBatchSampler) -> int:
+    "Batches per epoch: one pass over the unlabeled items."
+    return len(self.unlabeled_idx) // self.unlabeled_bs
 
-    def set_epoch(self, epoch: int):
-        "Make the next `__iter__` produce epoch `epoch` (for resuming a run)."
-        self.epoch = int(epoch)
 
-# %% ../nbs/08_data.ipynb #fc40f531
+@patch
+def set_epoch(self: TwoStreamBatchSampler, epoch: int):
+    "Make the next `__iter__` produce epoch `epoch` (for resuming a run)."
+    self.epoch = int(epoch)
+
+# %% ../nbs/08_data.ipynb #7265961e
 @patch
 def _labeled_stream(self: TwoStreamBatchSampler, start: int, n: int) -> list[int]:
-    "Positions start..start+n-1 of the endless labeled stream: one seeded shuffle per pass over the labeled set."
+    "Positions start..start+n-1 of the endless labeled stream: a seeded shuffle per pass over the labeled."
     L = len(self.labeled_idx)
-    perms = [
-        np.random.default_rng([self.seed, 0, c]).permutation(L)
-        for c in range(start // L, (start + n - 1) // L + 1)
-    ]
+    cycles = range(start // L, (start + n - 1) // L + 1)
+    perms = [np.random.default_rng([self.seed, 0, c]).permutation(L) for c in cycles]
     pos = np.concatenate(perms)[start % L : start % L + n]
     return [self.labeled_idx[p] for p in pos]
 
-
+# %% ../nbs/08_data.ipynb #726293f9
 @patch
 def __iter__(self: TwoStreamBatchSampler):
-    e, nb = self.epoch, len(self)
+    "The batches of the next epoch: each its labeled part, then its unlabeled part."
+    e, nb, lb, ub = self.epoch, len(self), self.labeled_bs, self.unlabeled_bs
     self.epoch += 1
-    unl = [
-        self.unlabeled_idx[p]
-        for p in np.random.default_rng([self.seed, 1, e]).permutation(len(self.unlabeled_idx))
-    ]
-    lab = self._labeled_stream(
-        e * nb * self.labeled_bs, nb * self.labeled_bs
-    )  # continues where epoch e-1 stopped
+    order = np.random.default_rng([self.seed, 1, e]).permutation(len(self.unlabeled_idx))
+    unl = [self.unlabeled_idx[p] for p in order]
+    lab = self._labeled_stream(e * nb * lb, nb * lb)  # continues where epoch e-1 stopped
     for b in range(nb):
-        yield (
-            lab[b * self.labeled_bs : (b + 1) * self.labeled_bs]
-            + unl[b * self.unlabeled_bs : (b + 1) * self.unlabeled_bs]
-        )
+        yield lab[b * lb : (b + 1) * lb] + unl[b * ub : (b + 1) * ub]
 
 # %% ../nbs/08_data.ipynb #0b0ea42d
 def seed_worker(worker_id: int):
@@ -877,9 +819,9 @@ def seed_worker(worker_id: int):
     np.random.seed(s)
     random.seed(s)
 
-# %% ../nbs/08_data.ipynb #3a310263
+# %% ../nbs/08_data.ipynb #fdf3b75e
 class SemiSupervisedSet(Dataset):
-    "The labeled items then the unlabeled ones; unlabeled labels are all -1, their masks (if any) go to monitor_label."
+    "The labeled items, then the unlabeled ones with labels of -1 (their masks, if any, go to monitor_label)."
 
     def __init__(self, labeled: Dataset, unlabeled: Dataset):
         self.labeled, self.unlabeled = labeled, unlabeled
@@ -905,10 +847,10 @@ class SemiSupervisedSet(Dataset):
             "has_label": False,
         }
 
-# %% ../nbs/08_data.ipynb #55b97edb
+# %% ../nbs/08_data.ipynb #2e17f233
 @dataclass
 class SemiSupervisedData:
-    "The sets of a semi-supervised run: train (labeled then unlabeled), its two index lists, val, test, and their shapes."
+    "The sets of a semi-supervised run: train (labeled, then unlabeled), its index lists, val, test, shapes."
 
     dataset: str  # "acdc" or "isic"
     root: Path
@@ -923,18 +865,25 @@ class SemiSupervisedData:
     seed: int = 0
     labeled_patients: int | None = None  # ACDC only
 
-    def describe(self) -> str:
-        "One line of counts."
-        unit = "volumes" if self.dataset == "acdc" else "images"
-        lab = f"{len(self.labeled_idx)} labeled {'slices' if self.dataset == 'acdc' else 'images'}" + (
-            f" ({self.labeled_patients} patients)" if self.labeled_patients else ""
-        )
-        return (
-            f"{self.dataset} at {self.root}: {lab} + {len(self.unlabeled_idx)} unlabeled; val {len(self.val)} {unit}, test {len(self.test)} {unit}; "
-            f"{self.num_classes} classes, {self.in_channels} input channel(s), {self.size}x{self.size}"
-        )
+    @property
+    def class_names(self) -> list[str]:
+        "The name of each class id, background first."
+        return list(CLASS_NAMES[self.dataset])
 
-# %% ../nbs/08_data.ipynb #fbf8a7e5
+# %% ../nbs/08_data.ipynb #d6ed4c7f
+@patch
+def describe(self: SemiSupervisedData) -> str:
+    "One line of counts."
+    acdc = self.dataset == "acdc"
+    lab = f"{len(self.labeled_idx)} labeled {'slices' if acdc else 'images'}"
+    lab += f" ({self.labeled_patients} patients)" if self.labeled_patients else ""
+    unit = "volumes" if acdc else "images"
+    held = f"val {len(self.val)} {unit}, test {len(self.test)} {unit}"
+    sets = f"{lab} + {len(self.unlabeled_idx)} unlabeled; {held}"
+    shape = f"{self.num_classes} classes, {self.in_channels} input channel(s), {self.size}x{self.size}"
+    return f"{self.dataset} at {self.root}: {sets}; {shape}"
+
+# %% ../nbs/08_data.ipynb #bebbb4a2
 @patch
 def train_loader(
     self: SemiSupervisedData,
@@ -944,7 +893,7 @@ def train_loader(
     seed: int | None = None,
     **kw,
 ) -> DataLoader:
-    "A DataLoader over `train` with two-stream batches, seeded workers and a seeded generator (seed defaults to the data's)."
+    "A DataLoader over `train`: two-stream batches, seeded workers, a seeded generator (seed: the data's)."
     seed = self.seed if seed is None else seed
     sampler = TwoStreamBatchSampler(self.labeled_idx, self.unlabeled_idx, batch_size, labeled_bs, seed=seed)
     return DataLoader(
@@ -957,7 +906,7 @@ def train_loader(
         **kw,
     )
 
-# %% ../nbs/08_data.ipynb #5c239e10
+# %% ../nbs/08_data.ipynb #bce72171
 def _acdc_sets(
     root: Path, size: int, labeled: int, verify: bool, monitor: bool
 ) -> tuple[SemiSupervisedSet, Dataset, Dataset]:
@@ -975,7 +924,7 @@ def _acdc_sets(
     )
     return train, ACDCVolumes(root, "val", verify=False), ACDCVolumes(root, "test", verify=False)
 
-
+# %% ../nbs/08_data.ipynb #0387c7f3
 def _isic_sets(
     root: Path, size: int, labeled: int | float, seed: int, monitor: bool
 ) -> tuple[SemiSupervisedSet, Dataset, Dataset]:
@@ -992,10 +941,7 @@ def _isic_sets(
         ISICImages(root, sp["test"], ev, min_side=size),
     )
 
-# %% ../nbs/08_data.ipynb #6be08a5d
-DATASETS = ("acdc", "isic")
-
-
+# %% ../nbs/08_data.ipynb #9ace1d04
 def build_data(
     dataset: str,  # "acdc" or "isic"
     root: str | Path,  # the data set root
@@ -1009,22 +955,12 @@ def build_data(
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}: valid ones are {list(DATASETS)}")
     root, acdc = Path(root).expanduser(), dataset == "acdc"
-    train, val, test = (
-        _acdc_sets(root, size, labeled, verify, monitor)
-        if acdc
-        else _isic_sets(root, size, labeled, seed, monitor)
-    )
+    if acdc:
+        train, val, test = _acdc_sets(root, size, labeled, verify, monitor)
+    else:
+        train, val, test = _isic_sets(root, size, labeled, seed, monitor)
+    sets = (train, train.labeled_idx, train.unlabeled_idx, val, test)
+    shape = dict(num_classes=len(CLASS_NAMES[dataset]), in_channels=1 if acdc else 3, size=size)
     return SemiSupervisedData(
-        dataset,
-        root,
-        train,
-        train.labeled_idx,
-        train.unlabeled_idx,
-        val,
-        test,
-        num_classes=4 if acdc else 2,
-        in_channels=1 if acdc else 3,
-        size=size,
-        seed=seed,
-        labeled_patients=labeled if acdc else None,
+        dataset, root, *sets, **shape, seed=seed, labeled_patients=labeled if acdc else None
     )

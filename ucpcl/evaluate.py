@@ -17,19 +17,20 @@ from .viz import show_image, show_label, subplots, CLASS_COLORS
 __all__ = ['worst_case_distance', 'case_metrics', 'predict_case', 'EvalResult', 'summarize', 'evaluate', 'plot_predictions',
            'plot_tsne']
 
-# %% ../nbs/09_evaluate.ipynb #10fcfe3d
+# %% ../nbs/09_evaluate.ipynb #617b9c5e
 def worst_case_distance(
     shape: Sequence[int],  # spatial shape, (H, W) or (D, H, W)
     spacing: Sequence[float] | None = None,  # voxel size per axis, same order; None = 1
 ) -> float:
-    "The largest distance inside an image: its diagonal in physical units (the HD95 given to missed structures)."
+    "The largest distance inside an image: its diagonal in physical units (the HD95 of a missed structure)."
     spacing = [1.0] * len(shape) if spacing is None else [float(s) for s in spacing]
     if len(spacing) != len(shape):
         raise ValueError(f"spacing {spacing} does not match a shape with {len(shape)} axes")
     return math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing)))
 
-# %% ../nbs/09_evaluate.ipynb #8abe60b5
+# %% ../nbs/09_evaluate.ipynb #c9e15752
 def _check_labels(pred: Tensor, target: Tensor, num_classes: int):
+    "Raise a `ValueError` unless prediction and ground truth are integer maps of one shape, ids in 0..C-1."
     if pred.shape != target.shape:
         raise ValueError(
             f"prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} differ in shape"
@@ -41,12 +42,33 @@ def _check_labels(pred: Tensor, target: Tensor, num_classes: int):
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"{nm} has class ids in [{lo}, {hi}], expected 0..{num_classes - 1}")
 
-
+# %% ../nbs/09_evaluate.ipynb #652af2e3
 def _one_hot(t: Tensor, num_classes: int) -> Tensor:
     "(spatial...) long -> (1, C, spatial...) float, the layout MONAI's metrics expect."
     return F.one_hot(t.long(), num_classes).movedim(-1, 0).unsqueeze(0).float()
 
-# %% ../nbs/09_evaluate.ipynb #9f8783bd
+# %% ../nbs/09_evaluate.ipynb #8400482b
+def _hd95(
+    p: Tensor,  # (1, C, ...) one-hot prediction
+    g: Tensor,  # (1, C, ...) one-hot ground truth
+    shape: Sequence[int],  # the case's spatial shape
+    spacing: Sequence[float] | None,  # voxel size per axis, or None
+) -> Tensor:  # (C - 1,) HD95 of each foreground class
+    "HD95 per foreground class, with the worst-case distance where one region is empty and 0 where both are."
+    from monai.metrics import compute_hausdorff_distance  # here: importing MONAI takes seconds
+
+    has_p, has_g = p[0, 1:].flatten(1).any(1), g[0, 1:].flatten(1).any(1)
+    hd = torch.full((p.shape[1] - 1,), worst_case_distance(shape, spacing))
+    if (both := has_p & has_g).any():
+        sp = None if spacing is None else list(map(float, spacing))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            d = compute_hausdorff_distance(p, g, include_background=False, percentile=95, spacing=sp)[0]
+        hd[both] = d[both].float()
+    hd[~has_p & ~has_g] = 0.0
+    return hd
+
+# %% ../nbs/09_evaluate.ipynb #9cec3f55
 def case_metrics(
     pred: Tensor,  # (H, W) or (D, H, W) predicted class ids
     target: Tensor,  # same shape, ground-truth class ids
@@ -55,37 +77,17 @@ def case_metrics(
     hd95: bool = True,  # also compute HD95 (slower)
 ) -> dict:
     "Per foreground class Dice, Jaccard, HD95 and the missed/spurious/both-empty flags of one case."
-    from monai.metrics import (
-        compute_dice,
-        compute_hausdorff_distance,
-        compute_iou,
-    )  # here: importing MONAI takes seconds
+    from monai.metrics import compute_dice, compute_iou  # here: importing MONAI takes seconds
 
     _check_labels(pred, target, num_classes)
     p, g = _one_hot(pred.cpu(), num_classes), _one_hot(target.cpu(), num_classes)
     dice = compute_dice(p, g, include_background=False, ignore_empty=False)[0]
     jac = compute_iou(p, g, include_background=False, ignore_empty=False)[0]
     has_p, has_g = p[0, 1:].flatten(1).any(1), g[0, 1:].flatten(1).any(1)
-    out = dict(
-        dice=dice, jaccard=jac, missed=has_g & ~has_p, spurious=has_p & ~has_g, both_empty=~has_p & ~has_g
-    )
+    flags = dict(missed=has_g & ~has_p, spurious=has_p & ~has_g, both_empty=~has_p & ~has_g)
+    out = dict(dice=dice, jaccard=jac, **flags)
     if hd95:
-        worst = worst_case_distance(pred.shape, spacing)
-        hd = torch.full((num_classes - 1,), worst)
-        both = has_p & has_g
-        if both.any():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                d = compute_hausdorff_distance(
-                    p,
-                    g,
-                    include_background=False,
-                    percentile=95,
-                    spacing=None if spacing is None else list(map(float, spacing)),
-                )[0]
-            hd[both] = d[both].float()
-        hd[out["both_empty"]] = 0.0
-        out["hd95"] = hd
+        out["hd95"] = _hd95(p, g, pred.shape, spacing)
     return out
 
 # %% ../nbs/09_evaluate.ipynb #1869a59c
@@ -142,16 +144,16 @@ def summarize(cases: list[dict], class_names: Sequence[str]) -> dict:
         out[key] = int(sum(int(torch.as_tensor(c[key]).sum()) for c in cases))
     return out
 
-# %% ../nbs/09_evaluate.ipynb #feb5bc97
+# %% ../nbs/09_evaluate.ipynb #4ec22bd5
 def evaluate(
     logits_fn: Callable[[Tensor], Tensor],  # (B, C_in, s, s) -> (B, K, s, s) logits
     dataset,  # items: dict(image, label, name[, spacing])
-    num_classes: int,
-    size: int,  # classes K incl. background; network input size s
+    num_classes: int,  # K, including background
+    size: int,  # the network's input size s
     volume: bool,  # ACDC-style volumes (D, H, W) or single images (C_in, H, W)
-    hd95: bool = True,
-    device="cpu",
-    batch_size: int = 16,
+    hd95: bool = True,  # also compute HD95 (slower)
+    device="cpu",  # where the network runs
+    batch_size: int = 16,  # slices per forward pass
     class_names: Sequence[str] | None = None,  # foreground class names
 ) -> EvalResult:
     "Predict every case of `dataset` deterministically and measure Dice, Jaccard (and HD95) per case."
@@ -168,13 +170,13 @@ def evaluate(
         cases.append({"name": item.get("name", str(i)), **{k: v.tolist() for k, v in m.items()}})
     return EvalResult(cases, summarize(cases, class_names), class_names)
 
-# %% ../nbs/09_evaluate.ipynb #2145872d
+# %% ../nbs/09_evaluate.ipynb #c4bff478
 def plot_predictions(
     images: Sequence[Tensor],  # each (H, W) or (C, H, W)
     targets: Sequence[Tensor],  # each (H, W) class ids
     predictions: dict[str, Sequence[Tensor]],  # method name -> one (H, W) map per image
-    num_classes: int = 4,
-    size: float = 2.0,
+    num_classes: int = 4,  # C, for the colours
+    size: float = 2.0,  # side of a panel in inches
 ):
     "Fig. 3: each row a case; columns image, ground truth, and one prediction per method."
     cols = ["image", "ground truth", *predictions]
@@ -190,15 +192,21 @@ def plot_predictions(
     fig.tight_layout()
     return fig
 
-# %% ../nbs/09_evaluate.ipynb #416ff642
+# %% ../nbs/09_evaluate.ipynb #bd5346be
+def _balanced(labels: Tensor, per_class: int, seed: int) -> Tensor:  # (M,) indices
+    "At most `per_class` random indices of each class (ignored -1 left out): background would swamp the rest."
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    return torch.cat([perm[labels[perm] == k][:per_class] for k in labels.unique().tolist() if k >= 0])
+
+# %% ../nbs/09_evaluate.ipynb #8ae70849
 def plot_tsne(
     embeddings: Tensor,  # (N, D) pixel embeddings
     labels: Tensor,  # (N,) class ids
-    ax=None,
+    ax=None,  # the panel (default: a new figure)
     title: str | None = None,
-    class_names: Sequence[str] | None = None,
-    per_class: int = 300,
-    seed: int = 0,
+    class_names: Sequence[str] | None = None,  # one name per class id (default: "class k")
+    per_class: int = 300,  # points of each class
+    seed: int = 0,  # of the sample and of t-SNE
 ):
     "Fig. 4: t-SNE of pixel embeddings coloured by class, at most `per_class` random points of each class."
     from sklearn.manifold import TSNE
@@ -206,23 +214,16 @@ def plot_tsne(
 
     emb, lab = embeddings.detach().float().cpu(), labels.detach().cpu().long()
     if emb.ndim != 2 or len(emb) != len(lab):
-        raise ValueError(
-            f"embeddings (N, D) and labels (N,) expected, got {tuple(emb.shape)} and {tuple(lab.shape)}"
-        )
-    perm = torch.randperm(len(emb), generator=torch.Generator().manual_seed(seed))
-    idx = torch.cat(
-        [perm[lab[perm] == k][:per_class] for k in lab.unique().tolist() if k >= 0]
-    )  # balanced: background would swamp the rest
-    xy = TSNE(
-        n_components=2, init="pca", perplexity=min(30, max(5, len(idx) // 4)), random_state=seed
-    ).fit_transform(emb[idx].numpy())
+        got = f"{tuple(emb.shape)} and {tuple(lab.shape)}"
+        raise ValueError(f"embeddings (N, D) and labels (N,) expected, got {got}")
+    idx = _balanced(lab, per_class, seed)
+    tsne = TSNE(n_components=2, init="pca", perplexity=min(30, max(5, len(idx) // 4)), random_state=seed)
+    xy = tsne.fit_transform(emb[idx].numpy())
     ax = ax or plt.subplots(figsize=(3, 3))[1]
     for k in lab[idx].unique().tolist():
-        sel = (lab[idx] == k).numpy()
-        name = class_names[k] if class_names else f"class {k}"
+        sel, name = (lab[idx] == k).numpy(), class_names[k] if class_names else f"class {k}"
         ax.scatter(xy[sel, 0], xy[sel, 1], s=4, color=CLASS_COLORS[k] if k > 0 else "#777777", label=name)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
     ax.legend(fontsize=7, markerscale=2, loc="best")
     if title:
         ax.set_title(title, fontsize=9)

@@ -24,13 +24,14 @@ __all__ = ['ENCODER_CHANNELS', 'STRIDES', 'PRESETS', 'ModelConfig', 'get_preset'
            'CNNDecoder', 'PatchEmbedding', 'PatchExpand', 'swin_stage', 'TransformerDecoder', 'ProjectionHead',
            'NetOutput', 'UCPCLNet', 'build_model', 'part_sizes']
 
-# %% ../nbs/06_models.ipynb #fe34bc4a
+# %% ../nbs/06_models.ipynb #62aa0df5
+# channels of the stem and layer1..layer4 of each torchvision ResNet, and their strides
 ENCODER_CHANNELS = {
     "resnet18": (64, 64, 128, 256, 512),
     "resnet34": (64, 64, 128, 256, 512),
     "resnet50": (64, 256, 512, 1024, 2048),
-}  # stem, layer1..layer4
-STRIDES = (2, 4, 8, 16, 32)  # of stem, layer1..layer4
+}
+STRIDES = (2, 4, 8, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -41,17 +42,10 @@ class ModelConfig(Config):
     in_channels: int = 1  # 1 (grey, repeated to 3 channels) or 3 (RGB)
     num_classes: int = 4  # segmentation classes, background included
     img_size: int = 224  # input side in pixels, a multiple of 32; sizes the position embeddings
-    pretrained: str | None = (
-        None  # None, a torchvision weights name ("IMAGENET1K_V2", downloads) or a local file
-    )
+    pretrained: str | None = None  # None, a torchvision weights name ("IMAGENET1K_V2", downloads) or a file
     decoder_channels: tuple = (256, 128, 64, 32, 16)  # CNN decoder stages at 1/16 .. 1/1
     embed_dims: tuple = (96, 192, 384, 768)  # token width D of layer1..layer4 in the Transformer decoder
-    num_heads: tuple = (
-        3,
-        6,
-        12,
-        24,
-    )  # attention heads per level (layer4 has no Swin blocks: its entry is unused)
+    num_heads: tuple = (3, 6, 12, 24)  # attention heads per level (layer4 has no Swin blocks: unused)
     window_size: int = 7  # Swin window side; the shifted blocks shift by window_size // 2
     mlp_ratio: float = 4.0  # hidden width of the Swin MLPs, relative to D
     transformer: bool = True  # False: a plain ResNet U-Net without f_t (the baselines)
@@ -63,7 +57,7 @@ class ModelConfig(Config):
     def __post_init__(self):
         self._validate()
 
-# %% ../nbs/06_models.ipynb #7ea17a63
+# %% ../nbs/06_models.ipynb #c3f50083
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -75,14 +69,14 @@ def _is_num(v) -> bool:
 def _ints(n: int):
     return lambda v: isinstance(v, tuple) and len(v) == n and all(_is_int(i) and i > 0 for i in v)
 
-
+# %% ../nbs/06_models.ipynb #8b02ef45
 _RULES = {  # field: (test, the valid values in words)
     "encoder": (lambda v: v in ENCODER_CHANNELS, f"one of {sorted(ENCODER_CHANNELS)}"),
     "in_channels": (lambda v: v in (1, 3) and _is_int(v), "1 (grey) or 3 (RGB)"),
     "num_classes": (lambda v: _is_int(v) and v >= 2, "an int >= 2 (background included)"),
     "img_size": (
         lambda v: _is_int(v) and v >= 32 and v % 32 == 0,
-        "a positive multiple of 32 (the encoder halves the size 5 times), e.g. 224 or 96",
+        "a positive multiple of 32, e.g. 224 or 96",
     ),
     "pretrained": (
         lambda v: v is None or isinstance(v, str),
@@ -121,20 +115,14 @@ def _validate(self: ModelConfig):
             f"{self.embed_dims!r}, but {bad} do not"
         )
 
-# %% ../nbs/06_models.ipynb #61e4ad6b
+# %% ../nbs/06_models.ipynb #31366395
+_SMALL = dict(encoder="resnet18", img_size=96, decoder_channels=(128, 64, 32, 16, 16), window_size=3)
 PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(),
-    "small": ModelConfig(
-        encoder="resnet18",
-        img_size=96,
-        decoder_channels=(128, 64, 32, 16, 16),
-        embed_dims=(48, 96, 192, 384),
-        num_heads=(3, 6, 12, 24),
-        window_size=3,
-    ),
+    "small": ModelConfig(**_SMALL, embed_dims=(48, 96, 192, 384), num_heads=(3, 6, 12, 24)),
 }
 
-
+# %% ../nbs/06_models.ipynb #54ee22ba
 def get_preset(
     name: str,  # "paper" or "small"
     **overrides,  # fields of `ModelConfig` to change
@@ -144,9 +132,9 @@ def get_preset(
         raise ValueError(f"unknown model preset {name!r}: use one of {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
-# %% ../nbs/06_models.ipynb #6e6aca8b
+# %% ../nbs/06_models.ipynb #f25ad8b5
 class Encoder(nn.Module):
-    "A torchvision ResNet returning [stem, layer1, layer2, layer3, layer4]; grey input is repeated to 3 channels."
+    "A torchvision ResNet returning [stem, layer1, ..., layer4]; grey input is repeated to 3 channels."
 
     def __init__(
         self,
@@ -177,27 +165,31 @@ def forward(
     f3 = self.layer3(f2)
     return [stem, f1, f2, f3, self.layer4(f3)]
 
-# %% ../nbs/06_models.ipynb #a70b452a
+# %% ../nbs/06_models.ipynb #e81bb625
+@patch
+def _read_weights(self: Encoder, pretrained: str) -> dict:
+    "A ResNet state_dict: torchvision's weights of that name (a download, cached), or the file at that path."
+    enum = torchvision.models.get_model_weights(self.name)
+    if pretrained in enum.__members__:
+        return enum[pretrained].get_state_dict(progress=True)  # downloads (cached)
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        names = ", ".join(enum.__members__)
+        what = f"neither a {self.name} weights name ({names}) nor an existing file"
+        raise ValueError(f"pretrained={pretrained!r} is {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read a state_dict from {path}: {e}") from e
+
+# %% ../nbs/06_models.ipynb #29b16b0f
 @patch
 def load_pretrained(
     self: Encoder,
     pretrained: str,  # a torchvision weights name ("IMAGENET1K_V2") or a file path
 ) -> Encoder:
-    "Load torchvision ResNet weights into the encoder (strict); a weights name downloads, a path reads a file."
-    enum = torchvision.models.get_model_weights(self.name)
-    if pretrained in enum.__members__:
-        sd = enum[pretrained].get_state_dict(progress=True)  # downloads (cached)
-    else:
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise ValueError(
-                f"pretrained={pretrained!r} is neither a {self.name} weights name "
-                f"({', '.join(enum.__members__)}) nor an existing file"
-            )
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"cannot read a state_dict from {path}: {e}") from e
+    "Load torchvision ResNet weights into the encoder (strict): a weights name downloads, a path reads."
+    sd = self._read_weights(pretrained)
     if not isinstance(sd, dict):
         raise ValueError(f"{pretrained!r} holds a {type(sd).__name__}, not a state_dict")
     try:
@@ -206,14 +198,13 @@ def load_pretrained(
         raise ValueError(f"the weights in {pretrained!r} do not fit encoder {self.name!r}: {e}") from e
     return self
 
-# %% ../nbs/06_models.ipynb #aa308c36
+# %% ../nbs/06_models.ipynb #e6597833
 def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     "A 3x3 convolution, batch norm and ReLU."
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-
+# %% ../nbs/06_models.ipynb #36ef6d5f
 class UpBlock(nn.Module):
     "One U-Net decoder stage: upsample x2, concatenate the skip feature, two conv3x3-BN-ReLU."
 
@@ -225,15 +216,15 @@ class UpBlock(nn.Module):
         x = F.interpolate(x, scale_factor=2, mode="nearest")
         return self.convs(x if skip is None else torch.cat([x, skip], 1))
 
-# %% ../nbs/06_models.ipynb #ade298f5
+# %% ../nbs/06_models.ipynb #52b5f05f
 class CNNDecoder(nn.Module):
     "The CNN decoder f_c: a U-Net decoder from layer4 to full resolution and a conv head to the class logits."
 
     def __init__(
         self,
         enc_channels: tuple,  # channels of stem, layer1..layer4
-        num_classes: int,
-        channels: tuple = (256, 128, 64, 32, 16),
+        num_classes: int,  # C, the logits' channels
+        channels: tuple = (256, 128, 64, 32, 16),  # the five stages, 1/16 .. 1/1
     ):
         super().__init__()
         skips = [*enc_channels[-2::-1], 0]  # layer3, layer2, layer1, stem, none at full resolution
@@ -241,25 +232,28 @@ class CNNDecoder(nn.Module):
         self.blocks = nn.ModuleList(UpBlock(i, s, o) for i, s, o in zip(ins, skips, channels))
         self.head = nn.Conv2d(channels[-1], num_classes, 3, padding=1)
 
-    def forward(
-        self,
-        feats: list[Tensor],  # [stem, layer1..layer4] from `Encoder`
-    ) -> Tensor:  # (B, num_classes, H, W) logits p_c
-        x = feats[-1]
-        for block, skip in zip(self.blocks, [*feats[-2::-1], None]):
-            x = block(x, skip)
-        return self.head(x)
+# %% ../nbs/06_models.ipynb #7f5a5e58
+@patch
+def forward(
+    self: CNNDecoder,
+    feats: list[Tensor],  # [stem, layer1..layer4] from `Encoder`
+) -> Tensor:  # (B, num_classes, H, W) logits p_c
+    "Up the five stages, each with its skip feature, then the head."
+    x = feats[-1]
+    for block, skip in zip(self.blocks, [*feats[-2::-1], None]):
+        x = block(x, skip)
+    return self.head(x)
 
-# %% ../nbs/06_models.ipynb #77248494
+# %% ../nbs/06_models.ipynb #d173c709
 class PatchEmbedding(nn.Module):
     "Eq. 2 for one encoder level: 1x1 projection E, LayerNorm, plus the learned position embedding E_pos."
 
     def __init__(
         self,
-        in_channels: int,
-        dim: int,  # C_i and D
-        img_size: int,
-        stride: int,  # input side and the level's stride: h = w = img_size / stride tokens
+        in_channels: int,  # C_i, the level's channels
+        dim: int,  # D, the token width
+        img_size: int,  # the network's input side
+        stride: int,  # the level's stride: h = w = img_size / stride tokens
     ):
         super().__init__()
         self.img_size, self.stride, self.grid = img_size, stride, img_size // stride
@@ -267,88 +261,87 @@ class PatchEmbedding(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, self.grid**2, dim))  # E_pos in R^{N x D}: trained and saved
         nn.init.trunc_normal_(self.pos, std=0.02)
 
-    def forward(
-        self,
-        f: Tensor,  # (B, C_i, h, w) encoder feature
-    ) -> Tensor:  # (B, h, w, D) tokens
-        B, _, h, w = f.shape
-        if (h, w) != (self.grid, self.grid):
-            raise ValueError(
-                f"the Transformer decoder was built for img_size={self.img_size} ({self.grid}x{self.grid} tokens at "
-                f"stride {self.stride}) but got {h}x{w} tokens: resize the input or rebuild with that img_size"
-            )
-        # Eq. 2: [x_p^1 E; ...; x_p^N E] (a 1x1 conv is the same linear map E on every token), then LayerNorm
-        x = self.norm(self.proj(f).flatten(2).transpose(1, 2))  # (B, N, D)
-        # Eq. 2: + E_pos
-        return (x + self.pos).view(B, h, w, -1)
+# %% ../nbs/06_models.ipynb #1d02eb02
+@patch
+def forward(
+    self: PatchEmbedding,
+    f: Tensor,  # (B, C_i, h, w) encoder feature
+) -> Tensor:  # (B, h, w, D) tokens
+    "Eq. 2: the tokens E x_p of every position, LayerNorm, plus E_pos."
+    B, _, h, w = f.shape
+    if (h, w) != (self.grid, self.grid):
+        built = f"img_size={self.img_size} ({self.grid}x{self.grid} tokens at stride {self.stride})"
+        fix = "resize the input or rebuild with that img_size"
+        raise ValueError(f"the Transformer decoder was built for {built} but got {h}x{w} tokens: {fix}")
+    # Eq. 2: [x_p^1 E; ...; x_p^N E] (a 1x1 conv is the same linear map E on every token), then LayerNorm
+    x = self.norm(self.proj(f).flatten(2).transpose(1, 2))  # (B, N, D)
+    # Eq. 2: + E_pos
+    return (x + self.pos).view(B, h, w, -1)
 
-# %% ../nbs/06_models.ipynb #233ffd17
+# %% ../nbs/06_models.ipynb #6b6c7e32
 class PatchExpand(nn.Module):
-    "Patch expanding: a linear map to scale^2 x out_dim channels, rearranged into a scale-times finer grid, then LayerNorm."
+    "Patch expanding: a linear map to scale^2 x out_dim channels, rearranged into a finer grid, LayerNorm."
 
     def __init__(self, dim: int, out_dim: int, scale: int = 2):
         super().__init__()
-        self.scale, self.expand, self.norm = (
-            scale,
-            nn.Linear(dim, scale * scale * out_dim, bias=False),
-            nn.LayerNorm(out_dim),
-        )
+        self.scale = scale
+        self.expand = nn.Linear(dim, scale * scale * out_dim, bias=False)
+        self.norm = nn.LayerNorm(out_dim)
 
     def forward(
         self,
         x: Tensor,  # (B, h, w, dim) tokens
     ) -> Tensor:  # (B, scale*h, scale*w, out_dim) tokens
-        x = F.pixel_shuffle(
-            self.expand(x).permute(0, 3, 1, 2), self.scale
-        )  # channel blocks -> spatial blocks
+        # channel blocks -> spatial blocks
+        x = F.pixel_shuffle(self.expand(x).permute(0, 3, 1, 2), self.scale)
         return self.norm(x.permute(0, 2, 3, 1))
 
-# %% ../nbs/06_models.ipynb #44d693ca
+# %% ../nbs/06_models.ipynb #f30b682d
 def swin_stage(
-    dim: int, num_heads: int, window_size: int = 7, mlp_ratio: float = 4.0, depth: int = 2
+    dim: int,  # D, the token width
+    num_heads: int,  # attention heads
+    window_size: int = 7,  # the side of an attention window, in tokens
+    mlp_ratio: float = 4.0,  # hidden width of the MLP, relative to D
+    depth: int = 2,  # blocks
 ) -> nn.Sequential:
     "Swin blocks from torchvision alternating W-MSA and SW-MSA (shift window_size // 2)."
-    shift = lambda i: [0, 0] if i % 2 == 0 else [window_size // 2] * 2
-    return nn.Sequential(
-        *[SwinTransformerBlock(dim, num_heads, [window_size] * 2, shift(i), mlp_ratio) for i in range(depth)]
-    )
+    shifts = [[0, 0] if i % 2 == 0 else [window_size // 2] * 2 for i in range(depth)]
+    window = [window_size] * 2
+    return nn.Sequential(*[SwinTransformerBlock(dim, num_heads, window, s, mlp_ratio) for s in shifts])
 
-# %% ../nbs/06_models.ipynb #0db40acb
+# %% ../nbs/06_models.ipynb #1a717a9b
 class TransformerDecoder(nn.Module):
-    "The Transformer decoder f_t (Swin-UNet style) on layer1..layer4, with learned position embeddings (Eq. 2)."
+    "The Transformer decoder f_t (Swin-UNet style) on layer1..layer4, with learned position embeddings."
 
     def __init__(
         self,
         enc_channels: tuple,  # channels of stem, layer1..layer4
-        num_classes: int,
-        img_size: int = 224,
-        embed_dims: tuple = (96, 192, 384, 768),
-        num_heads: tuple = (3, 6, 12, 24),
-        window_size: int = 7,
-        mlp_ratio: float = 4.0,
+        num_classes: int,  # C, the logits' channels
+        img_size: int = 224,  # the input side, which sizes E_pos
+        embed_dims: tuple = (96, 192, 384, 768),  # D of layer1..layer4
+        num_heads: tuple = (3, 6, 12, 24),  # attention heads of layer1..layer3 (layer4's is unused)
+        window_size: int = 7,  # Swin window side
+        mlp_ratio: float = 4.0,  # Swin MLP width relative to D
     ):
         super().__init__()
-        self.embed = nn.ModuleList(
-            PatchEmbedding(c, d, img_size, s) for c, d, s in zip(enc_channels[1:], embed_dims, STRIDES[1:])
-        )
-        self.expand = nn.ModuleList(
-            PatchExpand(embed_dims[i + 1], embed_dims[i]) for i in range(3)
-        )  # up to level i
+        levels = zip(enc_channels[1:], embed_dims, STRIDES[1:])
+        self.embed = nn.ModuleList(PatchEmbedding(c, d, img_size, s) for c, d, s in levels)
+        # expand[i] goes up from level i + 1 to level i; fuse and blocks work at level i
+        self.expand = nn.ModuleList(PatchExpand(embed_dims[i + 1], embed_dims[i]) for i in range(3))
         self.fuse = nn.ModuleList(nn.Linear(2 * d, d) for d in embed_dims[:3])
-        self.blocks = nn.ModuleList(
-            swin_stage(d, h, window_size, mlp_ratio) for d, h in zip(embed_dims[:3], num_heads[:3])
-        )
+        stages = zip(embed_dims[:3], num_heads[:3])
+        self.blocks = nn.ModuleList(swin_stage(d, h, window_size, mlp_ratio) for d, h in stages)
         self.norm = nn.LayerNorm(embed_dims[0])
         self.up4 = PatchExpand(embed_dims[0], embed_dims[0], scale=4)
         self.head = nn.Conv2d(embed_dims[0], num_classes, 1)
 
-# %% ../nbs/06_models.ipynb #e2dc4568
+# %% ../nbs/06_models.ipynb #406e321b
 @patch
 def forward(
     self: TransformerDecoder,
     feats: list[Tensor],  # [stem, layer1..layer4] from `Encoder`
 ) -> Tensor:  # (B, num_classes, H, W) logits p_t
-    "Embed layer1..layer4 (Eq. 2), then expand, fuse the skip tokens and apply Swin blocks from 1/32 up to 1/4."
+    "Embed layer1..layer4 (Eq. 2), then expand, fuse the skip tokens and apply Swin blocks, 1/32 up to 1/4."
     tokens = [emb(f) for emb, f in zip(self.embed, feats[1:])]  # Eq. 2 per level: (B, h_i, w_i, D_i)
     x = tokens[3]
     for i in (2, 1, 0):
@@ -358,18 +351,15 @@ def forward(
     x = self.up4(self.norm(x))  # x4 expansion: 1/4 -> full resolution
     return self.head(x.permute(0, 3, 1, 2))
 
-# %% ../nbs/06_models.ipynb #08f9c79b
+# %% ../nbs/06_models.ipynb #ffd86d73
 class ProjectionHead(nn.Module):
-    "Projection head of the pixel contrast: 1x1 conv, BN, ReLU, 1x1 conv to proj_dim, L2-normalised over channels."
+    "Projection head of the pixel contrast: 1x1 conv, BN, ReLU, 1x1 conv to proj_dim, L2-normalised."
 
     def __init__(self, in_channels: int, proj_dim: int = 256):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(in_channels, in_channels, 1),
-            nn.BatchNorm2d(in_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(in_channels, proj_dim, 1),
-        )
+        C = in_channels
+        layers = [nn.Conv2d(C, C, 1), nn.BatchNorm2d(C), nn.ReLU(inplace=True), nn.Conv2d(C, proj_dim, 1)]
+        self.net = nn.Sequential(*layers)
 
     def forward(
         self,
@@ -377,7 +367,7 @@ class ProjectionHead(nn.Module):
     ) -> Tensor:  # (B, proj_dim, h, w) unit-length embeddings
         return F.normalize(self.net(f), dim=1)
 
-# %% ../nbs/06_models.ipynb #3711ed66
+# %% ../nbs/06_models.ipynb #0730a1cd
 class NetOutput(NamedTuple):
     "What `UCPCLNet.forward` returns; None for a part that was not asked for or not built."
 
@@ -386,47 +376,37 @@ class NetOutput(NamedTuple):
     embeddings: Tensor | None = None  # (B, proj_dim, h, w) unit-length pixel embeddings
     rot_logits: Tensor | None = None  # (B, 4) rotation logits
 
-
+# %% ../nbs/06_models.ipynb #c9a6df9d
 class UCPCLNet(nn.Module):
-    "The network of Sec. 3.1: a shared ResNet encoder, CNN decoder f_c, Transformer decoder f_t and two heads."
+    "The network of Sec. 3.1: a shared ResNet encoder, CNN decoder f_c, Transformer decoder f_t, two heads."
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg, ch = cfg, ENCODER_CHANNELS[cfg.encoder]
         self.encoder = Encoder(cfg.encoder, cfg.in_channels, cfg.pretrained)
         self.cnn = CNNDecoder(ch, cfg.num_classes, cfg.decoder_channels)
+        swin = (cfg.embed_dims, cfg.num_heads, cfg.window_size, cfg.mlp_ratio)
         self.transformer = (
-            TransformerDecoder(
-                ch,
-                cfg.num_classes,
-                cfg.img_size,
-                cfg.embed_dims,
-                cfg.num_heads,
-                cfg.window_size,
-                cfg.mlp_ratio,
-            )
-            if cfg.transformer
-            else None
+            TransformerDecoder(ch, cfg.num_classes, cfg.img_size, *swin) if cfg.transformer else None
         )
         self.proj = ProjectionHead(ch[cfg.contrast_level], cfg.proj_dim)
         self.rot = RotationHead(ch[-1], 4, cfg.rot_dropout) if cfg.rotation else None
 
-# %% ../nbs/06_models.ipynb #c55a3c79
+# %% ../nbs/06_models.ipynb #e6f757ce
 @patch
 def encode(
     self: UCPCLNet,
     x: Tensor,  # (B, in_channels, H, W) images, H and W multiples of 32
 ) -> list[Tensor]:  # [stem, layer1..layer4]
     "The encoder features, after checking the input's layout."
-    if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
-        raise ValueError(
-            f"expected images (B, {self.cfg.in_channels}, H, W) for in_channels={self.cfg.in_channels}, got {tuple(x.shape)}"
-        )
+    C = self.cfg.in_channels
+    if x.ndim != 4 or x.shape[1] != C:
+        raise ValueError(f"expected images (B, {C}, H, W) for in_channels={C}, got {tuple(x.shape)}")
     if x.shape[-2] % 32 or x.shape[-1] % 32:
         raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of 32: resize or pad the input")
     return self.encoder(x)
 
-
+# %% ../nbs/06_models.ipynb #e2e112f5
 @patch
 def decode_cnn(self: UCPCLNet, feats: list[Tensor]) -> Tensor:
     "CNN decoder logits p_c (B, C, H, W)."
@@ -440,10 +420,10 @@ def decode_transformer(self: UCPCLNet, feats: list[Tensor]) -> Tensor:
         raise ValueError("this model was built with transformer=False: it has no Transformer decoder")
     return self.transformer(feats)
 
-# %% ../nbs/06_models.ipynb #21a03472
+# %% ../nbs/06_models.ipynb #cf0f4eaf
 @patch
 def project(self: UCPCLNet, feats: list[Tensor]) -> Tensor:
-    "Pixel-contrast embeddings (B, proj_dim, h, w) of the encoder level cfg.contrast_level (1..4 = layer1..layer4)."
+    "Pixel-contrast embeddings (B, proj_dim, h, w) of the encoder level cfg.contrast_level (layer1..layer4)."
     return self.proj(feats[self.cfg.contrast_level])
 
 
@@ -454,14 +434,14 @@ def rotation_logits(self: UCPCLNet, feats: list[Tensor]) -> Tensor:
         raise ValueError("this model was built with rotation=False: it has no rotation head")
     return self.rot(feats[-1])
 
-
+# %% ../nbs/06_models.ipynb #42aae2e2
 @patch
 def forward(
     self: UCPCLNet,
     x: Tensor,  # (B, in_channels, H, W) images
-    transformer: bool = True,
-    embed: bool = True,
-    rotation: bool = True,  # which optional outputs to compute
+    transformer: bool = True,  # compute logits_t
+    embed: bool = True,  # compute the embeddings
+    rotation: bool = True,  # compute rot_logits
 ) -> NetOutput:
     "Everything a training step needs, from one pass through the encoder."
     feats = self.encode(x)
@@ -487,7 +467,7 @@ def predict(
     finally:
         self.train(was_training)
 
-# %% ../nbs/06_models.ipynb #d56f19e2
+# %% ../nbs/06_models.ipynb #d8d6ef53
 def build_model(
     cfg: ModelConfig | str,  # a `ModelConfig` or a preset name ("paper", "small")
     **overrides,  # fields of `ModelConfig` to change
@@ -499,14 +479,9 @@ def build_model(
         cfg = cfg.replace(**overrides)
     return UCPCLNet(cfg)
 
-
+# %% ../nbs/06_models.ipynb #01de07b9
 def part_sizes(model: UCPCLNet) -> dict[str, int]:
     "Number of parameters of each part of the network (0 for a part that was not built)."
-    parts = {
-        "encoder": model.encoder,
-        "CNN decoder": model.cnn,
-        "Transformer decoder": model.transformer,
-        "projection head": model.proj,
-        "rotation head": model.rot,
-    }
+    parts = {"encoder": model.encoder, "CNN decoder": model.cnn, "Transformer decoder": model.transformer}
+    parts |= {"projection head": model.proj, "rotation head": model.rot}
     return {k: sum(p.numel() for p in m.parameters()) if m is not None else 0 for k, m in parts.items()}
