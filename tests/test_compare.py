@@ -88,8 +88,8 @@ def test_tiny_grid_writes_table1_and_a_second_call_trains_nothing(phantom, tmp_p
 
 
 def test_half_finished_run_resumes_and_changed_config_is_retrained(phantom, tmp_path, count_training):
-    grid = Grid([2], [0], "acdc", phantom, tmp_path, "small", 4, "cpu", overrides=TINY)
-    cfg = run_config(RunSpec("mt", "mt"), 2, 0, grid)
+    settings = Grid([2], [0], "acdc", phantom, tmp_path, "small", 4, "cpu", overrides=TINY)
+    cfg = run_config(RunSpec("mt", "mt"), 2, 0, settings)
     Trainer(cfg).fit(progress=False, stop_after=2)  # interrupted after 2 of 4 iterations
     assert run_status(cfg) == "resume"
     rows = grid(phantom, tmp_path, methods=("mt",), iterations=4)

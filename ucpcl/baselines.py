@@ -21,8 +21,8 @@ from .method import Method, MethodConfig, mask_stats
 from .uncertainty import ThresholdSchedule, entropy_map
 
 # %% auto #0
-__all__ = ['plain_unet', 'unet_logits', 'BaselineConfig', 'Baseline', 'make_teacher', 'ema_update', 'batch_statistics',
-           'input_noise', 'MTConfig', 'MeanTeacher', 'UAMTConfig', 'UAMT', 'EntropyMinimization']
+__all__ = ['plain_unet', 'unet_logits', 'BaselineConfig', 'Baseline', 'make_teacher', 'paired_tensors', 'ema_update',
+           'batch_statistics', 'input_noise', 'MTConfig', 'MeanTeacher', 'UAMTConfig', 'UAMT', 'EntropyMinimization']
 
 # %% ../nbs/13_baselines.ipynb #4a1f664e
 def plain_unet(model_cfg: ModelConfig) -> UCPCLNet:
@@ -46,7 +46,7 @@ class BaselineConfig(Config):
     ramp_steps: int = 40  # w ramps up over the whole run in this many steps (150 iterations each in 6000)
     start: float = 0.0  # fraction of the run before the unsupervised term is switched on
 
-
+# %% ../nbs/13_baselines.ipynb #b7651a77
 @patch
 def weight(self: BaselineConfig, iteration: int, iterations: int) -> float:
     "w(t) = consistency * exp(-5 (1 - t)^2), t advancing in ramp_steps steps; 0 before `start`."
@@ -80,6 +80,19 @@ def make_teacher(student: nn.Module) -> nn.Module:
         p.requires_grad_(False)
     return teacher
 
+# %% ../nbs/13_baselines.ipynb #74bc8c74
+def paired_tensors(teacher: nn.Module, student: nn.Module) -> list[tuple[Tensor, Tensor]]:
+    "(teacher, student) pairs of all parameters and buffers; a `ValueError` unless the structures match."
+    pairs = [
+        *zip(teacher.named_parameters(), student.named_parameters()),
+        *zip(teacher.named_buffers(), student.named_buffers()),
+    ]
+    complete = len(pairs) == len([*student.parameters(), *student.buffers()])
+    if not complete or any(a != b for (a, _), (b, _) in pairs):
+        msg = "teacher and student differ in structure: build the teacher with make_teacher(student)"
+        raise ValueError(msg)
+    return [(t, s) for (_, t), (_, s) in pairs]
+
 # %% ../nbs/13_baselines.ipynb #f68baf99
 @torch.no_grad()
 def ema_update(
@@ -92,17 +105,7 @@ def ema_update(
     if not 0 <= decay <= 1:
         raise ValueError(f"decay must be in [0, 1], got {decay}")
     alpha = decay if iteration is None else min(decay, 1 - 1 / (iteration + 1))  # the true average early on
-    pairs = [
-        *zip(teacher.named_parameters(), student.named_parameters()),
-        *zip(teacher.named_buffers(), student.named_buffers()),
-    ]
-    if len(pairs) != len([*student.parameters(), *student.buffers()]) or any(
-        a != b for (a, _), (b, _) in pairs
-    ):
-        raise ValueError(
-            "teacher and student differ in structure: build the teacher with make_teacher(student)"
-        )
-    for (_, t), (_, s) in pairs:
+    for t, s in paired_tensors(teacher, student):
         if t.is_floating_point():
             t.lerp_(s, 1 - alpha)  # alpha t + (1 - alpha) s
         elif alpha < 1:

@@ -41,7 +41,7 @@ def _field_types() -> dict[str, object]:
     hints = typing.get_type_hints(TrainConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
 
-
+# %% ../nbs/12_cli.ipynb #ec6154a0
 def parse_set(items: list[str]) -> dict:
     "Parse KEY=VALUE strings into TrainConfig fields with the fields' types."
     types, out = _field_types(), {}
@@ -134,14 +134,14 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     out = given.get("out", f"runs/{cfg.dataset}-{cfg.method}-{labeled}-seed{cfg.seed}")
     return cfg.replace(labeled=labeled, out=out)
 
-
+# %% ../nbs/12_cli.ipynb #54bacb1e
 def _run_train(a: argparse.Namespace):
     m = train(config_from_args(a), resume=a.resume, progress=not a.quiet)
     run = f"{m['dataset']}, {m['method']}, {m['iterations']} iterations"
     print(f"test split ({run}; best.pt chosen on validation):")
     _print_metrics(m["test"])
 
-
+# %% ../nbs/12_cli.ipynb #bd1a0f78
 def _print_metrics(m: dict):
     for which, r in m.items():
         hd = f"  HD95 {r['hd95']:.2f}" if "hd95" in r else ""
@@ -174,7 +174,7 @@ def _demo_args(p: argparse.ArgumentParser):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_demo)
 
-
+# %% ../nbs/12_cli.ipynb #fd64b60e
 def _run_demo(a: argparse.Namespace):
     from ucpcl.report import demo
 

@@ -21,7 +21,7 @@ from .train import TrainConfig, get_method, train
 __all__ = ['TABLE1_METHODS', 'METHOD_NAMES', 'PAPER_COLUMNS', 'PAPER_ROWS', 'PAPER_TABLE1', 'ABLATION_ROWS', 'ABLATION_COLUMNS',
            'FEATURE_ROWS', 'RunSpec', 'run_name', 'Grid', 'run_config', 'run_status', 'ensure_run', 'run_grid',
            'labeled_text', 'pivot', 'write_table', 'plot_runs', 'TableSpec', 'data_name', 'make_table', 'compare',
-           'table1', 'ablation_marks', 'ablation', 'feature_cells', 'feature_levels']
+           'table1', 'ablation_marks', 'table2', 'ablation', 'feature_cells', 'table3', 'feature_levels']
 
 # %% ../nbs/14_compare.ipynb #5fd4f7ba
 TABLE1_METHODS = ("sup", "mt", "uamt", "em", "dct", "cct", "cps", "ucpcl")
@@ -115,7 +115,7 @@ def _same_config(path: Path, cfg: TrainConfig) -> bool:
     drop_workers = lambda d: {k: v for k, v in d.items() if k != "num_workers"}
     return drop_workers(saved) == drop_workers(mine)
 
-
+# %% ../nbs/14_compare.ipynb #fe22eee6
 def run_status(cfg: TrainConfig) -> str:
     "'done' (finished, same configuration), 'resume' (interrupted, same configuration) or 'new'."
     out = Path(cfg.out)
@@ -252,7 +252,7 @@ def data_name(dataset: str, data_root: str | Path) -> str:
         kind = ""
     return f"{kind} phantom ({dataset} layout)".lstrip()
 
-
+# %% ../nbs/14_compare.ipynb #a943fceb
 def _caption(rows: list[dict], seeds, what: str, data: str) -> str:
     r, where = rows[0], "Test split, checkpoint selected on the validation split"
     return (
@@ -279,7 +279,7 @@ def make_table(grid: Grid, specs: Sequence[RunSpec], table: TableSpec, described
     _finish(out, table.stem, rows, {**described, **settings}, time.time() - t0)
     return rows
 
-
+# %% ../nbs/14_compare.ipynb #6ce1c2ac
 def _finish(out: Path, stem: str, rows: list[dict], grid: dict, seconds: float):
     "Write the rows of every run and the grid description with the wall time."
     write_csv(rows, out / f"{stem}_runs.csv")
@@ -335,7 +335,7 @@ ABLATION_ROWS = (  # Table 2: (tag, method, switches)
 )
 ABLATION_COLUMNS = {"l_con": "ℓcon", "l_e": "ℓe", "l_c^sup": "ℓc sup", "l_c^pseudo": "ℓc pseudo", "l_c": "ℓc"}
 
-
+# %% ../nbs/14_compare.ipynb #92102fd7
 def ablation_marks(spec: RunSpec) -> dict:
     "The ticks of Table 2's columns l_con, l_e, l_c^sup, l_c^pseudo, l_c for one row."
     if spec.method != "ucpcl":
@@ -343,6 +343,14 @@ def ablation_marks(spec: RunSpec) -> dict:
     c = TrainConfig(**spec.overrides)
     on = (c.use_con, c.use_rot, c.contrast != "none", c.contrast == "pseudo", c.contrast == "uncertainty")
     return {k: "✓" if b else "" for k, b in zip(ABLATION_COLUMNS, on)}
+
+# %% ../nbs/14_compare.ipynb #32318135
+def table2() -> TableSpec:
+    "Table 2's presentation: the ticks of each row; the plot names a row by its switches."
+    marks = {s.tag: ablation_marks(s) for s in ABLATION_ROWS}
+    names = {s.tag: s.tag.replace("ucpcl-", "").replace("ucpcl", "full") for s in ABLATION_ROWS}
+    what = "The first row is supervised training only."
+    return TableSpec("table2", "Table 2: ablation", what, ABLATION_COLUMNS, marks, names)
 
 # %% ../nbs/14_compare.ipynb #3d902026
 def ablation(
@@ -361,11 +369,7 @@ def ablation(
     grid = Grid(
         labeled_sizes, seeds, dataset, data_root, out, preset, iterations, device, progress, overrides
     )
-    marks = {s.tag: ablation_marks(s) for s in ABLATION_ROWS}
-    names = {s.tag: s.tag.replace("ucpcl-", "").replace("ucpcl", "full") for s in ABLATION_ROWS}
-    what = "The first row is supervised training only."
-    table = TableSpec("table2", "Table 2: ablation", what, ABLATION_COLUMNS, marks, names)
-    return make_table(grid, ABLATION_ROWS, table, {})
+    return make_table(grid, ABLATION_ROWS, table2(), {})
 
 # %% ../nbs/14_compare.ipynb #6cf1aa95
 FEATURE_ROWS = tuple(
@@ -381,6 +385,15 @@ def feature_cells(size: int) -> dict:
         s.tag: {"feature": f"Conv{k}", "resolution": f"{side(k)}×{side(k)}"}
         for k, s in enumerate(FEATURE_ROWS, 1)
     }
+
+# %% ../nbs/14_compare.ipynb #71ff7363
+def table3(size: int) -> TableSpec:
+    "Table 3's presentation at input side `size`: each row's level and grid, named by its level."
+    cells = feature_cells(size)
+    what = "The paper's method with the projection head on Conv1..Conv4."
+    names = {tag: c["feature"] for tag, c in cells.items()}
+    columns = {"feature": "Feature", "resolution": "Resolution"}
+    return TableSpec("table3", "Table 3: feature level of the pixel contrast", what, columns, cells, names)
 
 # %% ../nbs/14_compare.ipynb #dff689e0
 def feature_levels(
@@ -399,11 +412,5 @@ def feature_levels(
     grid = Grid(
         labeled_sizes, seeds, dataset, data_root, out, preset, iterations, device, progress, overrides
     )
-    cells = feature_cells(overrides.get("img_size") or get_preset(preset).img_size)
-    what = "The paper's method with the projection head on Conv1..Conv4."
-    columns, names = (
-        {"feature": "Feature", "resolution": "Resolution"},
-        {t: c["feature"] for t, c in cells.items()},
-    )
-    table = TableSpec("table3", "Table 3: feature level of the pixel contrast", what, columns, cells, names)
+    table = table3(overrides.get("img_size") or get_preset(preset).img_size)
     return make_table(grid, FEATURE_ROWS, table, {})

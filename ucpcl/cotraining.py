@@ -78,12 +78,12 @@ def _uniform(shape, low: float, high: float, like: Tensor, generator: torch.Gene
     u = torch.rand(shape, generator=generator, device=like.device if generator is None else generator.device)
     return (low + (high - low) * u).to(like)
 
-
+# %% ../nbs/13a_cotraining.ipynb #f9efeb71
 def feature_noise(f: Tensor, r: float = 0.3, generator: torch.Generator | None = None) -> Tensor:
     "Multiplicative noise f (1 + n), n ~ U(-r, r) of shape (C, h, w) shared by the batch."
     return f * (1 + _uniform(f.shape[1:], -r, r, f, generator))
 
-
+# %% ../nbs/13a_cotraining.ipynb #1b910261
 def feature_dropout(f: Tensor, p: float = 0.3, generator: torch.Generator | None = None) -> Tensor:
     "Dropout of single activations with probability p; the kept ones are scaled by 1 / (1 - p)."
     if not 0 <= p < 1:

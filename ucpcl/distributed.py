@@ -81,7 +81,7 @@ def reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, flo
     t /= world()[1]
     return dict(zip(keys, t.tolist()))
 
-
+# %% ../nbs/16_distributed.ipynb #9b9dbffe
 def broadcast_buffers(module: torch.nn.Module):
     "Give every process rank 0's buffers (batch-norm statistics), as DDP does before each forward pass."
     if world()[1] == 1:

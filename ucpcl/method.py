@@ -85,7 +85,7 @@ def require(cfg: Config, name: str, ok: bool, valid: str):
     if not ok:
         raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r} is invalid: {valid}")
 
-
+# %% ../nbs/10_method.ipynb #b9641f95
 @patch
 def validate(self: MethodConfig):
     "Raise a `ValueError` for the first invalid field of the method."

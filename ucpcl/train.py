@@ -43,7 +43,7 @@ METHODS: dict[str, type[Method]] = {  # the name in TrainConfig.method -> the cl
     "ucpcl": UCPCL,
 }
 
-
+# %% ../nbs/10_train.ipynb #912a9d61
 def get_method(name: str) -> type[Method]:
     "The `Method` class called `name` in `METHODS`."
     if name not in METHODS:
@@ -237,7 +237,7 @@ def build_method(self: Trainer) -> Method:
     self.net = self.wrap(method)  # what a step calls
     return method
 
-
+# %% ../nbs/10_train.ipynb #22e7d05e
 @patch
 def wrap(self: Trainer, method: Method) -> nn.Module:
     "The method itself in one process; in several, DDP around it (after SyncBatchNorm on CUDA)."
@@ -279,7 +279,7 @@ def collate(items: list[dict]) -> dict:
     stack = lambda k: torch.stack([it[k] for it in items])
     return {k: stack(k) if isinstance(items[0][k], Tensor) else [it[k] for it in items] for k in keys}
 
-
+# %% ../nbs/10_train.ipynb #58fbb1a0
 @patch
 def batches(self: Trainer, start: int) -> IterationBatches:
     "This process's (index, seed) batches of iterations start..iterations-1."
@@ -338,7 +338,7 @@ def set_lr(self: Trainer, it: int) -> float:
         g["lr"] = lr
     return lr
 
-
+# %% ../nbs/10_train.ipynb #60d320ac
 @patch
 def train_mode(self: Trainer):
     "The method in training mode; with freeze_bn, its batch norm layers keep their running statistics."
@@ -348,7 +348,7 @@ def train_mode(self: Trainer):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
 
-
+# %% ../nbs/10_train.ipynb #290a108b
 @patch
 def check_finite(self: Trainer, terms: dict, it: int):
     "Raise `NonFiniteLoss` naming the terms that are NaN or infinite."
@@ -386,7 +386,7 @@ def _rng_state() -> dict:
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
-
+# %% ../nbs/10_train.ipynb #95855950
 def _set_rng_state(s: dict):
     torch.set_rng_state(s["torch"])
     np.random.set_state(s["numpy"])
@@ -394,7 +394,7 @@ def _set_rng_state(s: dict):
     if s.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
 
-
+# %% ../nbs/10_train.ipynb #6decd9e4
 def atomic_save(obj, path: Path):
     "torch.save to a temporary file in the same folder, then rename over `path`."
     path = Path(path)
@@ -479,7 +479,7 @@ def environment(device: torch.device) -> dict:
         env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     return env
 
-
+# %% ../nbs/10_train.ipynb #7a7ba756
 def _trim_log(path: Path, upto: int):
     "Keep the rows of a CSV log whose iteration is at most `upto`."
     if not path.exists():
@@ -539,7 +539,7 @@ def iterate(self: Trainer, batch: dict, bar: tqdm):
         bar.set_postfix({k: f"{terms[k]:.3f}" for k in ("loss", "l_sup", "l_c") if k in terms})
     bar.update(1)
 
-
+# %% ../nbs/10_train.ipynb #d4ec2e8d
 @patch
 def checkpoint(self: Trainer, stop: bool):
     "Rank 0: validate every eval_every iterations, write last.pt every save_every; both at the end."
@@ -548,6 +548,16 @@ def checkpoint(self: Trainer, stop: bool):
         self.validate(it)
     if self.rank == 0 and (it % self.cfg.save_every == 0 or end or stop):
         self.save("last.pt")
+
+# %% ../nbs/10_train.ipynb #ac5ad5e5
+@patch
+def _begin(self: Trainer, resume: bool):
+    "Load last.pt when resuming; rank 0 opens the run folder; every process waits for it."
+    if resume:
+        self.load(self.out / "last.pt")
+    if self.rank == 0:
+        self._open_run(resume)
+    barrier()
 
 # %% ../nbs/10_train.ipynb #c69efbf7
 @patch
@@ -558,13 +568,10 @@ def fit(
     stop_after: int | None = None,  # leave after this many iterations (a time-limited job); resume later
 ) -> Trainer:
     "Train to cfg.iterations (from last.pt when resume), validating and checkpointing on the way."
-    if resume:
-        self.load(self.out / "last.pt")
-    if self.rank == 0:
-        self._open_run(resume)
-    barrier()
-    start, self._t0, show = self.iteration, time.time(), progress and self.rank == 0
-    bar = tqdm(total=self.cfg.iterations, initial=start, disable=not show, desc=self.cfg.method, leave=False)
+    self._begin(resume)
+    start, self._t0, cfg = self.iteration, time.time(), self.cfg
+    show = progress and self.rank == 0
+    bar = tqdm(total=cfg.iterations, initial=start, disable=not show, desc=cfg.method, leave=False)
     try:
         for batch in self.loader(self.iteration):
             self.iterate(batch, bar)
@@ -598,7 +605,7 @@ SELECTION = (  # how metrics.json describes the choice of best.pt
     "best.pt = highest mean foreground Dice on the validation split; the test split was evaluated only here"
 )
 
-
+# %% ../nbs/10_train.ipynb #161d1a01
 @patch
 def test(self: Trainer) -> dict:
     "Test last.pt and best.pt once; write metrics.json (rank 0; other processes get an empty 'test')."
