@@ -1,5 +1,5 @@
-"""The baselines of Table 1: each trains through the trainer, learns a fixed batch, and survives a checkpoint round trip;
-the mean-teacher helper, UA-MT's passes and mask, and CPS's pseudo labels do what they claim."""
+"""The baselines of Table 1: each trains through the trainer, learns a fixed batch, and survives a checkpoint
+round trip; the mean-teacher helper, UA-MT's passes and mask, and CPS's pseudo labels do what they claim."""
 
 import copy, csv, math
 
@@ -165,7 +165,8 @@ def test_teacher_runs_on_batch_statistics_without_moving_its_own():
 
 
 def test_teacher_normalises_as_the_student_does():
-    "Student BatchNorm in training mode: the teacher uses batch statistics; frozen (eval) student BatchNorm: running statistics."
+    """Student BatchNorm in training mode: the teacher uses batch statistics; frozen (eval) student BatchNorm:
+    running statistics."""
     mt = get_method("mt")(TrainConfig(method="mt", **TINY), MODEL)
     mt.hp = type(mt.hp)(noise_std=0.0)  # no input noise: the two passes are comparable
     x = torch.randn(2, 1, 32, 32) * 3

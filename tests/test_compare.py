@@ -1,5 +1,5 @@
-"""The compare runner: a tiny grid writes the tables, a second call trains nothing, a half-finished run resumes,
-a changed configuration is retrained, and Tables 2 and 3 have the paper's rows."""
+"""The compare runner: a tiny grid writes the tables, a second call trains nothing, a half-finished run
+resumes, a changed configuration is retrained, and Tables 2 and 3 have the paper's rows."""
 
 import csv, json
 from pathlib import Path
@@ -11,6 +11,7 @@ from ucpcl.cli import main
 from ucpcl.compare import (
     ABLATION_ROWS,
     FEATURE_ROWS,
+    Grid,
     RunSpec,
     ablation,
     ablation_marks,
@@ -87,7 +88,8 @@ def test_tiny_grid_writes_table1_and_a_second_call_trains_nothing(phantom, tmp_p
 
 
 def test_half_finished_run_resumes_and_changed_config_is_retrained(phantom, tmp_path, count_training):
-    cfg = run_config(RunSpec("mt", "mt"), 2, 0, "acdc", phantom, tmp_path, "small", 4, "cpu", **TINY)
+    settings = Grid([2], [0], "acdc", phantom, tmp_path, "small", 4, "cpu", overrides=TINY)
+    cfg = run_config(RunSpec("mt", "mt"), 2, 0, settings)
     Trainer(cfg).fit(progress=False, stop_after=2)  # interrupted after 2 of 4 iterations
     assert run_status(cfg) == "resume"
     rows = grid(phantom, tmp_path, methods=("mt",), iterations=4)

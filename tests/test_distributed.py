@@ -14,9 +14,9 @@ from ucpcl.train import TrainConfig, Trainer
 from ucpcl.distributed import world, cleanup
 root, out, contrast, stop, mode = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 resume, exact = mode == "resume", mode == "exact"
-cfg = TrainConfig(data_root=root, labeled=2, preset="small", img_size=32, iterations=4, batch_size=8, labeled_bs=4, per_class=8,
-                  memory_size=16, contrast=contrast, contrast_start=0.0, eval_every=2, save_every=2, log_every=1, out=out, device="cpu",
-                  freeze_bn=exact)
+tiny = dict(labeled=2, preset="small", img_size=32, iterations=4, batch_size=8, labeled_bs=4, per_class=8)
+tiny |= dict(memory_size=16, contrast_start=0.0, eval_every=2, save_every=2, log_every=1, device="cpu")
+cfg = TrainConfig(data_root=root, out=out, contrast=contrast, freeze_bn=exact, **tiny)
 t = Trainer(cfg)
 if exact:  # no dropout either: what is left to differ is the batch-pooled Dice of Eq. 4
     for m in t.method.modules():
@@ -88,9 +88,9 @@ def test_two_processes_hold_the_same_weights_and_queue(setup, two):
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(setup):
-    """Same global batch, augmentations and quarter turns. With batch norm frozen and no dropout (per-process batch
-    statistics on a CPU cannot be synchronised) and no anchor sampling (each process samples its own pixels), only the
-    batch-pooled Dice differs: the weights agree closely."""
+    """Same global batch, augmentations and quarter turns. With batch norm frozen and no dropout (per-process
+    batch statistics on a CPU cannot be synchronised) and no anchor sampling (each process samples its own
+    pixels), only the batch-pooled Dice differs: the weights agree closely."""
     d, root = setup
     (one,) = run(d, root, d / "one", 1, contrast="none", mode="exact")
     two, _ = run(d, root, d / "two-x", 2, contrast="none", mode="exact", port=29542)

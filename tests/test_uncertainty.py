@@ -86,9 +86,12 @@ def test_pseudo_label_rejects_bad_threshold_and_shapes():
 def test_contrast_labels_keeps_ground_truth_and_rejects_bad_inputs():
     p, q = _probs(4, 3, 5, 5), _probs(4, 3, 5, 5, seed=2)
     labels = torch.randint(-1, 3, (4, 5, 5))
-    for mode in CONTRAST_MODES:
+    assert CONTRAST_MODES == ("none", "labeled", "pseudo", "uncertainty")  # the rows of Table 2
+    for mode in CONTRAST_MODES[1:]:
         y = contrast_labels(p, q, labels, 2, 0.5, mode)
         assert torch.equal(y[:2], labels[:2]) and y.dtype == torch.long and y.shape == (4, 5, 5)
+    none = contrast_labels(p, q, labels, 2, 0.5, "none")  # no pixel contrast: no pixel gives an anchor
+    assert (none == -1).all() and none.dtype == torch.long and none.shape == (4, 5, 5)
     assert torch.equal(contrast_labels(p, q, labels, 4, 0.5, "labeled"), labels)
     assert (contrast_labels(p, q, labels, 0, 0.5, "labeled") == -1).all()
     assert torch.equal(contrast_labels(p, q, labels, 0, 0.5, "pseudo"), ((p + q) / 2).argmax(1))

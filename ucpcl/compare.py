@@ -18,11 +18,12 @@ from .report import load_run, markdown_table, summarize_runs, write_csv
 from .train import TrainConfig, get_method, train
 
 # %% auto #0
-__all__ = ['TABLE1_METHODS', 'METHOD_NAMES', 'PAPER_TABLE1', 'ABLATION_ROWS', 'FEATURE_ROWS', 'RunSpec', 'run_name', 'run_config',
-           'run_status', 'ensure_run', 'run_grid', 'labeled_text', 'pivot', 'write_table', 'plot_runs', 'data_name',
-           'compare', 'ablation_marks', 'ablation', 'feature_levels']
+__all__ = ['TABLE1_METHODS', 'METHOD_NAMES', 'PAPER_COLUMNS', 'PAPER_ROWS', 'PAPER_TABLE1', 'ABLATION_ROWS', 'ABLATION_COLUMNS',
+           'FEATURE_ROWS', 'RunSpec', 'run_name', 'Grid', 'run_config', 'run_status', 'ensure_run', 'run_grid',
+           'labeled_text', 'pivot', 'write_table', 'plot_runs', 'TableSpec', 'data_name', 'make_table', 'compare',
+           'table1', 'ablation_marks', 'table2', 'ablation', 'feature_cells', 'table3', 'feature_levels']
 
-# %% ../nbs/14_compare.ipynb #428bea95
+# %% ../nbs/14_compare.ipynb #5fd4f7ba
 TABLE1_METHODS = ("sup", "mt", "uamt", "em", "dct", "cct", "cps", "ucpcl")
 METHOD_NAMES = {
     "sup": "-",
@@ -34,52 +35,32 @@ METHOD_NAMES = {
     "cps": "CPS",
     "ucpcl": "Ours",
 }
-PAPER_TABLE1 = {  # data set -> labeled images -> method -> (Dice %, Jaccard %), Table 1 of the paper
-    "acdc": {
-        68: {
-            "sup": (65.32, 51.12),
-            "mt": (74.20, 60.53),
-            "uamt": (74.24, 60.68),
-            "em": (76.70, 63.40),
-            "dct": (73.28, 60.16),
-            "cct": (74.39, 61.28),
-            "cps": (74.76, 61.40),
-            "ucpcl": (80.05, 67.66),
-        },
-        136: {
-            "sup": (82.09, 70.79),
-            "mt": (85.75, 75.69),
-            "uamt": (83.56, 72.94),
-            "em": (83.39, 72.23),
-            "dct": (82.76, 71.40),
-            "cct": (83.94, 72.68),
-            "cps": (85.06, 74.67),
-            "ucpcl": (88.11, 79.15),
-        },
-    },
-    "isic": {
-        91: {
-            "sup": (67.02, 53.49),
-            "mt": (69.87, 57.19),
-            "uamt": (69.33, 56.20),
-            "em": (66.11, 51.89),
-            "dct": (70.09, 57.13),
-            "cct": (69.53, 56.94),
-            "cps": (71.87, 57.35),
-            "ucpcl": (72.67, 57.85),
-        },
-        181: {
-            "sup": (68.91, 56.69),
-            "mt": (70.64, 58.63),
-            "uamt": (75.67, 63.42),
-            "em": (71.10, 58.54),
-            "dct": (75.98, 63.68),
-            "cct": (73.42, 62.13),
-            "cps": (78.09, 65.74),
-            "ucpcl": (79.48, 67.25),
-        },
-    },
+
+# %% ../nbs/14_compare.ipynb #475c0ac0
+PAPER_COLUMNS = (("acdc", 68), ("acdc", 136), ("isic", 91), ("isic", 181))  # (data set, labeled images)
+PAPER_ROWS = {  # method -> (Dice %, Jaccard %) in each of PAPER_COLUMNS
+    "sup": ((65.32, 51.12), (82.09, 70.79), (67.02, 53.49), (68.91, 56.69)),
+    "mt": ((74.20, 60.53), (85.75, 75.69), (69.87, 57.19), (70.64, 58.63)),
+    "uamt": ((74.24, 60.68), (83.56, 72.94), (69.33, 56.20), (75.67, 63.42)),
+    "em": ((76.70, 63.40), (83.39, 72.23), (66.11, 51.89), (71.10, 58.54)),
+    "dct": ((73.28, 60.16), (82.76, 71.40), (70.09, 57.13), (75.98, 63.68)),
+    "cct": ((74.39, 61.28), (83.94, 72.68), (69.53, 56.94), (73.42, 62.13)),
+    "cps": ((74.76, 61.40), (85.06, 74.67), (71.87, 57.35), (78.09, 65.74)),
+    "ucpcl": ((80.05, 67.66), (88.11, 79.15), (72.67, 57.85), (79.48, 67.25)),
 }
+
+# %% ../nbs/14_compare.ipynb #e4d66841
+def _by_column(rows: dict, columns: tuple) -> dict:
+    "{data set: {labeled: {method: value}}} from a row of values per method, one value per column."
+    out = {}
+    for i, (dataset, labeled) in enumerate(columns):
+        out.setdefault(dataset, {})[labeled] = {m: row[i] for m, row in rows.items()}
+    return out
+
+
+PAPER_TABLE1 = _by_column(
+    PAPER_ROWS, PAPER_COLUMNS
+)  # data set -> labeled images -> method -> (Dice %, Jaccard %)
 
 # %% ../nbs/14_compare.ipynb #eff7db24
 @dataclass(frozen=True)
@@ -95,53 +76,46 @@ def run_name(dataset: str, tag: str, labeled: float, seed: int) -> str:
     "The run folder's name, e.g. acdc-mt-l3-s0."
     return f"{dataset}-{tag}-l{labeled:g}-s{seed}"
 
-# %% ../nbs/14_compare.ipynb #25ace4ba
-def run_config(
-    spec: RunSpec,
-    labeled: float,
-    seed: int,
-    dataset: str,
-    data_root: str | Path,
-    out: str | Path,
-    preset: str = "paper",
-    iterations: int = 6000,
-    device: str = "auto",
-    **overrides,
-) -> TrainConfig:
-    "The TrainConfig of one run: grid settings, then `overrides` (any TrainConfig field), then the variant's switches."
-    every = max(iterations // 5, 1)
-    base = dict(
-        dataset=dataset,
-        data_root=str(Path(data_root).expanduser().resolve()),
-        labeled=labeled,
-        method=spec.method,
-        preset=preset,
-        iterations=iterations,
-        seed=seed,
-        device=device,
-        eval_every=every,
-        save_every=every,
-    )
-    out_dir = Path(out) / "runs" / run_name(dataset, spec.tag, labeled, seed)
-    return TrainConfig(**{**base, **overrides, **spec.overrides, "out": str(out_dir)})
+# %% ../nbs/14_compare.ipynb #e57ac512
+@dataclass(frozen=True)
+class Grid:
+    "The labeled sizes x seeds of every row of a table, and what all its runs share."
 
-# %% ../nbs/14_compare.ipynb #9bf02415
-_ARTEFACTS = ("metrics.json", "test_cases.json", "last.pt", "best.pt", "log.csv", "val.csv")
+    labeled_sizes: Sequence[float]  # ACDC: labeled patients; ISIC: images or fractions
+    seeds: Sequence[int]
+    dataset: str  # "acdc" or "isic"
+    data_root: str | Path
+    out: str | Path  # the tables go here, the runs into OUT/runs/
+    preset: str = "paper"
+    iterations: int = 6000
+    device: str = "auto"
+    progress: bool = False  # progress bars while training
+    overrides: dict = field(default_factory=dict)  # any other TrainConfig field, for every run
 
+# %% ../nbs/14_compare.ipynb #82e36ac4
+def run_config(spec: RunSpec, labeled: float, seed: int, grid: Grid) -> TrainConfig:
+    "The TrainConfig of one run: grid settings, then the grid's overrides, then the variant's switches."
+    every = max(grid.iterations // 5, 1)
+    root = str(Path(grid.data_root).expanduser().resolve())
+    base = dict(dataset=grid.dataset, data_root=root, labeled=labeled, method=spec.method, seed=seed)
+    base |= dict(preset=grid.preset, iterations=grid.iterations, device=grid.device)
+    base |= dict(eval_every=every, save_every=every)
+    out = Path(grid.out) / "runs" / run_name(grid.dataset, spec.tag, labeled, seed)
+    return TrainConfig(**{**base, **grid.overrides, **spec.overrides, "out": str(out)})
 
+# %% ../nbs/14_compare.ipynb #9c264d4c
 def _same_config(path: Path, cfg: TrainConfig) -> bool:
-    "True when the config.json at `path` describes the run `cfg` (num_workers aside; fields added since take their defaults)."
+    "True when config.json at `path` is the run `cfg` (num_workers aside; newer fields take their defaults)."
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
     plain = lambda c: json.loads(json.dumps(c.to_dict(), default=str))
     saved, mine = {**plain(TrainConfig()), **saved}, plain(cfg)
-    return {k: v for k, v in saved.items() if k != "num_workers"} == {
-        k: v for k, v in mine.items() if k != "num_workers"
-    }
+    drop_workers = lambda d: {k: v for k, v in d.items() if k != "num_workers"}
+    return drop_workers(saved) == drop_workers(mine)
 
-
+# %% ../nbs/14_compare.ipynb #fe22eee6
 def run_status(cfg: TrainConfig) -> str:
     "'done' (finished, same configuration), 'resume' (interrupted, same configuration) or 'new'."
     out = Path(cfg.out)
@@ -151,7 +125,10 @@ def run_status(cfg: TrainConfig) -> str:
         return "done"
     return "resume" if (out / "last.pt").is_file() else "new"
 
-# %% ../nbs/14_compare.ipynb #a6fb4544
+# %% ../nbs/14_compare.ipynb #ab606414
+_ARTEFACTS = ("metrics.json", "test_cases.json", "last.pt", "best.pt", "log.csv", "val.csv")
+
+
 def ensure_run(cfg: TrainConfig, progress: bool = False) -> dict:
     "Bring one run to its end (train, resume or skip, see `run_status`) and return its row for the tables."
     status, t = run_status(cfg), time.time()
@@ -162,47 +139,31 @@ def ensure_run(cfg: TrainConfig, progress: bool = False) -> dict:
         train(cfg, resume=status == "resume", progress=progress)
     return {**load_run(cfg.out), "status": status, "seconds": round(time.time() - t, 1)}
 
-# %% ../nbs/14_compare.ipynb #fb8d6ccd
-def run_grid(
-    specs: Sequence[RunSpec],
-    labeled_sizes: Sequence[float],
-    seeds: Sequence[int],
-    dataset: str,
-    data_root: str | Path,
-    out: str | Path,
-    preset: str = "paper",
-    iterations: int = 6000,
-    device: str = "auto",
-    progress: bool = False,
-    **overrides,
-) -> list[dict]:
-    "Train (or skip, or resume) every run of specs x labeled_sizes x seeds; return one row per run."
-    grid = [(s, l, seed) for seed in seeds for l in labeled_sizes for s in specs]
+# %% ../nbs/14_compare.ipynb #6d5cf6ab
+def run_grid(specs: Sequence[RunSpec], grid: Grid) -> list[dict]:
+    "Train (or skip, or resume) every run of specs x labeled sizes x seeds; return one row per run."
+    runs = [(s, l, seed) for seed in grid.seeds for l in grid.labeled_sizes for s in specs]
     rows = []
-    for i, (spec, labeled, seed) in enumerate(grid, 1):
-        cfg = run_config(
-            spec, labeled, seed, dataset, data_root, out, preset, iterations, device, **overrides
-        )
-        row = {"tag": spec.tag, **ensure_run(cfg, progress)}
+    for i, (spec, labeled, seed) in enumerate(runs, 1):
+        cfg = run_config(spec, labeled, seed, grid)
+        row = {"tag": spec.tag, **ensure_run(cfg, grid.progress)}
         rows.append(row)
-        print(
-            f"[{i}/{len(grid)}] {Path(cfg.out).name}: {row['status']} ({row['seconds']:.0f} s), "
-            f"test Dice {100 * row['best_dice']:.2f}",
-            flush=True,
-        )
+        done = f"{row['status']} ({row['seconds']:.0f} s), test Dice {100 * row['best_dice']:.2f}"
+        print(f"[{i}/{len(runs)}] {Path(cfg.out).name}: {done}", flush=True)
     return rows
 
-# %% ../nbs/14_compare.ipynb #91f4a0ea
+# %% ../nbs/14_compare.ipynb #04964e8a
 def labeled_text(dataset: str, data_root: str | Path, labeled: float) -> str:
-    "The labeled size as the tables print it: '3 patients (68 slices)' for ACDC, '91 images' or '5%' for ISIC."
+    "The labeled size as tables print it: '3 patients (68 slices)' (ACDC), '91 images' or '5%' (ISIC)."
     if dataset != "acdc":
         return f"{labeled:g} images" if labeled >= 1 else f"{100 * labeled:g}%"
     try:
-        return f"{labeled:g} patients ({len(acdc_labeled_names(data_root, labeled_patients=int(labeled)))} slices)"
+        slices = len(acdc_labeled_names(data_root, labeled_patients=int(labeled)))
     except (OSError, ValueError):
         return f"{labeled:g} patients"
+    return f"{labeled:g} patients ({slices} slices)"
 
-
+# %% ../nbs/14_compare.ipynb #a3b3e109
 def pivot(rows: Sequence[dict], tags: Sequence[str], labeled_sizes: Sequence[float]) -> list[dict]:
     "One dict per tag: dice_l<L>, jaccard_l<L> (mean), their _std, and n_l<L> seeds for each labeled size L."
     summary = {(g["tag"], g["labeled"]): g for g in summarize_runs(rows, by=("tag", "labeled"))}
@@ -211,117 +172,77 @@ def pivot(rows: Sequence[dict], tags: Sequence[str], labeled_sizes: Sequence[flo
         r = {"tag": tag}
         for l in labeled_sizes:
             g = summary.get((tag, l), {})
-            r |= {
-                f"dice_l{l:g}": g.get("best_dice"),
-                f"dice_l{l:g}_std": g.get("best_dice_std"),
-                f"jaccard_l{l:g}": g.get("best_jaccard"),
-                f"jaccard_l{l:g}_std": g.get("best_jaccard_std"),
-                f"n_l{l:g}": g.get("n", 0),
-            }
+            for m in ("dice", "jaccard"):
+                r |= {f"{m}_l{l:g}": g.get(f"best_{m}"), f"{m}_l{l:g}_std": g.get(f"best_{m}_std")}
+            r[f"n_l{l:g}"] = g.get("n", 0)
         out.append(r)
     return out
 
-# %% ../nbs/14_compare.ipynb #82217b3c
-def _metric_columns(labeled_sizes, heads: dict) -> tuple[list[str], list[str]]:
-    "Metric keys and their headers, Dice then Jaccard, for each labeled size."
-    keys = [f"{m}_l{l:g}" for l in labeled_sizes for m in ("dice", "jaccard")]
-    return keys, [
-        f"{'Dice' if m == 'dice' else 'Jaccard'} [%] {heads[l]}"
-        for l in labeled_sizes
-        for m in ("dice", "jaccard")
-    ]
+# %% ../nbs/14_compare.ipynb #71f59ee7
+def _metric_columns(heads: dict) -> tuple[list[str], list[str]]:
+    "Metric keys and their headers, Dice then Jaccard, for each labeled size (the keys of `heads`)."
+    pairs = [(l, m) for l in heads for m in ("dice", "jaccard")]
+    keys = [f"{m}_l{l:g}" for l, m in pairs]
+    return keys, [f"{'Dice' if m == 'dice' else 'Jaccard'} [%] {heads[l]}" for l, m in pairs]
 
 
+def _csv_row(r: dict, columns: dict, keys: list[str], labeled_sizes) -> dict:
+    "A row of the CSV: the row's own columns, each metric and its std in percent, then the seed counts."
+    pct = lambda v: None if v is None else round(100 * v, 4)
+    metrics = {f"{k}{s}": pct(r.get(k + s)) for k in keys for s in ("", "_std")}
+    counts = {f"n_l{l:g}": r.get(f"n_l{l:g}", 0) for l in labeled_sizes}
+    return {**{h: r[c] for c, h in columns.items()}, **metrics, **counts}
+
+# %% ../nbs/14_compare.ipynb #f9ba9563
 def write_table(
     out: str | Path,
-    stem: str,
-    rows: list[dict],
-    columns: Sequence[str],
-    headers: Sequence[str],
-    labeled_sizes: Sequence[float],
-    heads: dict,
+    stem: str,  # writes <stem>.md and <stem>.csv
+    rows: list[dict],  # the rows of `pivot` with their own columns added
+    columns: dict[str, str],  # the rows' own columns, before the metrics: key -> header
+    heads: dict,  # labeled size -> its header, in the order of the columns
     title: str,
     caption: str,
 ) -> str:
     "Write <stem>.md (title, caption, table) and <stem>.csv into `out`; return the Markdown table."
-    keys, metric_heads = _metric_columns(labeled_sizes, heads)
-    table = markdown_table(rows, columns, keys, headers=[*headers, *metric_heads])
+    keys, metric_heads = _metric_columns(heads)
+    table = markdown_table(rows, list(columns), keys, headers=[*columns.values(), *metric_heads])
     Path(out, f"{stem}.md").write_text(f"# {title}\n\n{caption}\n\n{table}\n")
-    pct = lambda v: None if v is None else round(100 * v, 4)
-    write_csv(
-        [
-            {
-                **{h: r[c] for c, h in zip(columns, headers)},
-                **{f"{k}{s}": pct(r.get(k + s)) for k in keys for s in ("", "_std")},
-                **{f"n_l{l:g}": r.get(f"n_l{l:g}", 0) for l in labeled_sizes},
-            }
-            for r in rows
-        ],
-        Path(out, f"{stem}.csv"),
-    )
+    write_csv([_csv_row(r, columns, keys, list(heads)) for r in rows], Path(out, f"{stem}.csv"))
     return table
 
-# %% ../nbs/14_compare.ipynb #916ad1c7
+# %% ../nbs/14_compare.ipynb #9af0f1c9
 def plot_runs(rows: Sequence[dict], tags: Sequence[str], labels: dict, heads: dict, title: str = ""):
     "Seaborn bars (mean over seeds) and points (each seed) of the test Dice, per table row and labeled size."
     rs = [r for r in rows if r["tag"] in tags]
-    data = {
-        "row": [labels[r["tag"]] for r in rs],
-        "labeled": [heads[r["labeled"]] for r in rs],
-        "Dice [%]": [100 * r["best_dice"] for r in rs],
-    }
+    data = {"row": [labels[r["tag"]] for r in rs], "labeled": [heads[r["labeled"]] for r in rs]}
+    data["Dice [%]"] = [100 * r["best_dice"] for r in rs]
     order, hue_order = [labels[t] for t in tags], list(dict.fromkeys(heads.values()))
     fig, ax = plt.subplots(figsize=(min(1.0 * len(tags) + 2.5, 10), 3.2))
-    sns.barplot(
-        data=data,
-        x="row",
-        y="Dice [%]",
-        hue="labeled",
-        order=order,
-        hue_order=hue_order,
-        errorbar=None,
-        alpha=0.55,
-        ax=ax,
-    )
-    sns.stripplot(
-        data=data,
-        x="row",
-        y="Dice [%]",
-        hue="labeled",
-        order=order,
-        hue_order=hue_order,
-        dodge=True,
-        size=4,
-        edgecolor="black",
-        linewidth=0.5,
-        legend=False,
-        ax=ax,
-    )
+    kw = dict(data=data, x="row", y="Dice [%]", hue="labeled", order=order, hue_order=hue_order, ax=ax)
+    sns.barplot(**kw, errorbar=None, alpha=0.55)
+    sns.stripplot(**kw, dodge=True, size=4, edgecolor="black", linewidth=0.5, legend=False)
     ax.set_xlabel("")
     ax.set_title(title, fontsize=9)
-    ax.legend(
-        fontsize=8,
-        title="labeled",
-        title_fontsize=8,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1),
-        frameon=False,
-    )
+    legend = dict(fontsize=8, title="labeled", title_fontsize=8, frameon=False)
+    ax.legend(**legend, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig
 
-# %% ../nbs/14_compare.ipynb #9145ee06
-def _finish(out: Path, stem: str, rows: list[dict], grid: dict, seconds: float):
-    "Write the rows of every run and the grid description with the wall time."
-    write_csv(rows, out / f"{stem}_runs.csv")
-    (out / f"{stem}.json").write_text(
-        json.dumps({**grid, "seconds": round(seconds, 1), "runs": rows}, indent=2, default=str) + "\n"
-    )
-    plt.close("all")
+# %% ../nbs/14_compare.ipynb #638aa571
+@dataclass(frozen=True)
+class TableSpec:
+    "How a table presents its rows: file stem, title, caption, the rows' own columns, their plot names."
 
+    stem: str  # table1, table2 or table3
+    title: str  # e.g. "Table 1: comparison with the baselines"
+    what: str  # the caption's first sentence
+    columns: dict  # the rows' own columns, before the metrics: key -> header
+    cells: dict  # tag -> the row's own cells (keys of `columns`)
+    labels: dict  # tag -> the row's name in the plot
 
+# %% ../nbs/14_compare.ipynb #b3e82128
 def data_name(dataset: str, data_root: str | Path) -> str:
-    "The data set as the tables name it: 'acdc', or 'cardiac phantom (acdc layout)' for a phantom of `ucpcl.phantoms`."
+    "The data set as tables name it: 'acdc', or 'cardiac phantom (acdc layout)' for a phantom."
     stamp = Path(data_root) / "PHANTOM.json"
     if not stamp.is_file():
         return dataset
@@ -331,15 +252,42 @@ def data_name(dataset: str, data_root: str | Path) -> str:
         kind = ""
     return f"{kind} phantom ({dataset} layout)".lstrip()
 
-
+# %% ../nbs/14_compare.ipynb #a943fceb
 def _caption(rows: list[dict], seeds, what: str, data: str) -> str:
-    r = rows[0]
+    r, where = rows[0], "Test split, checkpoint selected on the validation split"
     return (
-        f"{what} Test split, checkpoint selected on the validation split; mean ± sample std over seeds {list(seeds)}; "
+        f"{what} {where}; mean ± sample std over seeds {list(seeds)}; "
         f"data: {data}; preset `{r['preset']}`, {r['iterations']} iterations per run."
     )
 
-# %% ../nbs/14_compare.ipynb #4539fdd3
+# %% ../nbs/14_compare.ipynb #89678268
+def make_table(grid: Grid, specs: Sequence[RunSpec], table: TableSpec, described: dict) -> list[dict]:
+    "Train the runs of `specs` on `grid`; write the table, its plot, its runs and `described` into grid.out."
+    out, t0 = Path(grid.out), time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    rows, tags = run_grid(specs, grid), [s.tag for s in specs]
+    heads = {l: labeled_text(grid.dataset, grid.data_root, l) for l in grid.labeled_sizes}
+    data, (name, _) = data_name(grid.dataset, grid.data_root), table.title.split(":", 1)
+    table_rows = [{**r, **table.cells[r["tag"]]} for r in pivot(rows, tags, grid.labeled_sizes)]
+    caption = _caption(rows, grid.seeds, table.what, data)
+    write_table(out, table.stem, table_rows, table.columns, heads, table.title, caption)
+    plot_runs(rows, tags, table.labels, heads, f"{name} on {data}").savefig(
+        out / f"{table.stem}.png", dpi=100
+    )
+    settings = dict(labeled_sizes=list(grid.labeled_sizes), seeds=list(grid.seeds), dataset=grid.dataset)
+    settings |= dict(preset=grid.preset, iterations=grid.iterations, overrides=grid.overrides)
+    _finish(out, table.stem, rows, {**described, **settings}, time.time() - t0)
+    return rows
+
+# %% ../nbs/14_compare.ipynb #6ce1c2ac
+def _finish(out: Path, stem: str, rows: list[dict], grid: dict, seconds: float):
+    "Write the rows of every run and the grid description with the wall time."
+    write_csv(rows, out / f"{stem}_runs.csv")
+    summary = {**grid, "seconds": round(seconds, 1), "runs": rows}
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    plt.close("all")
+
+# %% ../nbs/14_compare.ipynb #967e5652
 def compare(
     methods: Sequence[str] = TABLE1_METHODS,
     labeled_sizes: Sequence[float] = (3, 7),
@@ -351,74 +299,31 @@ def compare(
     iterations: int = 6000,
     device: str = "auto",
     progress: bool = False,
-    **overrides,
+    **overrides,  # any other TrainConfig field, for every run
 ) -> list[dict]:
     "Table 1: train every method x labeled size x seed (resumable) and write table1.md/.csv/.png into `out`."
-    for m in methods:
-        get_method(m)  # an unknown method fails before anything is trained
+    table = table1(methods)  # checks the methods before anything is trained
     methods = sorted(
         methods, key=lambda m: TABLE1_METHODS.index(m) if m in TABLE1_METHODS else len(TABLE1_METHODS)
     )
-    out, t0 = Path(out), time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    rows = run_grid(
-        [RunSpec(m, m) for m in methods],
-        labeled_sizes,
-        seeds,
-        dataset,
-        data_root,
-        out,
-        preset,
-        iterations,
-        device,
-        progress,
-        **overrides,
+    grid = Grid(
+        labeled_sizes, seeds, dataset, data_root, out, preset, iterations, device, progress, overrides
     )
-    heads = {l: labeled_text(dataset, data_root, l) for l in labeled_sizes}
-    table_rows = [
-        {**r, "name": METHOD_NAMES.get(r["tag"], r["tag"])} for r in pivot(rows, methods, labeled_sizes)
-    ]
-    write_table(
-        out,
-        "table1",
-        table_rows,
-        ["name"],
-        ["Method"],
-        labeled_sizes,
-        heads,
-        "Table 1: comparison with the baselines",
-        _caption(
-            rows,
-            seeds,
-            "Rows in the paper's order; '-' is supervised training on the labeled images only.",
-            data_name(dataset, data_root),
-        ),
-    )
-    plot_runs(
-        rows,
-        methods,
-        METHOD_NAMES | {m: m for m in methods if m not in METHOD_NAMES},
-        heads,
-        f"Table 1 on {data_name(dataset, data_root)}",
-    ).savefig(out / "table1.png", dpi=100)
-    _finish(
-        out,
-        "table1",
-        rows,
-        dict(
-            methods=list(methods),
-            labeled_sizes=list(labeled_sizes),
-            seeds=list(seeds),
-            dataset=dataset,
-            preset=preset,
-            iterations=iterations,
-            overrides=overrides,
-        ),
-        time.time() - t0,
-    )
-    return rows
+    return make_table(grid, [RunSpec(m, m) for m in methods], table, {"methods": list(methods)})
 
-# %% ../nbs/14_compare.ipynb #4425aad8
+# %% ../nbs/14_compare.ipynb #35ebbaac
+def table1(methods: Sequence[str]) -> TableSpec:
+    "Table 1's presentation of `methods`, named as the paper names them."
+    for m in methods:
+        get_method(m)  # an unknown method fails before anything is trained
+    names = {m: METHOD_NAMES.get(m, m) for m in methods}
+    what = "Rows in the paper's order; '-' is supervised training on the labeled images only."
+    cells = {m: {"name": n} for m, n in names.items()}
+    return TableSpec(
+        "table1", "Table 1: comparison with the baselines", what, {"name": "Method"}, cells, names
+    )
+
+# %% ../nbs/14_compare.ipynb #5e9d4858
 ABLATION_ROWS = (  # Table 2: (tag, method, switches)
     RunSpec("sup", "sup"),
     RunSpec("ucpcl-con", "ucpcl", dict(use_con=True, use_rot=False, contrast="none")),
@@ -428,23 +333,26 @@ ABLATION_ROWS = (  # Table 2: (tag, method, switches)
     RunSpec("ucpcl-con-rot-cpseudo", "ucpcl", dict(use_con=True, use_rot=True, contrast="pseudo")),
     RunSpec("ucpcl", "ucpcl"),
 )
+ABLATION_COLUMNS = {"l_con": "ℓcon", "l_e": "ℓe", "l_c^sup": "ℓc sup", "l_c^pseudo": "ℓc pseudo", "l_c": "ℓc"}
 
-
+# %% ../nbs/14_compare.ipynb #92102fd7
 def ablation_marks(spec: RunSpec) -> dict:
     "The ticks of Table 2's columns l_con, l_e, l_c^sup, l_c^pseudo, l_c for one row."
     if spec.method != "ucpcl":
-        return dict.fromkeys(("l_con", "l_e", "l_c^sup", "l_c^pseudo", "l_c"), "")
+        return dict.fromkeys(ABLATION_COLUMNS, "")
     c = TrainConfig(**spec.overrides)
-    tick = lambda b: "✓" if b else ""
-    return {
-        "l_con": tick(c.use_con),
-        "l_e": tick(c.use_rot),
-        "l_c^sup": tick(c.contrast != "none"),
-        "l_c^pseudo": tick(c.contrast == "pseudo"),
-        "l_c": tick(c.contrast == "uncertainty"),
-    }
+    on = (c.use_con, c.use_rot, c.contrast != "none", c.contrast == "pseudo", c.contrast == "uncertainty")
+    return {k: "✓" if b else "" for k, b in zip(ABLATION_COLUMNS, on)}
 
-# %% ../nbs/14_compare.ipynb #9f00c538
+# %% ../nbs/14_compare.ipynb #32318135
+def table2() -> TableSpec:
+    "Table 2's presentation: the ticks of each row; the plot names a row by its switches."
+    marks = {s.tag: ablation_marks(s) for s in ABLATION_ROWS}
+    names = {s.tag: s.tag.replace("ucpcl-", "").replace("ucpcl", "full") for s in ABLATION_ROWS}
+    what = "The first row is supervised training only."
+    return TableSpec("table2", "Table 2: ablation", what, ABLATION_COLUMNS, marks, names)
+
+# %% ../nbs/14_compare.ipynb #3d902026
 def ablation(
     labeled_sizes: Sequence[float] = (7,),
     seeds: Sequence[int] = (0,),
@@ -455,72 +363,39 @@ def ablation(
     iterations: int = 6000,
     device: str = "auto",
     progress: bool = False,
-    **overrides,
+    **overrides,  # any other TrainConfig field, for every run
 ) -> list[dict]:
-    "Table 2: train the ablation rows x labeled sizes x seeds (resumable) and write table2.md/.csv/.png into `out`."
-    out, t0 = Path(out), time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    rows = run_grid(
-        ABLATION_ROWS,
-        labeled_sizes,
-        seeds,
-        dataset,
-        data_root,
-        out,
-        preset,
-        iterations,
-        device,
-        progress,
-        **overrides,
+    "Table 2: train the ablation's rows x labeled sizes x seeds (resumable); write table2.md/.csv/.png."
+    grid = Grid(
+        labeled_sizes, seeds, dataset, data_root, out, preset, iterations, device, progress, overrides
     )
-    heads, tags = (
-        {l: labeled_text(dataset, data_root, l) for l in labeled_sizes},
-        [s.tag for s in ABLATION_ROWS],
-    )
-    marks = {s.tag: ablation_marks(s) for s in ABLATION_ROWS}
-    table_rows = [{**r, **marks[r["tag"]]} for r in pivot(rows, tags, labeled_sizes)]
-    cols = ["l_con", "l_e", "l_c^sup", "l_c^pseudo", "l_c"]
-    write_table(
-        out,
-        "table2",
-        table_rows,
-        cols,
-        ["ℓcon", "ℓe", "ℓc sup", "ℓc pseudo", "ℓc"],
-        labeled_sizes,
-        heads,
-        "Table 2: ablation",
-        _caption(rows, seeds, "The first row is supervised training only.", data_name(dataset, data_root)),
-    )
-    plot_runs(
-        rows,
-        tags,
-        {t: t.replace("ucpcl-", "").replace("ucpcl", "full") for t in tags},
-        heads,
-        f"Table 2 on {data_name(dataset, data_root)}",
-    ).savefig(out / "table2.png", dpi=100)
-    _finish(
-        out,
-        "table2",
-        rows,
-        dict(
-            labeled_sizes=list(labeled_sizes),
-            seeds=list(seeds),
-            dataset=dataset,
-            preset=preset,
-            iterations=iterations,
-            overrides=overrides,
-        ),
-        time.time() - t0,
-    )
-    return rows
+    return make_table(grid, ABLATION_ROWS, table2(), {})
 
-# %% ../nbs/14_compare.ipynb #f9d64bb2
+# %% ../nbs/14_compare.ipynb #6cf1aa95
 FEATURE_ROWS = tuple(
     RunSpec("ucpcl" if k == 2 else f"ucpcl-conv{k}", "ucpcl", {} if k == 2 else {"contrast_level": k})
     for k in (1, 2, 3, 4)
 )
 
 
+def feature_cells(size: int) -> dict:
+    "Table 3's own columns for each row: the encoder level and its embedding grid at input side `size`."
+    side = lambda k: size // STRIDES[k]
+    return {
+        s.tag: {"feature": f"Conv{k}", "resolution": f"{side(k)}×{side(k)}"}
+        for k, s in enumerate(FEATURE_ROWS, 1)
+    }
+
+# %% ../nbs/14_compare.ipynb #71ff7363
+def table3(size: int) -> TableSpec:
+    "Table 3's presentation at input side `size`: each row's level and grid, named by its level."
+    cells = feature_cells(size)
+    what = "The paper's method with the projection head on Conv1..Conv4."
+    names = {tag: c["feature"] for tag, c in cells.items()}
+    columns = {"feature": "Feature", "resolution": "Resolution"}
+    return TableSpec("table3", "Table 3: feature level of the pixel contrast", what, columns, cells, names)
+
+# %% ../nbs/14_compare.ipynb #dff689e0
 def feature_levels(
     labeled_sizes: Sequence[float] = (7,),
     seeds: Sequence[int] = (0,),
@@ -531,68 +406,11 @@ def feature_levels(
     iterations: int = 6000,
     device: str = "auto",
     progress: bool = False,
-    **overrides,
+    **overrides,  # any other TrainConfig field, for every run
 ) -> list[dict]:
-    "Table 3: train the method with the contrast on Conv1..Conv4 (resumable) and write table3.md/.csv/.png into `out`."
-    out, t0 = Path(out), time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    rows = run_grid(
-        FEATURE_ROWS,
-        labeled_sizes,
-        seeds,
-        dataset,
-        data_root,
-        out,
-        preset,
-        iterations,
-        device,
-        progress,
-        **overrides,
+    "Table 3: train the method with the contrast on Conv1..Conv4 (resumable); write table3.md/.csv/.png."
+    grid = Grid(
+        labeled_sizes, seeds, dataset, data_root, out, preset, iterations, device, progress, overrides
     )
-    size = overrides.get("img_size") or get_preset(preset).img_size
-    heads, tags = (
-        {l: labeled_text(dataset, data_root, l) for l in labeled_sizes},
-        [s.tag for s in FEATURE_ROWS],
-    )
-    info = {
-        s.tag: {"feature": f"Conv{k}", "resolution": f"{size // STRIDES[k]}×{size // STRIDES[k]}"}
-        for k, s in enumerate(FEATURE_ROWS, 1)
-    }
-    write_table(
-        out,
-        "table3",
-        [{**r, **info[r["tag"]]} for r in pivot(rows, tags, labeled_sizes)],
-        ["feature", "resolution"],
-        ["Feature", "Resolution"],
-        labeled_sizes,
-        heads,
-        "Table 3: feature level of the pixel contrast",
-        _caption(
-            rows,
-            seeds,
-            "The paper's method with the projection head on Conv1..Conv4.",
-            data_name(dataset, data_root),
-        ),
-    )
-    plot_runs(
-        rows,
-        tags,
-        {t: info[t]["feature"] for t in tags},
-        heads,
-        f"Table 3 on {data_name(dataset, data_root)}",
-    ).savefig(out / "table3.png", dpi=100)
-    _finish(
-        out,
-        "table3",
-        rows,
-        dict(
-            labeled_sizes=list(labeled_sizes),
-            seeds=list(seeds),
-            dataset=dataset,
-            preset=preset,
-            iterations=iterations,
-            overrides=overrides,
-        ),
-        time.time() - t0,
-    )
-    return rows
+    table = table3(overrides.get("img_size") or get_preset(preset).img_size)
+    return make_table(grid, FEATURE_ROWS, table, {})

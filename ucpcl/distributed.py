@@ -26,9 +26,9 @@ def is_main() -> bool:
     "True on the process that writes logs, figures and checkpoints (rank 0)."
     return world()[0] == 0
 
-# %% ../nbs/16_distributed.ipynb #bb7dad7f
+# %% ../nbs/16_distributed.ipynb #79e41aae
 def setup(device: torch.device) -> tuple[int, int, torch.device]:
-    "Join the process group that torchrun describes (if any); returns rank, world size and this process's device."
+    "Join the process group that torchrun describes (if any); return the rank, world size and device."
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, device
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -39,21 +39,25 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
     return dist.get_rank(), dist.get_world_size(), device
 
-# %% ../nbs/16_distributed.ipynb #bdf0dba3
-def rank_share(batch: list, labeled_bs: int, rank: int, world_size: int) -> list:
-    "This rank's items of a two-stream batch: its slice of the labeled part, then its slice of the unlabeled part."
+# %% ../nbs/16_distributed.ipynb #5b7d035d
+def rank_share(
+    batch: list,  # a two-stream batch: labeled_bs labeled items, then unlabeled ones
+    labeled_bs: int,
+    rank: int,
+    world_size: int,
+) -> list:
+    "This rank's items of a two-stream batch: its slice of the labeled part, then of the unlabeled part."
     B = len(batch)
     if labeled_bs % world_size or (B - labeled_bs) % world_size:
-        raise ValueError(
-            f"a batch of {B} with {labeled_bs} labeled cannot be split evenly over {world_size} processes: "
-            f"make batch_size and labeled_bs multiples of {world_size}"
-        )
-    lb, ub = labeled_bs // world_size, (B - labeled_bs) // world_size
-    return batch[rank * lb : (rank + 1) * lb] + batch[labeled_bs + rank * ub : labeled_bs + (rank + 1) * ub]
+        split = f"a batch of {B} with {labeled_bs} labeled cannot be split evenly over {world_size} processes"
+        raise ValueError(f"{split}: make batch_size and labeled_bs multiples of {world_size}")
+    labeled, unlabeled = batch[:labeled_bs], batch[labeled_bs:]
+    share_l, share_u = labeled_bs // world_size, (B - labeled_bs) // world_size  # per process
+    return labeled[rank * share_l : (rank + 1) * share_l] + unlabeled[rank * share_u : (rank + 1) * share_u]
 
-# %% ../nbs/16_distributed.ipynb #a0893033
+# %% ../nbs/16_distributed.ipynb #074d35c0
 def all_gather_rows(x: Tensor) -> Tensor:
-    "Concatenate the (N_r, ...) tensors of all processes in rank order (N_r may differ); identity in one process."
+    "The (N_r, ...) tensors of all processes concatenated in rank order (N_r may differ); x in one process."
     rank, n = world()
     if n == 1:
         return x
@@ -66,7 +70,7 @@ def all_gather_rows(x: Tensor) -> Tensor:
     dist.all_gather(parts, padded.contiguous())
     return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts)])
 
-# %% ../nbs/16_distributed.ipynb #a3a2012b
+# %% ../nbs/16_distributed.ipynb #d7960e16
 def reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
     "The mean over processes of each float in `values` (the logged loss terms); identity in one process."
     if world()[1] == 1 or not values:
@@ -77,7 +81,7 @@ def reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, flo
     t /= world()[1]
     return dict(zip(keys, t.tolist()))
 
-
+# %% ../nbs/16_distributed.ipynb #9b9dbffe
 def broadcast_buffers(module: torch.nn.Module):
     "Give every process rank 0's buffers (batch-norm statistics), as DDP does before each forward pass."
     if world()[1] == 1:
@@ -85,7 +89,7 @@ def broadcast_buffers(module: torch.nn.Module):
     for b in module.buffers():
         dist.broadcast(b.data, 0)
 
-
+# %% ../nbs/16_distributed.ipynb #3f2bc26d
 def barrier():
     "Wait for every process (no-op in one process)."
     if world()[1] > 1:

@@ -64,7 +64,9 @@ def certain_pseudo_label(
     return torch.where(u < float(threshold), p_hat.argmax(1), -1)
 
 # %% ../nbs/01_uncertainty.ipynb #b52539af
-CONTRAST_MODES = ("uncertainty", "pseudo", "labeled")
+# the pixels that give anchors for l_c, the rows of Table 2: none (no l_c), the labeled images only
+# (l_c^sup), plain pseudo labels on the unlabeled ones (l_c^pseudo), or the certain ones only (l_c, Eq. 7)
+CONTRAST_MODES = ("none", "labeled", "pseudo", "uncertainty")
 
 
 def _check_contrast_inputs(p_c: Tensor, labels: Tensor, labeled_bs: int, mode: str):
@@ -75,9 +77,8 @@ def _check_contrast_inputs(p_c: Tensor, labels: Tensor, labeled_bs: int, mode: s
     if not 0 <= labeled_bs <= B:
         raise ValueError(f"labeled_bs must be in 0..{B} (the batch size), got {labeled_bs}")
     if labels.ndim != 3 or labels.shape[0] not in (B, labeled_bs) or tuple(labels.shape[1:]) != (H, W):
-        raise ValueError(
-            f"labels must be (B, H, W) = ({B}, {H}, {W}) or ({labeled_bs}, {H}, {W}), got {tuple(labels.shape)}"
-        )
+        shapes = f"(B, H, W) = ({B}, {H}, {W}) or ({labeled_bs}, {H}, {W})"
+        raise ValueError(f"labels must be {shapes}, got {tuple(labels.shape)}")
     if labels.is_floating_point():
         raise ValueError(f"labels must hold integer class ids, got {labels.dtype}")
     known = labels[:labeled_bs]
@@ -88,14 +89,16 @@ def _check_contrast_inputs(p_c: Tensor, labels: Tensor, labeled_bs: int, mode: s
 def contrast_labels(
     p_c: Tensor,  # (B, C, H, W) softmax probabilities of the CNN decoder
     p_t: Tensor,  # (B, C, H, W) softmax probabilities of the transformer decoder
-    labels: Tensor,  # (B, H, W) or (labeled_bs, H, W) ground truth; only the first labeled_bs images are read
+    labels: Tensor,  # (B, H, W) or (labeled_bs, H, W) ground truth; only the labeled images' are read
     labeled_bs: int,  # the first labeled_bs images of the batch are labeled
     threshold: float,  # H of Eq. 7 ("uncertainty" mode only)
-    mode: str = "uncertainty",  # "uncertainty" (Eq. 7), "pseudo" (no mask) or "labeled" (ground truth only)
+    mode: str = "uncertainty",  # one of CONTRAST_MODES: "uncertainty" (Eq. 7), "pseudo", "labeled", "none"
     eps: float = 1e-6,  # as in `entropy_map`
 ) -> Tensor:  # (B, H, W) long class ids, -1 = ignored
-    "Class ids for anchor sampling: ground truth on labeled images, certain pseudo labels (Eq. 7) or an ablation on the rest."
+    "Anchor class ids: ground truth where labeled, certain pseudo labels (Eq. 7) or an ablation elsewhere."
     _check_contrast_inputs(p_c, labels, labeled_bs, mode)
+    if mode == "none":  # no pixel contrast: every pixel ignored
+        return torch.full(p_c.shape[:1] + p_c.shape[2:], -1, dtype=torch.long, device=p_c.device)
     p_u, t_u = p_c[labeled_bs:], p_t[labeled_bs:]
     if mode == "uncertainty":
         unlabeled = certain_pseudo_label(p_u, t_u, threshold, eps)
