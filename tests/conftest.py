@@ -3,7 +3,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import their helpers (nbrun) by name
 
-NEEDS_GIB = 2.0  # measured: the suite's temporary folders peak at 1.5 GiB (1,574 MiB on a fresh clone) (training runs with checkpoints, notebook runs)
+# measured: the suite's temporary folders (training runs with checkpoints, notebook runs) peak at 1.5 GiB
+# (1,574 MiB on a fresh clone)
+NEEDS_GIB = 2.0
 
 
 def disk_note(free_bytes: int, where: str) -> str:
@@ -12,8 +14,8 @@ def disk_note(free_bytes: int, where: str) -> str:
     if free >= NEEDS_GIB:
         return f"temporary folders: {where} ({free:.1f} GiB free)"
     return (
-        f"WARNING: only {free:.1f} GiB free in {where}; the test suite needs about {NEEDS_GIB:.0f} GiB there: "
-        f"free some space, or point TMPDIR (or pytest --basetemp) at a larger disk"
+        f"WARNING: only {free:.1f} GiB free in {where}; the test suite needs about {NEEDS_GIB:.0f} GiB "
+        f"there: free some space, or point TMPDIR (or pytest --basetemp) at a larger disk"
     )
 
 

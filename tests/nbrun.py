@@ -41,7 +41,7 @@ def _cell_head(source: str, n: int = 6) -> str:
 def run_notebook(
     nb_path: Path, workdir: Path, parameters: dict | None = None, cell_timeout: int = CELL_TIMEOUT
 ) -> tuple[Path, float]:
-    "Execute `nb_path` in `workdir` (IN_TEST=1, TMPDIR inside workdir) and return the executed copy and the wall time."
+    "Execute `nb_path` in `workdir` (IN_TEST=1, TMPDIR in it); return the executed copy and the wall time."
     nb_path, workdir = Path(nb_path), Path(workdir)
     if parameters and not has_parameters_cell(nb_path):
         raise ValueError(f"{nb_path.name} has no cell tagged 'parameters' but was given {sorted(parameters)}")
