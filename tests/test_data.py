@@ -456,34 +456,32 @@ def test_isic_labeled_counts_reproduce_the_paper():
 
 def test_isic_split_files_are_written_once_and_checked(tmp_path):
     root = make_isic(tmp_path / "ISIC", n=20, no_mask=(19,))
-    sp = isic_split(
-        root, seed=3, labeled=0.5
-    )  # 19 images with masks: val ceil(5.7) = 6, train 13, labeled 6.5 -> 6 (ties down)
-    d = root / "splits" / "seed3"
-    assert {p.name for p in d.iterdir()} == {
-        "train.txt",
-        "val.txt",
-        "test.txt",
-        "labeled_6.txt",
-        "unlabeled_6.txt",
-    }
-    assert [len(sp[k]) for k in ("train", "val", "test", "labeled", "unlabeled")] == [13, 6, 6, 6, 8]
-    assert sp["labeled"] == sp["train"][:6] and "ISIC_0000019" in sp["unlabeled"] and sp["test"] == sp["val"]
-    assert isic_split(root, seed=3, labeled=6) == sp and isic_split(root, seed=4)["val"] != sp["val"]
+    d = tmp_path / "run" / "splits"
+    # 19 images with masks: ceil(5.7) = 6 held out, 2 val and 4 test; train 13, labeled 6.5 -> 6 (ties down)
+    sp = isic_split(root, seed=3, labeled=0.5, splits_dir=d)
+    names = {"train.txt", "val.txt", "test.txt", "labeled_6.txt", "unlabeled_6.txt", "split.json"}
+    assert {p.name for p in d.iterdir()} == names and not (root / "splits").exists()
+    assert [len(sp[k]) for k in ("train", "val", "test", "labeled", "unlabeled")] == [13, 2, 4, 6, 8]
+    assert sp["labeled"] == sp["train"][:6] and "ISIC_0000019" in sp["unlabeled"]
+    assert not set(sp["test"]) & set(sp["val"])
+    assert (
+        isic_split(root, seed=3, labeled=6, splits_dir=d) == sp
+        and isic_split(root, seed=4)["val"] != sp["val"]
+    )
     assert set(isic_split(root, seed=3, labeled=3)["labeled"]) <= set(sp["labeled"])  # nested labeled sets
     lines(d / "unlabeled_6.txt", sp["unlabeled"] + sp["labeled"][:1])
     with pytest.raises(DataError, match=r"1 image\(s\) in both labeled and unlabeled"):
-        isic_split(root, seed=3, labeled=6)
+        isic_split(root, seed=3, labeled=6, splits_dir=d)
     lines(d / "unlabeled_6.txt", sp["unlabeled"])
     lines(d / "labeled_6.txt", sp["labeled"][:5] + ["ISIC_0000019"])
     with pytest.raises(DataError, match=r"ISIC_0000019\.jpg: no mask .* but it is in labeled\.txt"):
-        isic_split(root, seed=3, labeled=6)
+        isic_split(root, seed=3, labeled=6, splits_dir=d)
     lines(d / "test.txt", sp["test"][:3] + sp["train"][:1])
     with pytest.raises(DataError, match=r"in both train and test"):
-        isic_split(root, seed=3)
+        isic_split(root, seed=3, splits_dir=d)
     lines(d / "test.txt", sp["test"] + ["ISIC_0000077"])
     with pytest.raises(DataError, match=r"test\.txt: names \['ISIC_0000077'\] have no image"):
-        isic_split(root, seed=3)
+        isic_split(root, seed=3, splits_dir=d)
     with pytest.raises(DataError, match=r"asked for 14 labeled images but the training split has 13"):
         isic_split(root, seed=9, labeled=14)
 
@@ -599,7 +597,7 @@ def test_build_data_acdc_on_the_cardiac_phantom(tmp_path):
 def test_build_data_isic_and_seeded_workers(tmp_path):
     root = make_isic(tmp_path / "ISIC", n=14, no_mask=(13,))
     data = build_data("isic", root, size=32, labeled=0.25, seed=1)
-    assert (len(data.labeled_idx), len(data.unlabeled_idx), len(data.val)) == (2, 8, 4)
+    assert (len(data.labeled_idx), len(data.unlabeled_idx), len(data.val), len(data.test)) == (2, 8, 2, 2)
     assert data.num_classes == 2 and data.in_channels == 3 and data.val[0]["image"].shape == (3, 32, 32)
     names = [data.train[i]["name"] for i in data.unlabeled_idx]
     it = data.train[data.unlabeled_idx[names.index("ISIC_0000013")]]

@@ -104,12 +104,17 @@ def add_config_options(
             else:
                 g.add_argument(flag, type=_option_type(f.name, tp), required=f.name in required, **kw)
     p.set_defaults(config_fields=[f.name for _, fs in field_groups() for f in fs if f.name not in exclude])
+    p.set_defaults(config_excluded=list(exclude))  # --set must not give these either
 
 # %% ../nbs/12_cli.ipynb #9f519e3e
 def config_overrides(a: argparse.Namespace) -> dict:
     "The TrainConfig fields that the arguments `a` give."
     given = {k: getattr(a, k) for k in a.config_fields if hasattr(a, k)}
     extra = parse_set(a.set)
+    if own := [k for k in extra if k in getattr(a, "config_excluded", ())]:
+        raise ValueError(
+            f"--set {own[0]}: this command sets {own[0]} itself; use its own option (see --help)"
+        )
     if twice := sorted(set(given) & set(extra)):
         raise ValueError(f"{twice} given both as options and with --set: give each once")
     return given | extra
@@ -120,6 +125,7 @@ DEFAULT_OUT = "runs/<dataset>-<method>-<labeled>-seed<seed>"
 
 def _train_args(p: argparse.ArgumentParser):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its own files only)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any TrainConfig field, by name")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_options(p, required=("data_root",), default_text={"out": DEFAULT_OUT})
@@ -136,7 +142,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
 
 # %% ../nbs/12_cli.ipynb #54bacb1e
 def _run_train(a: argparse.Namespace):
-    m = train(config_from_args(a), resume=a.resume, progress=not a.quiet)
+    m = train(config_from_args(a), resume=a.resume, progress=not a.quiet, overwrite=a.overwrite)
     run = f"{m['dataset']}, {m['method']}, {m['iterations']} iterations"
     print(f"test split ({run}; best.pt chosen on validation):")
     _print_metrics(m["test"])
@@ -210,14 +216,19 @@ def _convert_args(p: argparse.ArgumentParser):
     p.add_argument("--val-patients", type=float, default=0.1)
     p.add_argument("--test-patients", type=float, default=0.2)
     p.add_argument("--lists-from", default=None, help="a folder with train.list/val.list/test.list to reuse")
+    skip = "convert the frames that have a _gt mask and list the others in manifest.json (default: refuse)"
+    p.add_argument("--skip-unannotated", action="store_true", help=skip)
     p.set_defaults(handler=_run_convert)
 
 
 def _run_convert(a: argparse.Namespace):
-    from ucpcl.data import convert_acdc
+    from ucpcl.data import convert_acdc, read_manifest
 
     split = dict(seed=a.seed, val_patients=a.val_patients, test_patients=a.test_patients)
-    print(f"wrote the ACDC layout to {convert_acdc(a.raw, a.out, **split, lists_from=a.lists_from)}")
+    out = convert_acdc(a.raw, a.out, **split, lists_from=a.lists_from, skip_unannotated=a.skip_unannotated)
+    if skipped := read_manifest(out)["skipped"]:
+        print(f"skipped {len(skipped)} frame(s) without a _gt mask (listed in manifest.json): {skipped[:3]}")
+    print(f"wrote the ACDC layout to {out}")
 
 # %% ../nbs/12_cli.ipynb #998cdcf5
 def _compare_args(p: argparse.ArgumentParser):
@@ -272,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         a.handler(a)
     except (ValueError, FileNotFoundError) as e:
         print(f"ucpcl {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only folder, a full disk: the path and the cause, on one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"ucpcl {a.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     return 0
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_data.ipynb #6bee1e54
 from __future__ import annotations
-import hashlib, json, math, os, random, re
+import hashlib, json, math, os, random, re, shutil
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,13 +24,13 @@ from . import __version__
 from .transforms import eval_transform, train_transform
 
 # %% auto #0
-__all__ = ['MANIFEST', 'ACDC_LISTS', 'ACDC_PATIENTS_TO_SLICES', 'H5', 'DATASETS', 'CLASS_NAMES', 'DataError', 'read_list',
-           'check_label', 'sha256_file', 'write_manifest', 'read_manifest', 'verify_manifest', 'acdc_patient',
-           'check_no_overlap', 'acdc_splits', 'acdc_labeled_names', 'toy_acdc_release', 'find_acdc_release', 'minmax',
-           'load_nifti_case', 'split_patients', 'convert_acdc', 'H5Files', 'read_h5', 'ACDCSlices', 'ACDCVolumes',
-           'isic_index', 'read_image', 'read_binary_mask', 'ISICImages', 'isic_val_count', 'labeled_count',
-           'isic_split', 'TwoStreamBatchSampler', 'seed_worker', 'SemiSupervisedSet', 'SemiSupervisedData',
-           'build_data']
+__all__ = ['MANIFEST', 'ACDC_LISTS', 'ACDC_PATIENTS_TO_SLICES', 'H5', 'ISIC_PARTS', 'DATASETS', 'CLASS_NAMES', 'DataError',
+           'read_list', 'check_label', 'check_finite', 'sha256_file', 'write_manifest', 'read_manifest',
+           'verify_manifest', 'acdc_patient', 'check_no_overlap', 'acdc_splits', 'acdc_labeled_names',
+           'toy_acdc_release', 'find_acdc_release', 'minmax', 'load_nifti_case', 'split_patients', 'convert_acdc',
+           'H5Files', 'read_h5', 'ACDCSlices', 'ACDCVolumes', 'isic_index', 'read_image', 'read_binary_mask',
+           'ISICImages', 'isic_val_count', 'isic_holdout', 'labeled_count', 'write_isic_split', 'isic_split',
+           'TwoStreamBatchSampler', 'seed_worker', 'SemiSupervisedSet', 'SemiSupervisedData', 'build_data']
 
 # %% ../nbs/08_data.ipynb #4b7e14f4
 class DataError(ValueError):
@@ -45,14 +45,22 @@ def _root(root: str | Path, what: str) -> Path:
     return root
 
 # %% ../nbs/08_data.ipynb #9dd2a399
+def _plain_name(name: str) -> bool:
+    "True for a file name without folders: no separator, not `.` or `..`, not absolute."
+    return name not in (".", "..") and "/" not in name and "\\" not in name
+
+
 def read_list(path: str | Path) -> list[str]:
-    "The names in a list file, one a line; a missing file or a repeated name raises a `DataError`."
+    "The names in a list file, one a line; a missing file, a repeated name or a path raises a `DataError`."
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: list file not found")
     names = [s for line in path.read_text().splitlines() if (s := line.strip())]
     if dups := sorted(n for n, c in Counter(names).items() if c > 1):
         raise DataError(f"{path}: {len(dups)} name(s) listed twice, e.g. {dups[:3]}")
+    if paths := [n for n in names if not _plain_name(n)]:
+        why = "a list names files of the data root by their stem, e.g. patient001_frame01"
+        raise DataError(f"{path}: {paths[0]!r} is not a file name ({len(paths)} such line(s)); {why}")
     return names
 
 # %% ../nbs/08_data.ipynb #de194fe7
@@ -72,6 +80,19 @@ def check_label(
     if label.size and (label.min() < 0 or label.max() >= num_classes):
         raise DataError(f"{path}: label values span {label.min()}..{label.max()}, expected {ids}")
     return label.astype(np.int64)
+
+
+def check_finite(
+    path: str | Path,  # the file the image came from (named in errors)
+    image: np.ndarray,  # any shape
+) -> np.ndarray:
+    "The image, after checking that it holds no NaN or infinite value."
+    if not (ok := np.isfinite(image)).all():
+        n = int(ok.size - ok.sum())
+        raise DataError(
+            f"{path}: image has {n} non-finite value(s) (NaN or Inf); fix or convert the file again"
+        )
+    return image
 
 # %% ../nbs/08_data.ipynb #13c5a744
 MANIFEST = "manifest.json"
@@ -266,6 +287,7 @@ _FRAME = re.compile(r"^(patient\d+)_frame(\d+)\.nii(\.gz)?$")
 
 def find_acdc_release(
     raw: str | Path,  # the release folder, searched at any depth
+    unannotated: list[Path] | None = None,  # if given, frames without a _gt mask are appended to it
 ) -> dict[str, list[tuple[Path, Path]]]:
     "The annotated frames of an ACDC challenge release: {patient: [(image, mask), ...]} in frame order."
     raw, cases = _root(raw, "ACDC release folder"), {}
@@ -273,6 +295,8 @@ def find_acdc_release(
         if not (m := _FRAME.match(img.name)):
             continue
         if not (gt := img.with_name(f"{m[1]}_frame{m[2]}_gt.nii{m[3] or ''}")).is_file():
+            if unannotated is not None:
+                unannotated.append(img)
             continue  # a frame without a mask: not annotated
         frames = cases.setdefault(m[1], [])
         if frames and frames[0][0].parent != img.parent:
@@ -310,6 +334,7 @@ def load_nifti_case(
         ) from None
     if x.ndim != 3:
         raise DataError(f"{image_path}: image has shape {x.shape}, expected a 3D frame (x, y, z)")
+    check_finite(image_path, x)
     # (x, y, z) -> (D, H, W) = (z, y, x)
     x, y = x.transpose(2, 1, 0), (y.transpose(2, 1, 0) if y.ndim == 3 else y)
     spacing = tuple(float(s) for s in img.header.get_zooms()[:3][::-1])  # voxel size in (z, y, x) order
@@ -392,18 +417,30 @@ def _write_lists(out: Path, lists: dict[str, list[str]], volumes: dict[str, list
         (out / f"{k}.list").write_text("".join(n + "\n" for n in names))
     return [out / f"{k}.list" for k in lists]
 
-# %% ../nbs/08_data.ipynb #9a12c9b4
-def convert_acdc(
-    raw: str | Path,  # the challenge release: patientXXX/patientXXX_frameYY.nii.gz and _gt masks
-    out: str | Path,  # output root: data/, data/slices/, the four list files, manifest.json
-    seed: int = 0,  # seed of the patient split
-    val_patients: int | float = 0.1,  # a count, or a fraction of the patients
-    test_patients: int | float = 0.2,  # a count, or a fraction of the patients
-    lists_from: str | Path | None = None,  # a folder with train/val/test(.list) to reuse, not a seeded split
-) -> Path:
-    "Convert the ACDC challenge release to the common preprocessed layout, with split lists and a manifest."
-    raw, out = Path(raw).expanduser(), Path(out).expanduser()
-    cases = find_acdc_release(raw)
+# %% ../nbs/08_data.ipynb #016fe1fb
+def _unannotated(raw: Path, frames: list[Path], cases: dict) -> str:
+    "The refusal for frames without a _gt mask: how many, which patients lose every frame, and the fix."
+    lost = sorted({f.name.split("_")[0] for f in frames} - set(cases))
+    none = f"; {', '.join(lost)} has none (it would be in no list)" if lost else ""
+    skip = "pass --skip-unannotated (skip_unannotated=True) to convert the annotated ones only"
+    fix = f"add the masks, or {skip}"
+    return f"{raw}: {len(frames)} frame(s) without a _gt mask, e.g. {frames[0].name}{none}: {fix}"
+
+
+def _new_folder(out: Path) -> Path:
+    "A hidden temporary folder beside `out` to write into; `out` itself must be absent or empty."
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out}: not empty; convert into a new or empty folder (nothing was changed)")
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a conversion that was killed
+    tmp.mkdir(parents=True)
+    return tmp
+
+# %% ../nbs/08_data.ipynb #bcaca1c8
+def _convert_into(
+    out: Path, raw: Path, cases: dict, seed: int, val, test, lists_from, unannotated: list[Path]
+):
+    "Write the converted frames, the list files and the manifest (with the skipped frames) into `out`."
     (out / "data" / "slices").mkdir(parents=True, exist_ok=True)
     files, volumes, spacing, sources = [], {}, {}, {}
     for patient, frames in cases.items():
@@ -412,9 +449,35 @@ def convert_acdc(
             fs, volumes[vol], spacing[vol] = _convert_case(img, gt, out, vol)
             files += fs
             sources[vol] = img.relative_to(raw).as_posix()
-    files += _write_lists(out, _acdc_lists(volumes, seed, val_patients, test_patients, lists_from), volumes)
-    write_manifest(out, files, spacing=spacing, sources=sources)
+    files += _write_lists(out, _acdc_lists(volumes, seed, val, test, lists_from), volumes)
+    skipped = sorted(p.relative_to(raw).as_posix() for p in unannotated)
+    write_manifest(out, files, spacing=spacing, sources=sources, skipped=skipped)
     acdc_splits(out)  # the result loads: every patient in one split
+
+# %% ../nbs/08_data.ipynb #9a12c9b4
+def convert_acdc(
+    raw: str | Path,  # the challenge release: patientXXX/patientXXX_frameYY.nii.gz and _gt masks
+    out: str | Path,  # output root (new or empty): data/, data/slices/, the four list files, manifest.json
+    seed: int = 0,  # seed of the patient split
+    val_patients: int | float = 0.1,  # a count, or a fraction of the patients
+    test_patients: int | float = 0.2,  # a count, or a fraction of the patients
+    lists_from: str | Path | None = None,  # a folder with train/val/test(.list) to reuse, not a seeded split
+    skip_unannotated: bool = False,  # convert the frames with masks and list the others in the manifest
+) -> Path:
+    "Convert the ACDC challenge release to the common preprocessed layout, with split lists and a manifest."
+    raw, out, unannotated = Path(raw).expanduser(), Path(out).expanduser(), []
+    cases = find_acdc_release(raw, unannotated)
+    if unannotated and not skip_unannotated:
+        raise DataError(_unannotated(raw, unannotated, cases))
+    tmp = _new_folder(out)  # written there, renamed to `out` when complete: a failure leaves nothing
+    try:
+        _convert_into(tmp, raw, cases, seed, val_patients, test_patients, lists_from, unannotated)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 # %% ../nbs/08_data.ipynb #bd4807de
@@ -461,6 +524,7 @@ def read_h5(
     if image.ndim != ndim:
         axes = "(H, W)" if ndim == 2 else "(D, H, W)"
         raise DataError(f"{path}: image has shape {image.shape}, expected {ndim} axes {axes}")
+    check_finite(path, image)
     label = None if label is None else check_label(path, image.shape, label, num_classes)
     return image.astype(np.float32, copy=False), label, spacing
 
@@ -559,6 +623,22 @@ def __getitem__(self: ACDCVolumes, i: int) -> dict:
             raise DataError(f"{path}: spacing {spacing.tolist()} is not three positive voxel sizes (z, y, x)")
     spacing = None if spacing is None else torch.from_numpy(spacing)
     return dict(image=torch.from_numpy(image), label=torch.from_numpy(label), name=name, spacing=spacing)
+
+# %% ../nbs/08_data.ipynb #d24d15a0
+@patch
+def check(self: ACDCSlices) -> int:
+    "Read every slice file once (shapes, label values, finite image); the first bad one raises a `DataError`."
+    for p in self.paths:
+        read_h5(p, 2, self.labels, self.num_classes)
+    return len(self.paths)
+
+
+@patch
+def check(self: ACDCVolumes) -> int:
+    "Read every volume file of the split once; the first bad one raises a `DataError`."
+    for p in self.paths:
+        read_h5(p, 3, "required", self.num_classes)
+    return len(self.paths)
 
 # %% ../nbs/08_data.ipynb #4583b2d1
 _ISIC_IMAGE = re.compile(r"^(ISIC_\d+)\.jpe?g$")
@@ -668,10 +748,27 @@ def __getitem__(self: ISICImages, i: int) -> dict:
     label = read_binary_mask(mask, full, image.shape[-2:]) if self.with_labels and mask is not None else None
     return _pack(image, label, name, self.transform)
 
+
+@patch
+def check(self: ISICImages) -> int:
+    "Decode every image (and its mask, when read) once; the first bad one raises a `DataError`."
+    for _, img, mask in self.items:
+        image, full = read_image(img, "RGB", self.min_side)
+        if self.with_labels and mask is not None:
+            read_binary_mask(mask, full, image.shape[-2:])
+    return len(self.items)
+
 # %% ../nbs/08_data.ipynb #571e8be6
 def isic_val_count(n: int) -> int:
-    "Validation images out of n: ceil(0.3 n), which gives the paper's 779 of 2594."
+    "Held-out images out of n: ceil(0.3 n), the paper's 779 of 2594 (validation and test together)."
     return -(-3 * n // 10)
+
+
+def isic_holdout(n: int) -> tuple[int, int]:
+    "Validation and test images out of n with masks: a third of the held-out ones validate (260 of 779)."
+    held = isic_val_count(n)
+    val = -(-held // 3)  # ceil(held / 3)
+    return val, held - val
 
 # %% ../nbs/08_data.ipynb #4ad1c7ff
 def labeled_count(
@@ -697,16 +794,37 @@ def _write_names(path: Path, names: Sequence[str]):
     path.write_text("".join(n + "\n" for n in names))
 
 # %% ../nbs/08_data.ipynb #e7cd587d
-def _write_isic_split(index: dict, d: Path, seed: int):
-    "Draw train/val from the images with masks (test = val); train.txt goes last: it marks completion."
+ISIC_PARTS = ("train", "val", "test")
+
+
+def _draw_isic_split(index: dict, seed: int, where: Path) -> dict[str, list[str]]:
+    "Draw disjoint train/val/test from the images with masks: a seeded shuffle, then `isic_holdout` counts."
     pool = sorted(n for n, (_, m) in index.items() if m is not None)
-    if len(pool) < 2:
-        raise DataError(f"{d}: {len(pool)} image(s) with masks, too few to split into train and validation")
+    if len(pool) < 4:
+        raise DataError(
+            f"{where}: {len(pool)} image(s) with masks, too few for train, validation and test (4)"
+        )
     random.Random(seed).shuffle(pool)
-    nv = isic_val_count(len(pool))
-    _write_names(d / "val.txt", sorted(pool[:nv]))
-    _write_names(d / "test.txt", sorted(pool[:nv]))
-    _write_names(d / "train.txt", pool[nv:])
+    nv, nt = isic_holdout(len(pool))
+    return {"train": pool[nv + nt :], "val": sorted(pool[:nv]), "test": sorted(pool[nv : nv + nt])}
+
+# %% ../nbs/08_data.ipynb #df00a088
+def write_isic_split(
+    split: dict[str, list[str]],  # train, val, test (and labeled, unlabeled)
+    d: str | Path,  # the folder of the split files, e.g. a run's OUT/splits
+    seed: int,  # the seed it was drawn with
+    root: str | Path,  # the ISIC root it names images of
+) -> Path:
+    "Write the split files that `d` lacks (train.txt last: it marks a complete split) and `split.json`."
+    d, n = Path(d), len(split.get("labeled", []))
+    files = {f"{k}_{n}.txt" if k in ("labeled", "unlabeled") else f"{k}.txt": v for k, v in split.items()}
+    for name in sorted(files, key=lambda f: f == "train.txt"):
+        if not (d / name).is_file():
+            _write_names(d / name, files[name])
+    counts = {k: len(v) for k, v in split.items()}
+    record = {"seed": seed, "counts": counts, "data_root": os.path.abspath(root)}
+    (d / "split.json").write_text(json.dumps(record, indent=1) + "\n")
+    return d
 
 # %% ../nbs/08_data.ipynb #7ab62b8c
 def _check_isic_split(split: dict[str, list[str]], index: dict, d: Path):
@@ -719,34 +837,48 @@ def _check_isic_split(split: dict[str, list[str]], index: dict, d: Path):
         if k != "unlabeled" and (nomask := [n for n in names if index[n][1] is None]):
             where = f"no mask {nomask[0]}_segmentation.png, but it is in {k}.txt"
             raise DataError(f"{index[nomask[0]][0]}: {where}; labeled, val and test images need masks")
-    same = set(split["test"]) == set(split["val"])  # test is the validation set (the paper's protocol)
-    held = {"val": split["val"]} if same else {"val": split["val"], "test": split["test"]}
+    held = {"val": split["val"], "test": split["test"]}
     check_no_overlap({"train": split["train"], **held}, where=d, level="image")
     if "labeled" in split:
         parts = {"labeled": split["labeled"], "unlabeled": split["unlabeled"], **held}
         check_no_overlap(parts, where=d, level="image")
 
 # %% ../nbs/08_data.ipynb #cd38c54b
-def isic_split(
-    root: str | Path,  # ISIC root
-    seed: int = 0,  # the split's seed; the files go to ROOT/splits/seed<seed>/
-    labeled: int | float | None = None,  # labeled images (count or fraction); None: train/val/test only
-    splits_dir: str | Path | None = None,  # where the split files live, if not under the root
-) -> dict[str, list[str]]:
-    "The seeded ISIC split: train, val, test (and labeled, unlabeled), written once, read back and checked."
-    index = isic_index(root)
-    d = Path(splits_dir) if splits_dir is not None else Path(root) / "splits" / f"seed{seed}"
+def _saved_isic_split(d: Path, seed: int) -> dict[str, list[str]] | None:
+    "train/val/test as written in folder d, or None when it holds none; a split of another seed is refused."
     if not (d / "train.txt").is_file():
-        _write_isic_split(index, d, seed)
-    split = {k: read_list(d / f"{k}.txt") for k in ("train", "val", "test")}
+        return None
+    rec = json.loads((d / "split.json").read_text()) if (d / "split.json").is_file() else {}
+    if rec.get("seed", seed) != seed:
+        raise DataError(
+            f"{d / 'split.json'}: drawn with seed {rec['seed']}, not {seed}; use that seed or another folder"
+        )
+    return {k: read_list(d / f"{k}.txt") for k in ISIC_PARTS}
+
+
+def isic_split(
+    root: str | Path,  # ISIC root (only read)
+    seed: int = 0,  # the split's seed
+    labeled: int | float | None = None,  # labeled images (count or fraction); None: train/val/test only
+    splits_dir: str
+    | Path
+    | None = None,  # the split files: read when there, else written there; None: neither
+    write: bool = True,  # False: read splits_dir if it holds a split, never write
+) -> dict[str, list[str]]:
+    "The seeded ISIC split: disjoint train, val and test (and labeled, unlabeled); a saved one is read back."
+    index, d = isic_index(root), None if splits_dir is None else Path(splits_dir)
+    saved = None if d is None else _saved_isic_split(d, seed)
+    split = saved if saved is not None else _draw_isic_split(index, seed, Path(root))
     if labeled is not None:
-        n = labeled_count(labeled, len(split["train"]), d / "train.txt")
-        if not (d / f"labeled_{n}.txt").is_file():
+        n = labeled_count(labeled, len(split["train"]), (d or Path(root)) / "train.txt")
+        if saved is not None and (d / f"labeled_{n}.txt").is_file():
+            split |= {k: read_list(d / f"{k}_{n}.txt") for k in ("labeled", "unlabeled")}
+        else:
             without_mask = [k for k, (_, m) in index.items() if m is None]
-            _write_names(d / f"unlabeled_{n}.txt", split["train"][n:] + without_mask)
-            _write_names(d / f"labeled_{n}.txt", split["train"][:n])
-        split |= {k: read_list(d / f"{k}_{n}.txt") for k in ("labeled", "unlabeled")}
-    _check_isic_split(split, index, d)
+            split |= {"labeled": split["train"][:n], "unlabeled": split["train"][n:] + without_mask}
+    _check_isic_split(split, index, d or Path(root))
+    if d is not None and write:
+        write_isic_split(split, d, seed, root)
     return split
 
 # %% ../nbs/08_data.ipynb #41468edc
@@ -864,6 +996,7 @@ class SemiSupervisedData:
     size: int  # training (and ISIC evaluation) side in pixels
     seed: int = 0
     labeled_patients: int | None = None  # ACDC only
+    split: dict[str, list[str]] | None = None  # ISIC: the split's image names, to write into a run
 
     @property
     def class_names(self) -> list[str]:
@@ -882,6 +1015,23 @@ def describe(self: SemiSupervisedData) -> str:
     sets = f"{lab} + {len(self.unlabeled_idx)} unlabeled; {held}"
     shape = f"{self.num_classes} classes, {self.in_channels} input channel(s), {self.size}x{self.size}"
     return f"{self.dataset} at {self.root}: {sets}; {shape}"
+
+# %% ../nbs/08_data.ipynb #e25b8fbc
+@patch
+def check(self: SemiSupervisedData) -> dict[str, int]:
+    "Read every file of every split once, before training; an empty val or test split is refused too."
+    parts = {
+        "labeled": self.train.labeled,
+        "unlabeled": self.train.unlabeled,
+        "val": self.val,
+        "test": self.test,
+    }
+    for k in ("val", "test"):
+        if len(parts[k]) == 0:
+            where = self.root / f"{k}.list" if self.dataset == "acdc" else self.root
+            use = "choose best.pt" if k == "val" else "report the results"
+            raise DataError(f"{where}: the {k} split is empty; a run needs {k} images to {use}")
+    return {k: ds.check() if hasattr(ds, "check") else len(ds) for k, ds in parts.items()}
 
 # %% ../nbs/08_data.ipynb #bebbb4a2
 @patch
@@ -926,10 +1076,14 @@ def _acdc_sets(
 
 # %% ../nbs/08_data.ipynb #0387c7f3
 def _isic_sets(
-    root: Path, size: int, labeled: int | float, seed: int, monitor: bool
-) -> tuple[SemiSupervisedSet, Dataset, Dataset]:
+    root: Path, size: int, labeled: int | float, seed: int, monitor: bool, splits_dir: Path | None
+) -> tuple[SemiSupervisedSet, Dataset, Dataset, dict]:
     "ISIC: the seeded split files; labeled images need masks, unlabeled ones may lack them."
-    sp, tf, ev = isic_split(root, seed, labeled), train_transform(size, rgb=True), eval_transform(size)
+    sp, tf, ev = (
+        isic_split(root, seed, labeled, splits_dir, write=False),
+        train_transform(size, rgb=True),
+        eval_transform(size),
+    )
     m = math.ceil(size / math.sqrt(0.5))  # a random crop keeps at least half the area: its side stays >= size
     train = SemiSupervisedSet(
         ISICImages(root, sp["labeled"], tf, min_side=m),
@@ -939,6 +1093,7 @@ def _isic_sets(
         train,
         ISICImages(root, sp["val"], ev, min_side=size),
         ISICImages(root, sp["test"], ev, min_side=size),
+        sp,
     )
 
 # %% ../nbs/08_data.ipynb #9ace1d04
@@ -950,17 +1105,20 @@ def build_data(
     seed: int = 0,  # ISIC split seed and sampler seed (ACDC's split is its list files)
     verify: bool = True,  # check ACDC's manifest when there is one
     monitor: bool = True,  # read unlabeled masks, where they exist, into monitor_label
+    splits_dir: str
+    | Path
+    | None = None,  # ISIC: a folder with this seed's split files to read (never written)
 ) -> SemiSupervisedData:
     "Training, validation and test sets of ACDC or ISIC with the paper's augmentation and a labeled split."
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}: valid ones are {list(DATASETS)}")
     root, acdc = Path(root).expanduser(), dataset == "acdc"
     if acdc:
-        train, val, test = _acdc_sets(root, size, labeled, verify, monitor)
+        (train, val, test), split = _acdc_sets(root, size, labeled, verify, monitor), None
     else:
-        train, val, test = _isic_sets(root, size, labeled, seed, monitor)
+        train, val, test, split = _isic_sets(root, size, labeled, seed, monitor, splits_dir)
     sets = (train, train.labeled_idx, train.unlabeled_idx, val, test)
     shape = dict(num_classes=len(CLASS_NAMES[dataset]), in_channels=1 if acdc else 3, size=size)
     return SemiSupervisedData(
-        dataset, root, *sets, **shape, seed=seed, labeled_patients=labeled if acdc else None
+        dataset, root, *sets, **shape, seed=seed, labeled_patients=labeled if acdc else None, split=split
     )

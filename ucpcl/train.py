@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_train.ipynb #b3c467b7
 from __future__ import annotations
-import csv, json, os, platform, random, sys, time
+import csv, errno, json, os, pickle, platform, random, shutil, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,6 +26,7 @@ from ucpcl.data import (
     TwoStreamBatchSampler,
     build_data,
     seed_worker,
+    write_isic_split,
 )
 from .evaluate import EvalResult, evaluate
 from .distributed import barrier, broadcast_buffers, rank_share, reduce_mean, setup
@@ -34,9 +35,10 @@ from .baselines import UAMT, EntropyMinimization, MeanTeacher
 from .cotraining import CrossConsistencyTraining, CrossPseudoSupervision, DeepCoTraining
 
 # %% auto #0
-__all__ = ['METHODS', 'LOG_FIELDS', 'RUN_IDENTITY', 'SELECTION', 'get_method', 'DataFields', 'OptimizerFields', 'RunFields',
-           'TrainConfig', 'poly_lr', 'SeededItems', 'IterationBatches', 'NonFiniteLoss', 'Trainer', 'LabeledOnly',
-           'collate', 'atomic_save', 'read_checkpoint', 'check_same_run', 'environment', 'train']
+__all__ = ['METHODS', 'LOG_FIELDS', 'RUN_IDENTITY', 'RUN_FILES', 'SELECTION', 'get_method', 'DataFields', 'OptimizerFields',
+           'RunFields', 'TrainConfig', 'poly_lr', 'SeededItems', 'IterationBatches', 'NonFiniteLoss', 'Trainer',
+           'LabeledOnly', 'collate', 'atomic_save', 'read_checkpoint', 'check_same_run', 'environment',
+           'check_run_folder', 'train']
 
 # %% ../nbs/10_train.ipynb #03b61451
 METHODS: dict[str, type[Method]] = {  # the name in TrainConfig.method -> the class
@@ -115,6 +117,10 @@ def validate(self: TrainConfig):
     require(self, "amp", self.amp in ("auto", "bf16", "off"), "use 'auto', 'bf16' or 'off'")
     labeled = "ACDC: a number of patients >= 1; ISIC: a number of images or a fraction in (0, 1)"
     require(self, "labeled", self.labeled > 0, labeled)
+    for k in ("eval_every", "save_every", "log_every"):
+        require(self, k, getattr(self, k) >= 1, "iterations between two, at least 1")
+    for k, v in self.to_dict().items():
+        require(self, k, not isinstance(v, float) or bool(np.isfinite(v)), "use a finite number")
     get_method(self.method)  # raises with the valid names
     get_preset(self.preset)  # raises with the valid presets
 
@@ -217,7 +223,9 @@ def load_data(
     if data is None:
         patients = cfg.dataset == "acdc" and float(cfg.labeled).is_integer()
         labeled = int(cfg.labeled) if patients else cfg.labeled
-        data = build_data(cfg.dataset, cfg.data_root, size=mcfg.img_size, labeled=labeled, seed=cfg.seed)
+        # ISIC: the split in the run folder when resuming or evaluating a run, else a fresh draw
+        split = dict(seed=cfg.seed, splits_dir=_saved_split(self.out, cfg.seed, cfg.data_root))
+        data = build_data(cfg.dataset, cfg.data_root, size=mcfg.img_size, labeled=labeled, **split)
     channels, classes = data.in_channels, data.num_classes
     return data, mcfg.replace(in_channels=channels, num_classes=classes, pretrained=cfg.pretrained)
 
@@ -385,28 +393,42 @@ def evaluate_split(self: Trainer, split: str, hd95: bool = True) -> EvalResult:
 
 # %% ../nbs/10_train.ipynb #ca55c091
 def _rng_state() -> dict:
+    "Every generator's state as tensors and plain lists: a checkpoint then loads with weights_only=True."
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(mt), gauss_next],
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 # %% ../nbs/10_train.ipynb #95855950
 def _set_rng_state(s: dict):
+    "Restore the generators from `_rng_state`'s lists."
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
+    kind, keys, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, mt, gauss_next = s["python"]
+    random.setstate((version, tuple(mt), gauss_next))
     if s.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
 
 # %% ../nbs/10_train.ipynb #6decd9e4
 def atomic_save(obj, path: Path):
-    "torch.save to a temporary file in the same folder, then rename over `path`."
+    "torch.save to a temporary file in the same folder, then rename over `path`; a failure leaves no file."
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk: OSError, or torch's RuntimeError from its writer
+        tmp.unlink(missing_ok=True)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        free = shutil.disk_usage(path.parent).free / 2**20 if path.parent.is_dir() else 0.0
+        kept = f"the previous {path.name}, if any, is kept; {free:.0f} MiB free there"
+        code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
+        raise OSError(code, f"{path} could not be written ({why}); {kept}") from None
 
 # %% ../nbs/10_train.ipynb #3b5d0039
 @patch
@@ -417,6 +439,7 @@ def save(
 ):
     "Write the checkpoint `name` into the run folder, atomically."
     ck = {"method": self.method.state_dict(), "iteration": self.iteration, "best": self.best}
+    ck["validated"] = getattr(self, "validated", None)  # the last iteration whose validation is done
     ck["config"] = self.cfg.to_dict()
     if full:
         ck.update(optimizer=self.opt.state_dict(), rng=_rng_state())
@@ -429,7 +452,16 @@ def read_checkpoint(path: str | Path, device: torch.device) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: train first, or give the right --out")
     try:
-        ck = torch.load(path, map_location=device, weights_only=False)
+        ck = torch.load(path, map_location=device, weights_only=True)  # never runs code from the file
+    except pickle.UnpicklingError as e:
+        if not (code := [line for line in str(e).splitlines() if "GLOBAL" in line]):
+            raise ValueError(
+                f"checkpoint {path} is unreadable ({e.args[0][:80]}...); it is corrupt"
+            ) from None
+        why = f"{code[0].strip().rstrip('.')}: it would run code"
+        raise ValueError(
+            f"checkpoint {path} refused ({why}); a ucpcl checkpoint holds only tensors"
+        ) from None
     except Exception as e:
         why = f"{type(e).__name__}: {e}"
         msg = f"checkpoint {path} is unreadable ({why}); it is corrupt or not a ucpcl checkpoint"
@@ -468,7 +500,7 @@ def load(self: Trainer, path: str | Path, weights_only: bool = False) -> dict:
         msg = f"{path} holds the weights only (it is for evaluation): resume from the run's last.pt"
         raise ValueError(msg)
     self.opt.load_state_dict(ck["optimizer"])
-    self.iteration, self.best = ck["iteration"], ck["best"]
+    self.iteration, self.best, self.validated = ck["iteration"], ck["best"], ck.get("validated")
     _set_rng_state(ck["rng"])
     return ck
 
@@ -497,6 +529,48 @@ def _trim_log(path: Path, upto: int):
         w.writeheader()
         w.writerows(r for r in rows if int(r["iteration"]) <= upto)
 
+# %% ../nbs/10_train.ipynb #170862fa
+# what a run writes into its folder; replacing a run removes these and nothing else
+RUN_FILES = (
+    "last.pt",
+    "best.pt",
+    "log.csv",
+    "val.csv",
+    "metrics.json",
+    "test_cases.json",
+    "config.json",
+    "env.json",
+)
+
+
+def _run_results(out: Path) -> list[str]:
+    "The files of a run's results in `out`: checkpoints, logs, metrics, evaluations and split files."
+    found = [f for f in RUN_FILES[:6] if (out / f).is_file()] + sorted(
+        p.name for p in out.glob("eval_*.json")
+    )
+    return found + (["splits/"] if (out / "splits").is_dir() else [])
+
+# %% ../nbs/10_train.ipynb #ad31a697
+def check_run_folder(
+    out: Path,  # the run folder
+    resume: bool,  # the run continues the one in `out`
+    overwrite: bool,  # the run replaces the one in `out`
+) -> list[Path]:  # the files that replacing the run removes
+    "Refuse a folder with results unless resuming or replacing its run; list the files a replaced run loses."
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: give a folder for the run")
+    if resume or not out.is_dir() or not (held := _run_results(out)):
+        return []
+    files = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+    if not (out / "config.json").is_file():
+        raise ValueError(f"{out} holds {files} but is not a ucpcl run (no config.json): choose another --out")
+    if not overwrite:
+        fix = "give --resume to continue it, --overwrite to replace it, or another --out"
+        raise ValueError(f"{out} already holds a run ({files}): {fix}")
+    own = [out / f for f in RUN_FILES] + list(out.glob("eval_*.json")) + list(out.glob("splits/*.txt"))
+    return [p for p in own + [out / "splits" / "split.json"] if p.is_file()]
+
 # %% ../nbs/10_train.ipynb #de7a96e7
 @patch
 def validate(self: Trainer, it: int):
@@ -519,10 +593,8 @@ def _open_run(self: Trainer, resume: bool):
     self.out.mkdir(parents=True, exist_ok=True)
     if resume:
         _trim_log(self.out / "log.csv", self.iteration)
-    else:
-        for f in ("log.csv", "val.csv"):
-            (self.out / f).unlink(missing_ok=True)
-    self.cfg.save(self.out / "config.json")
+    paths = {k: os.path.abspath(v) for k in ("data_root", "out") if (v := getattr(self.cfg, k))}
+    self.cfg.replace(**paths).save(self.out / "config.json")  # absolute: evaluate works from any folder
     env = {**environment(self.device), "processes": self.world}
     (self.out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
     self._logf = (self.out / "log.csv").open("a", newline="")
@@ -548,22 +620,56 @@ def iterate(self: Trainer, batch: dict, bar: tqdm):
 # %% ../nbs/10_train.ipynb #d4ec2e8d
 @patch
 def checkpoint(self: Trainer, stop: bool):
-    "Rank 0: validate every eval_every iterations, write last.pt every save_every; both at the end."
-    it, end = self.iteration, self.iteration == self.cfg.iterations
-    if self.rank == 0 and (it % self.cfg.eval_every == 0 or end):
+    "Rank 0: last.pt every save_every iterations and before validating (every eval_every); both at the end."
+    it, end, cfg = self.iteration, self.iteration == self.cfg.iterations, self.cfg
+    val = self.rank == 0 and (it % cfg.eval_every == 0 or end)
+    if self.rank == 0 and (val or it % cfg.save_every == 0 or stop):
+        self.save("last.pt")  # before validating: a validation that fails keeps the weights
+    if val:
         self.validate(it)
-    if self.rank == 0 and (it % self.cfg.save_every == 0 or end or stop):
-        self.save("last.pt")
+        self.validated = it
+        self.save("last.pt")  # again, with the best score it found
 
 # %% ../nbs/10_train.ipynb #ac5ad5e5
 @patch
-def _begin(self: Trainer, resume: bool):
-    "Load last.pt when resuming; rank 0 opens the run folder; every process waits for it."
+def _begin(self: Trainer, resume: bool, overwrite: bool = False):
+    "Check the run folder and every split's files, load last.pt when resuming; rank 0 opens the run folder."
+    stale = check_run_folder(self.out, resume, overwrite) if self.rank == 0 else []
+    self.data.check()  # every file of every split, before the first step
+    for p in stale:  # replacing a run: its own files go, once the new run's data has passed
+        p.unlink()
+    self.validated = None
     if resume:
         self.load(self.out / "last.pt")
     if self.rank == 0:
         self._open_run(resume)
+        self._write_split()
+        if resume and self.iteration and self.validated != self.iteration and self._due_validation():
+            self.checkpoint(stop=False)  # the validation that a failure interrupted
     barrier()
+
+# %% ../nbs/10_train.ipynb #f304b5e5
+@patch
+def _due_validation(self: Trainer) -> bool:
+    "Whether the current iteration is one that validates."
+    return self.iteration % self.cfg.eval_every == 0 or self.iteration == self.cfg.iterations
+
+
+def _saved_split(out: Path, seed: int, root: str) -> Path | None:
+    "OUT/splits when it holds an ISIC split of this seed and data root (a resumed or evaluated run)."
+    try:
+        rec = json.loads((Path(out) / "splits" / "split.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = rec.get("seed") == seed and rec.get("data_root") == os.path.abspath(root)
+    return Path(out) / "splits" if same else None
+
+
+@patch
+def _write_split(self: Trainer):
+    "Write the ISIC split of the run (train, val, test, labeled, unlabeled) into OUT/splits, with split.json."
+    if (split := getattr(self.data, "split", None)) is not None:
+        write_isic_split(split, self.out / "splits", self.data.seed, self.data.root)
 
 # %% ../nbs/10_train.ipynb #c69efbf7
 @patch
@@ -572,9 +678,10 @@ def fit(
     resume: bool = False,  # continue from the run folder's last.pt
     progress: bool = True,  # a progress bar (rank 0)
     stop_after: int | None = None,  # leave after this many iterations (a time-limited job); resume later
+    overwrite: bool = False,  # replace the run already in the run folder (its own files only)
 ) -> Trainer:
     "Train to cfg.iterations (from last.pt when resume), validating and checkpointing on the way."
-    self._begin(resume)
+    self._begin(resume, overwrite)
     start, self._t0, cfg = self.iteration, time.time(), self.cfg
     show = progress and self.rank == 0
     bar = tqdm(total=cfg.iterations, initial=start, disable=not show, desc=cfg.method, leave=False)
@@ -647,7 +754,9 @@ def from_run(
     return t
 
 # %% ../nbs/10_train.ipynb #f2a4b730
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, data=None) -> dict:
-    "Train one run of `cfg` (resuming from its last.pt if asked), test it, and return its metrics."
-    trainer = Trainer(cfg, data=data).fit(resume=resume, progress=progress)
+def train(
+    cfg: TrainConfig, resume: bool = False, progress: bool = True, data=None, overwrite: bool = False
+) -> dict:
+    "Train one run of `cfg` (resuming from its last.pt, or replacing the run there, if asked); test it."
+    trainer = Trainer(cfg, data=data).fit(resume=resume, progress=progress, overwrite=overwrite)
     return trainer.test()
