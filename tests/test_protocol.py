@@ -247,3 +247,29 @@ def test_drop_path_setting_reaches_the_swin_blocks():
     assert not torch.allclose(a, b)
     with pytest.raises(ValueError, match="TrainConfig.drop_path=-0.1 is invalid"):
         TrainConfig(drop_path=-0.1)
+
+
+def test_paper_run_without_weights_fails_clearly_before_training(tmp_path, hub, no_download):
+    from ucpcl.phantoms import write_phantom
+    from ucpcl.train import Trainer
+
+    root = write_phantom("cardiac", tmp_path / "phantom", seed=0, num_patients=(2, 1, 1))
+    cfg = TrainConfig(data_root=str(root), labeled=1, img_size=32, out=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="not in torch's hub cache") as e:
+        Trainer(cfg)  # the paper preset's default: ImageNet weights
+    _both_ways(str(e.value), hub / "checkpoints" / "resnet50-0676ba61.pth")
+    assert not (tmp_path / "run" / "log.csv").exists()
+
+
+# ---- 3. the final notebook's settings
+
+
+def test_overrides_are_validated():
+    from ucpcl.report import config_with_overrides
+
+    cfg = config_with_overrides({"enqueue_per_class": 16, "dice_form": "reference"}, preset="small")
+    assert (cfg.enqueue_per_class, cfg.dice_form, cfg.preset) == (16, "reference", "small")
+    with pytest.raises(ValueError, match=r"\['queue_depth'\] not fields of TrainConfig; the fields are"):
+        config_with_overrides({"queue_depth": 16})
+    with pytest.raises(ValueError, match="parameters of their own"):
+        config_with_overrides({"seed": 1}, seed=0)
