@@ -273,3 +273,18 @@ def test_overrides_are_validated():
         config_with_overrides({"queue_depth": 16})
     with pytest.raises(ValueError, match="parameters of their own"):
         config_with_overrides({"seed": 1}, seed=0)
+
+
+def test_finished_runs_keep_matching_under_the_new_weights_default(tmp_path):
+    import json
+    from ucpcl.compare import _same_config
+
+    def saved(cfg, **changes):
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps({**json.loads(json.dumps(cfg.to_dict())), **changes}))
+        return path
+
+    small, paper = TrainConfig(preset="small"), TrainConfig()
+    assert _same_config(saved(small, pretrained=None), small)  # random init, named either way
+    assert not _same_config(saved(paper, pretrained=None), paper)  # random then, ImageNet now: retrain
+    assert _same_config(saved(paper, pretrained="IMAGENET1K_V1"), paper)

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 
 from .data import acdc_labeled_names
-from .models import STRIDES, get_preset
+from .models import STRIDES, get_preset, resolve_pretrained
 from .report import load_run, markdown_table, summarize_runs, write_csv
 from .train import TrainConfig, get_method, train
 
@@ -106,14 +106,18 @@ def run_config(spec: RunSpec, labeled: float, seed: int, grid: Grid) -> TrainCon
 # %% ../nbs/14_compare.ipynb #9c264d4c
 def _same_config(path: Path, cfg: TrainConfig) -> bool:
     "True when config.json at `path` is the run `cfg` (num_workers aside; newer fields take their defaults)."
+    # the weights a run started from, whichever way they were named ("preset" or the name it resolves to)
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
     plain = lambda c: json.loads(json.dumps(c.to_dict(), default=str))
     saved, mine = {**plain(TrainConfig()), **saved}, plain(cfg)
-    drop_workers = lambda d: {k: v for k, v in d.items() if k != "num_workers"}
-    return drop_workers(saved) == drop_workers(mine)
+    weights = lambda d: resolve_pretrained(d["preset"], d["pretrained"])
+    same = lambda d: (
+        {k: v for k, v in d.items() if k not in ("num_workers", "pretrained")} | {"w": weights(d)}
+    )
+    return same(saved) == same(mine)
 
 # %% ../nbs/14_compare.ipynb #fe22eee6
 def run_status(cfg: TrainConfig) -> str:
