@@ -71,7 +71,7 @@ def test_tiny_grid_writes_table1_and_a_second_call_trains_nothing(phantom, tmp_p
         assert (tmp_path / f).is_file(), f
     md = (tmp_path / "table1.md").read_text()
     lines = [l for l in md.splitlines() if l.startswith("|")]
-    assert lines[0].startswith("| Method | Dice [%] 2 patients (") and "Jaccard [%]" in lines[0]
+    assert lines[0].startswith("| Method | Dice 3D [%] 2 patients (") and "Dice 2D [%]" in lines[0]
     assert [l.split("|")[1].strip() for l in lines[2:]] == ["-", "MT"]
     with open(tmp_path / "table1.csv") as f:
         table = list(csv.DictReader(f))

@@ -230,18 +230,20 @@ def test_pretrained_local_file(tmp_path):
         build_model("small", pretrained=str(tmp_path / "list.pth"))
 
 
-def test_pretrained_by_name_uses_torchvision_weights(monkeypatch):
-    "A weights name goes to torchvision's enum (which would download); here a fresh state_dict stands in."
+def test_pretrained_by_name_reads_torchvision_cache(monkeypatch, tmp_path):
+    "A weights name reads torchvision's file from torch's hub cache and never asks torchvision to download."
     tv = torchvision.models.resnet18(weights=None)
-    asked = []
 
-    def fake_get_state_dict(self, *args, **kwargs):
-        asked.append(self)
-        return tv.state_dict()
+    def no_download(self, *args, **kwargs):
+        raise AssertionError("a download was attempted")
 
-    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", fake_get_state_dict)
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", no_download)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ValueError, match="not in torch's hub cache"):
+        build_model("small", pretrained="IMAGENET1K_V1")
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(tv.state_dict(), tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
     net = build_model("small", pretrained="IMAGENET1K_V1")
-    assert asked == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1]
     assert torch.equal(net.encoder.conv1.weight, tv.conv1.weight)
 
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_compare.ipynb #93606b6c
 from __future__ import annotations
-import json, time
+import json, math, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -13,15 +13,15 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 
 from .data import acdc_labeled_names
-from .models import STRIDES, get_preset
+from .models import STRIDES, get_preset, resolve_pretrained
 from .report import load_run, markdown_table, summarize_runs, write_csv
 from .train import TrainConfig, get_method, train
 
 # %% auto #0
-__all__ = ['TABLE1_METHODS', 'METHOD_NAMES', 'PAPER_COLUMNS', 'PAPER_ROWS', 'PAPER_TABLE1', 'ABLATION_ROWS', 'ABLATION_COLUMNS',
-           'FEATURE_ROWS', 'RunSpec', 'run_name', 'Grid', 'run_config', 'run_status', 'ensure_run', 'run_grid',
-           'labeled_text', 'pivot', 'write_table', 'plot_runs', 'TableSpec', 'data_name', 'make_table', 'compare',
-           'table1', 'ablation_marks', 'table2', 'ablation', 'feature_cells', 'table3', 'feature_levels']
+__all__ = ['TABLE1_METHODS', 'METHOD_NAMES', 'PAPER_COLUMNS', 'PAPER_ROWS', 'PAPER_TABLE1', 'METRICS', 'ABLATION_ROWS',
+           'ABLATION_COLUMNS', 'FEATURE_ROWS', 'RunSpec', 'run_name', 'Grid', 'run_config', 'run_status', 'ensure_run',
+           'run_grid', 'labeled_text', 'pivot', 'write_table', 'plot_runs', 'TableSpec', 'data_name', 'make_table',
+           'compare', 'table1', 'ablation_marks', 'table2', 'ablation', 'feature_cells', 'table3', 'feature_levels']
 
 # %% ../nbs/14_compare.ipynb #5fd4f7ba
 TABLE1_METHODS = ("sup", "mt", "uamt", "em", "dct", "cct", "cps", "ucpcl")
@@ -106,14 +106,18 @@ def run_config(spec: RunSpec, labeled: float, seed: int, grid: Grid) -> TrainCon
 # %% ../nbs/14_compare.ipynb #9c264d4c
 def _same_config(path: Path, cfg: TrainConfig) -> bool:
     "True when config.json at `path` is the run `cfg` (num_workers aside; newer fields take their defaults)."
+    # the weights a run started from, whichever way they were named ("preset" or the name it resolves to)
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
     plain = lambda c: json.loads(json.dumps(c.to_dict(), default=str))
     saved, mine = {**plain(TrainConfig()), **saved}, plain(cfg)
-    drop_workers = lambda d: {k: v for k, v in d.items() if k != "num_workers"}
-    return drop_workers(saved) == drop_workers(mine)
+    weights = lambda d: resolve_pretrained(d["preset"], d["pretrained"])
+    same = lambda d: (
+        {k: v for k, v in d.items() if k not in ("num_workers", "pretrained")} | {"w": weights(d)}
+    )
+    return same(saved) == same(mine)
 
 # %% ../nbs/14_compare.ipynb #fe22eee6
 def run_status(cfg: TrainConfig) -> str:
@@ -164,26 +168,34 @@ def labeled_text(dataset: str, data_root: str | Path, labeled: float) -> str:
     return f"{labeled:g} patients ({slices} slices)"
 
 # %% ../nbs/14_compare.ipynb #a3b3e109
+METRICS = ("dice", "dice_2d", "jaccard")  # per labeled size; dice = 3D per volume for ACDC, dice_2d per slice
+
+
 def pivot(rows: Sequence[dict], tags: Sequence[str], labeled_sizes: Sequence[float]) -> list[dict]:
-    "One dict per tag: dice_l<L>, jaccard_l<L> (mean), their _std, and n_l<L> seeds for each labeled size L."
-    summary = {(g["tag"], g["labeled"]): g for g in summarize_runs(rows, by=("tag", "labeled"))}
+    "One dict per tag: dice_l<L>, dice_2d_l<L>, jaccard_l<L> (mean), their _std, and n_l<L> seeds per size L."
+    keys = [f"best_{m}" for m in METRICS]
+    summary = {(g["tag"], g["labeled"]): g for g in summarize_runs(rows, ("tag", "labeled"), keys)}
     out = []
     for tag in tags:
         r = {"tag": tag}
         for l in labeled_sizes:
             g = summary.get((tag, l), {})
-            for m in ("dice", "jaccard"):
+            for m in METRICS:
                 r |= {f"{m}_l{l:g}": g.get(f"best_{m}"), f"{m}_l{l:g}_std": g.get(f"best_{m}_std")}
             r[f"n_l{l:g}"] = g.get("n", 0)
         out.append(r)
     return out
 
 # %% ../nbs/14_compare.ipynb #71f59ee7
-def _metric_columns(heads: dict) -> tuple[list[str], list[str]]:
-    "Metric keys and their headers, Dice then Jaccard, for each labeled size (the keys of `heads`)."
-    pairs = [(l, m) for l in heads for m in ("dice", "jaccard")]
+_HEADS = {"dice": "Dice 3D", "dice_2d": "Dice 2D", "jaccard": "Jaccard"}  # with slice Dice: 3D and 2D named
+
+
+def _metric_columns(heads: dict, slices: bool = False) -> tuple[list[str], list[str]]:
+    "Metric keys and headers per labeled size (the keys of `heads`): Dice (3D, and 2D if slices), Jaccard."
+    names = METRICS if slices else ("dice", "jaccard")
+    pairs = [(l, m) for l in heads for m in names]
     keys = [f"{m}_l{l:g}" for l, m in pairs]
-    return keys, [f"{'Dice' if m == 'dice' else 'Jaccard'} [%] {heads[l]}" for l, m in pairs]
+    return keys, [f"{_HEADS[m] if slices else m.capitalize()} [%] {heads[l]}" for l, m in pairs]
 
 
 def _csv_row(r: dict, columns: dict, keys: list[str], labeled_sizes) -> dict:
@@ -204,7 +216,10 @@ def write_table(
     caption: str,
 ) -> str:
     "Write <stem>.md (title, caption, table) and <stem>.csv into `out`; return the Markdown table."
-    keys, metric_heads = _metric_columns(heads)
+    slices = any(
+        isinstance(v, float) and not math.isnan(v) for r in rows for k, v in r.items() if "dice_2d" in k
+    )
+    keys, metric_heads = _metric_columns(heads, slices)  # ACDC volumes: Dice 3D and Dice 2D
     table = markdown_table(rows, list(columns), keys, headers=[*columns.values(), *metric_heads])
     Path(out, f"{stem}.md").write_text(f"# {title}\n\n{caption}\n\n{table}\n")
     write_csv([_csv_row(r, columns, keys, list(heads)) for r in rows], Path(out, f"{stem}.csv"))

@@ -15,7 +15,8 @@ from .core import Config, describe
 from .uncertainty import sigmoid_rampup
 
 # %% auto #0
-__all__ = ['dice_loss', 'seg_loss', 'supervised_loss', 'consistency_loss', 'consistency_weight', 'total_loss', 'LossWeights']
+__all__ = ['DICE_FORMS', 'dice_loss', 'seg_loss', 'supervised_loss', 'consistency_loss', 'consistency_weight', 'total_loss',
+           'LossWeights']
 
 # %% ../nbs/05_losses.ipynb #6b2ca37c
 def _check_seg_shapes(input: Tensor, target: Tensor, num_classes: int | None, ignore_index: int) -> int:
@@ -106,21 +107,31 @@ def dice_loss(
     return _dice(p, target, include_background, eps, ignore_index, squared_pred)
 
 # %% ../nbs/05_losses.ipynb #f51e4b79
+DICE_FORMS = ("linear", "reference")  # the Dice term of Eq. 4: ucpcl's, or the reference implementation's
+
+
 def seg_loss(
     logits: Tensor,  # (B, C, H, W) decoder logits
     target: Tensor,  # (B, H, W) integer class ids, ignore_index = ignored
     include_background: bool = False,  # also average the Dice of class 0
     ignore_index: int = -1,  # target value of pixels left out
+    dice_form: str = "linear",  # "linear": sum p + sum g, mean over classes; "reference": sum p^2, sum / C
 ) -> Tensor:  # scalar
     "Eq. 4: L_seg = (L_CE + L_Dice) / 2 on logits, ignored pixels left out of both terms."
     C = _check_seg(logits, target, None, ignore_index)
     if C < 2 and not include_background:
         raise ValueError("with a single class there is no foreground: pass include_background=True")
+    if dice_form not in DICE_FORMS:
+        raise ValueError(f"dice_form={dice_form!r} is not one of {DICE_FORMS}")
     # L_CE: sum over the pixels that count, divided by their number (at least 1)
     n_valid = (target != ignore_index).sum().clamp_min(1)
     ce = F.cross_entropy(logits, target.long(), ignore_index=ignore_index, reduction="sum") / n_valid
+    ref = dice_form == "reference"  # sum p^2 in the denominators ...
+    dice = _dice(logits.softmax(1), target, include_background, 1e-5, ignore_index, squared_pred=ref)
+    if ref and not include_background:  # ... and class weights (0, 1, ..., 1) summed over C, divided by C
+        dice = dice * (C - 1) / C
     # Eq. 4: (L_CE + L_Dice) / 2
-    return (ce + _dice(logits.softmax(1), target, include_background, 1e-5, ignore_index, False)) / 2
+    return (ce + dice) / 2
 
 # %% ../nbs/05_losses.ipynb #532dcd01
 def supervised_loss(
@@ -130,6 +141,7 @@ def supervised_loss(
     alpha: float = 0.4,  # weight of the transformer decoder's term
     include_background: bool = False,  # also average the Dice of class 0
     ignore_index: int = -1,  # target value of pixels left out
+    dice_form: str = "linear",  # the Dice term of `seg_loss`: "linear" or "reference"
 ) -> Tensor:  # scalar
     "Eq. 3: l_sup = L_seg(p_c, y) + alpha * L_seg(p_t, y)."
     if logits_c.shape != logits_t.shape:
@@ -138,7 +150,8 @@ def supervised_loss(
     if not alpha >= 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     # Eq. 3: L_seg(p_c, y) + alpha L_seg(p_t, y)
-    l_c, l_t = (seg_loss(lg, target, include_background, ignore_index) for lg in (logits_c, logits_t))
+    how = (include_background, ignore_index, dice_form)
+    l_c, l_t = (seg_loss(lg, target, *how) for lg in (logits_c, logits_t))
     return l_c + alpha * l_t
 
 # %% ../nbs/05_losses.ipynb #ba82d9d2

@@ -19,12 +19,13 @@ from .anchors import downsample_labels, sample_anchors
 from .contrast import MemoryQueue, pixel_info_nce
 from .rotation import rot90_batch, rotation_loss, rotation_loss_all
 from .losses import consistency_loss, consistency_weight, seg_loss, supervised_loss, total_loss
+from .losses import DICE_FORMS
 from .models import ModelConfig, NetOutput, build_model
 from .distributed import all_gather_rows, rank_share
 
 # %% auto #0
 __all__ = ['BatchFields', 'ObjectiveFields', 'ContrastFields', 'TeacherFields', 'MethodConfig', 'require', 'Method', 'Supervised',
-           'UCPCL', 'item_seed', 'mask_stats']
+           'UCPCL', 'item_seed', 'mask_stats', 'enqueue_subset']
 
 # %% ../nbs/10_method.ipynb #b0d58d9c
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class ObjectiveFields:
     consistency: float = 0.01  # final lambda_t, Eq. 1
     lambda_1: float = 0.1  # weight of l_c
     lambda_2: float = 0.1  # weight of l_e
+    dice_form: str = "linear"  # Dice term of Eq. 4: "linear" (ucpcl) or "reference" (ucpcl.losses)
 
 # %% ../nbs/10_method.ipynb #34cd365c
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class ContrastFields:
     contrast_start: float = 0.1  # fraction of the run before pixel contrast starts (warm-up)
     per_class: int = 256  # anchors per class and step
     memory_size: int = 500  # queue entries per class
+    # anchors of each class that enter the queue per step; 0 = all (ucpcl), 16 ~ the reference's history
+    enqueue_per_class: int = 0
     tau: float = 0.07  # InfoNCE temperature, Eq. 8
     threshold_mode: str = "schedule"  # H of Eq. 7: "schedule" (0.75 -> 1) * ln 2, or "fixed"
     threshold: float = math.log(2)  # the fixed H, or the final H of the schedule
@@ -97,6 +101,10 @@ def validate(self: MethodConfig):
     require(self, "iterations", self.iterations >= 1, "use at least 1")
     require(self, "contrast_start", 0 <= self.contrast_start <= 1, "a fraction of the run in [0, 1]")
     require(self, "tau", self.tau > 0, "the temperature must be > 0")
+    require(self, "dice_form", self.dice_form in DICE_FORMS, f"use one of {list(DICE_FORMS)}")
+    enq = "an int >= 0: anchors of each class enqueued per step, 0 = all"
+    ok = isinstance(self.enqueue_per_class, int) and self.enqueue_per_class >= 0
+    require(self, "enqueue_per_class", ok, enq)
     ThresholdSchedule(self.threshold_mode, self.threshold)  # raises with the valid modes
 
 # %% ../nbs/10_method.ipynb #5b11f108
@@ -141,7 +149,8 @@ class Supervised(Method):
         self.model = build_model(model_cfg.replace(transformer=False, rotation=False))
 
     def training_step(self, batch: dict, iteration: int) -> dict:
-        l_sup = seg_loss(self.predict_logits(batch["image"]), batch["label"])  # Eq. 4
+        x, y = batch["image"], batch["label"]
+        l_sup = seg_loss(self.predict_logits(x), y, dice_form=self.cfg.dice_form)  # Eq. 4
         return {"loss": l_sup, "l_sup": l_sup}
 
     def predict_logits(self, x: Tensor) -> Tensor:
@@ -236,14 +245,36 @@ def mask_stats(
         out["pl_acc"] = ((yc == monitor) & known).sum() / known.sum().clamp(min=1)
     return out
 
+# %% ../nbs/10_method.ipynb #0d4b7e0e
+def enqueue_subset(
+    labels: Tensor,  # (N,) class ids of the step's anchors, -1 = none
+    per_class: int,  # how many anchors of each class enter the queue; 0 = all
+    num_classes: int,  # C
+    generator: torch.Generator | None = None,  # the draw of which anchors enter
+) -> Tensor:  # (N,) the labels, -1 for the anchors left out (`MemoryQueue.push` skips them)
+    "A random `per_class` anchors of each class for the queue; the others' labels become -1."
+    if per_class <= 0:
+        return labels
+    N, C = len(labels), num_classes
+    perm = torch.randperm(N, generator=generator).to(labels.device)  # a random order of the anchors
+    cls = torch.where(labels[perm] >= 0, labels[perm], C)  # their classes in that order; -1 -> class C
+    onehot = nn.functional.one_hot(cls, C + 1)  # (N, C + 1)
+    rank = (onehot.cumsum(0) - 1).gather(1, cls[:, None])[:, 0]  # place of each among its class
+    keep = torch.zeros(N, dtype=torch.bool, device=labels.device)
+    keep[perm] = (rank < per_class) & (cls < C)
+    return torch.where(keep, labels, -1)
+
 # %% ../nbs/10_method.ipynb #deaa79b6
 @patch
 def after_step(self: UCPCL, iteration: int):
-    "Enqueue the anchors of the step just taken (Sec. 3.2: anchors first, then queue entries)."
+    "Enqueue the anchors of the step just taken (all, or enqueue_per_class of each class; Sec. 3.2)."
     if getattr(self, "_to_enqueue", None) is not None:
         anchors, labels = self._to_enqueue
         with record_function("contrast"):  # the anchors of every process, in rank order
-            self.queue.push(all_gather_rows(anchors), all_gather_rows(labels))
+            g = torch.Generator().manual_seed(item_seed(self.cfg.seed, iteration, 1 << 21))  # same everywhere
+            gathered, per_class = all_gather_rows(labels), self.cfg.enqueue_per_class
+            labels = enqueue_subset(gathered, per_class, self.queue.num_classes, g)
+            self.queue.push(all_gather_rows(anchors), labels)
         self._to_enqueue = None
 
 # %% ../nbs/10_method.ipynb #11761ba1
@@ -255,7 +286,7 @@ def training_step(self: UCPCL, batch: dict, iteration: int) -> dict:
     contrast, zero = self.contrast_on(iteration), x.new_zeros(())
     out = self.model(x, transformer=True, embed=contrast, rotation=k is not None)
     c_l, t_l, y_l = out.logits_c[:labeled_bs], out.logits_t[:labeled_bs], y[:labeled_bs]
-    l_sup = supervised_loss(c_l, t_l, y_l, alpha=cfg.alpha)  # Eq. 3, labeled images
+    l_sup = supervised_loss(c_l, t_l, y_l, alpha=cfg.alpha, dice_form=cfg.dice_form)  # Eq. 3, labeled images
     c_u, t_u = out.logits_c[labeled_bs:], out.logits_t[labeled_bs:]
     l_con = consistency_loss(c_u, t_u) if cfg.use_con else zero  # Eq. 5, unlabeled images
     lambda_t = consistency_weight(iteration, cfg.iterations, cfg.consistency)

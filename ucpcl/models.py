@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +21,10 @@ from .core import Config
 from .rotation import RotationHead
 
 # %% auto #0
-__all__ = ['ENCODER_CHANNELS', 'STRIDES', 'PRESETS', 'ModelConfig', 'get_preset', 'Encoder', 'conv_bn_relu', 'UpBlock',
-           'CNNDecoder', 'PatchEmbedding', 'PatchExpand', 'swin_stage', 'TransformerDecoder', 'ProjectionHead',
-           'NetOutput', 'UCPCLNet', 'build_model', 'part_sizes']
+__all__ = ['ENCODER_CHANNELS', 'STRIDES', 'PRESETS', 'NO_WEIGHTS', 'PRESET_WEIGHTS', 'ModelConfig', 'get_preset', 'Encoder',
+           'weights_cache_path', 'weights_help', 'fetch_weights', 'resolve_pretrained', 'conv_bn_relu', 'UpBlock',
+           'CNNDecoder', 'PatchEmbedding', 'PatchExpand', 'swin_stage', 'TransformerDecoder', 'set_drop_path',
+           'ProjectionHead', 'NetOutput', 'UCPCLNet', 'build_model', 'part_sizes']
 
 # %% ../nbs/06_models.ipynb #62aa0df5
 # channels of the stem and layer1..layer4 of each torchvision ResNet, and their strides
@@ -42,7 +44,7 @@ class ModelConfig(Config):
     in_channels: int = 1  # 1 (grey, repeated to 3 channels) or 3 (RGB)
     num_classes: int = 4  # segmentation classes, background included
     img_size: int = 224  # input side in pixels, a multiple of 32; sizes the position embeddings
-    pretrained: str | None = None  # None, a torchvision weights name ("IMAGENET1K_V2", downloads) or a file
+    pretrained: str | None = None  # None or "none", a weights name (torch's hub cache) or a file
     decoder_channels: tuple = (256, 128, 64, 32, 16)  # CNN decoder stages at 1/16 .. 1/1
     embed_dims: tuple = (96, 192, 384, 768)  # token width D of layer1..layer4 in the Transformer decoder
     num_heads: tuple = (3, 6, 12, 24)  # attention heads per level (layer4 has no Swin blocks: unused)
@@ -165,38 +167,97 @@ def forward(
     f3 = self.layer3(f2)
     return [stem, f1, f2, f3, self.layer4(f3)]
 
+# %% ../nbs/06_models.ipynb #52789ad9
+NO_WEIGHTS = ("none", "random")  # the names of a random initialisation
+
+
+def weights_cache_path(
+    encoder: str = "resnet50",  # "resnet18", "resnet34" or "resnet50"
+    name: str = "IMAGENET1K_V1",  # a torchvision weights name of that encoder
+) -> Path:
+    "The file holding torchvision's weights `name` of `encoder`: <torch hub dir>/checkpoints/<URL file name>."
+    weights = torchvision.models.get_model_weights(encoder)[name]
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+
+# %% ../nbs/06_models.ipynb #59885897
+def weights_help(
+    encoder: str = "resnet50",  # the encoder the weights are for
+    name: str = "IMAGENET1K_V1",  # the torchvision weights name to suggest
+) -> str:
+    "The two ways to provide ImageNet weights (torch's hub cache or a local file), and how to go without."
+    path = weights_cache_path(encoder, name)
+    fetch = f'python -c \'from ucpcl.models import fetch_weights; fetch_weights("{encoder}", "{name}")\''
+    return (
+        f"Provide ImageNet weights in one of two ways: (1) torchvision's {name} file in torch's hub cache at "
+        f"{path} (run {fetch} once where the internet is reachable, or copy the file there), or (2) a local "
+        f"{encoder} state_dict file: pretrained='/path/to/{encoder}.pth' (--pretrained FILE on the command "
+        "line); pretrained='none' starts from random weights."
+    )
+
+# %% ../nbs/06_models.ipynb #10a67799
+def fetch_weights(
+    encoder: str = "resnet50",  # "resnet18", "resnet34" or "resnet50"
+    name: str = "IMAGENET1K_V1",  # a torchvision weights name of that encoder
+) -> Path:  # the cached file
+    "Download torchvision's weights `name` of `encoder` into torch's hub cache: ucpcl's only download."
+    torchvision.models.get_model_weights(encoder)[name].get_state_dict(progress=True)
+    return weights_cache_path(encoder, name)
+
 # %% ../nbs/06_models.ipynb #e81bb625
 @patch
 def _read_weights(self: Encoder, pretrained: str) -> dict:
-    "A ResNet state_dict: torchvision's weights of that name (a download, cached), or the file at that path."
+    "A ResNet state_dict: torchvision's weights of that name from torch's hub cache (no download), or a file."
     enum = torchvision.models.get_model_weights(self.name)
     if pretrained in enum.__members__:
-        return enum[pretrained].get_state_dict(progress=True)  # downloads (cached)
-    path = Path(pretrained).expanduser()
-    if not path.is_file():
-        names = ", ".join(enum.__members__)
-        what = f"neither a {self.name} weights name ({names}) nor an existing file"
-        raise ValueError(f"pretrained={pretrained!r} is {what}")
+        path, fix = weights_cache_path(self.name, pretrained), weights_help(self.name, pretrained)
+        where = f"the {pretrained} weights of {self.name} are not in torch's hub cache ({path})"
+        if not path.is_file():
+            raise ValueError(f"{where}. {fix}")
+    else:
+        path, fix = Path(pretrained).expanduser(), weights_help(self.name)
+        if not path.is_file():
+            names = ", ".join(enum.__members__)
+            what = f"neither a {self.name} weights name ({names}) nor an existing file"
+            raise ValueError(f"pretrained={pretrained!r} is {what}. {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read a state_dict from {path}: {e}") from e
+        raise ValueError(f"cannot read a state_dict from {path} ({type(e).__name__}). {fix}") from None
 
 # %% ../nbs/06_models.ipynb #29b16b0f
 @patch
 def load_pretrained(
     self: Encoder,
-    pretrained: str,  # a torchvision weights name ("IMAGENET1K_V2") or a file path
+    pretrained: str,  # a torchvision weights name ("IMAGENET1K_V1"), a file path, or "none"/"random"
 ) -> Encoder:
-    "Load torchvision ResNet weights into the encoder (strict): a weights name downloads, a path reads."
+    "Load ResNet weights into the encoder (strict): a weights name from torch's hub cache, or a file."
+    pretrained = os.fspath(pretrained)  # a path may come as a Path
+    if pretrained.lower() in NO_WEIGHTS:
+        return self  # random initialisation, asked for by name
     sd = self._read_weights(pretrained)
     if not isinstance(sd, dict):
-        raise ValueError(f"{pretrained!r} holds a {type(sd).__name__}, not a state_dict")
+        what = f"{pretrained!r} holds a {type(sd).__name__}, not a state_dict"
+        raise ValueError(f"{what}. {weights_help(self.name)}")
     try:
         self.load_state_dict({k: v for k, v in sd.items() if not k.startswith("fc.")}, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"the weights in {pretrained!r} do not fit encoder {self.name!r}: {e}") from e
+        why, fix = " ".join(str(e).split())[:300], weights_help(self.name)
+        misfit = f"the weights in {pretrained!r} do not fit encoder {self.name!r}"
+        raise ValueError(f"{misfit}: {why}. {fix}") from None
     return self
+
+# %% ../nbs/06_models.ipynb #269450ca
+PRESET_WEIGHTS = {"paper": "IMAGENET1K_V1", "small": "none"}  # the weights of each preset in training
+
+
+def resolve_pretrained(
+    preset: str,  # a name in PRESETS
+    pretrained: str | None = "preset",  # "preset", a weights name, a file, "none"/"random" or None
+) -> str | None:  # what `Encoder` loads: a weights name or a file; None = random weights
+    "The encoder weights of a run: the preset's for 'preset'; None for 'none', 'random' or None."
+    get_preset(preset)  # raises for an unknown preset
+    choice = PRESET_WEIGHTS[preset] if pretrained == "preset" else pretrained
+    return None if choice is None or str(choice).lower() in NO_WEIGHTS else str(choice)
 
 # %% ../nbs/06_models.ipynb #e6597833
 def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -350,6 +411,20 @@ def forward(
         x = self.blocks[i](x)  # W-MSA and SW-MSA blocks
     x = self.up4(self.norm(x))  # x4 expansion: 1/4 -> full resolution
     return self.head(x.permute(0, 3, 1, 2))
+
+# %% ../nbs/06_models.ipynb #402d6275
+def set_drop_path(
+    module: nn.Module,  # a network or a method holding Transformer decoders
+    rate: float,  # the drop-path probability of the deepest Swin block; 0 = none
+) -> nn.Module:
+    "Stochastic depth in the Swin blocks of every Transformer decoder: linear in depth from 0 to `rate`."
+    if not 0 <= rate < 1:
+        raise ValueError(f"drop_path={rate!r} must be a probability in [0, 1), e.g. 0.1 (the reference)")
+    for dec in (m for m in module.modules() if isinstance(m, TransformerDecoder)):
+        blocks = [b for stage in dec.blocks for b in stage]  # finest stage first, its blocks in order
+        for i, b in enumerate(blocks):
+            b.stochastic_depth.p = rate * i / max(len(blocks) - 1, 1)
+    return module
 
 # %% ../nbs/06_models.ipynb #ffd86d73
 class ProjectionHead(nn.Module):

@@ -18,7 +18,8 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import get_device, seed_everything
-from .models import ModelConfig, get_preset
+from .models import ModelConfig, get_preset, resolve_pretrained, set_drop_path
+from .transforms import train_transform
 from ucpcl.data import (
     CLASS_NAMES,
     DATASETS,
@@ -71,9 +72,13 @@ class DataFields:
     labeled: float = 7
     method: str = "ucpcl"  # a name in `METHODS`: "ucpcl", "sup", "mt", "uamt", "em", "dct", "cct", "cps"
     preset: str = "paper"  # model preset of `ucpcl.models`: "paper" or "small"
-    # ImageNet weights: a torchvision weights name or a local file; None = random init
-    pretrained: str | None = None
+    # encoder weights: "preset" = the preset's (paper: ImageNet IMAGENET1K_V1, small: none), a torchvision
+    # weights name (read from torch's hub cache, never downloaded), a state_dict file, or "none" = random init
+    pretrained: str | None = "preset"
     img_size: int | None = None  # network input side; None = the preset's (224 paper, 96 small)
+    # random crop augmentation; False: the whole slice resized (the reference; ucpcl.transforms)
+    crop: bool = True
+    drop_path: float = 0.0  # stochastic depth of the Swin decoder blocks (the reference: 0.1, ucpcl.models)
 
 # %% ../nbs/10_train.ipynb #432e4763
 @dataclass(frozen=True)
@@ -123,6 +128,9 @@ def validate(self: TrainConfig):
         require(self, k, not isinstance(v, float) or bool(np.isfinite(v)), "use a finite number")
     get_method(self.method)  # raises with the valid names
     get_preset(self.preset)  # raises with the valid presets
+    weights = "'preset', 'none', a torchvision weights name such as 'IMAGENET1K_V1', or a state_dict file"
+    require(self, "pretrained", self.pretrained is None or isinstance(self.pretrained, str), weights)
+    require(self, "drop_path", 0 <= self.drop_path < 1, "a probability in [0, 1), e.g. 0.1 (the reference)")
 
 # %% ../nbs/10_train.ipynb #c9faf55f
 def poly_lr(
@@ -226,8 +234,11 @@ def load_data(
         # ISIC: the split in the run folder when resuming or evaluating a run, else a fresh draw
         split = dict(seed=cfg.seed, splits_dir=_saved_split(self.out, cfg.seed, cfg.data_root))
         data = build_data(cfg.dataset, cfg.data_root, size=mcfg.img_size, labeled=labeled, **split)
-    channels, classes = data.in_channels, data.num_classes
-    return data, mcfg.replace(in_channels=channels, num_classes=classes, pretrained=cfg.pretrained)
+        if not cfg.crop:  # the reference's whole-slice resize instead of the random crop
+            tf = train_transform(mcfg.img_size, rgb=data.in_channels == 3, crop=False)
+            data.train.labeled.transform = data.train.unlabeled.transform = tf
+    weights = resolve_pretrained(cfg.preset, cfg.pretrained)  # "preset": the preset's; "none": random
+    return data, mcfg.replace(in_channels=data.in_channels, num_classes=data.num_classes, pretrained=weights)
 
 # %% ../nbs/10_train.ipynb #e6988bce
 @patch
@@ -247,6 +258,7 @@ def local_config(self: Trainer) -> TrainConfig:
 def build_method(self: Trainer) -> Method:
     "The method of cfg.method for this process's share of each batch, on this process's device."
     method = get_method(self.cfg.method)(self.local_config(), self.model_cfg).to(self.device)
+    set_drop_path(method, self.cfg.drop_path)  # 0 by default: no stochastic depth
     method.rank, method.world_size = self.rank, self.world
     self.net = self.wrap(method)  # what a step calls
     return method

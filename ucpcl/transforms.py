@@ -46,12 +46,14 @@ def train_transform(
     jitter: float = 0.2,  # brightness and contrast (and saturation) jitter
     hue: float = 0.05,  # hue jitter, RGB only
     vflip: bool = False,  # also flip vertically (off: keeps the four 90-degree rotations distinguishable)
+    crop: bool = True,  # a random crop resized to size; False: the whole slice resized (the reference)
 ) -> PairTransform:
     "The paper's training augmentation: random crop (resized to size), rotation, flip and colour jitter."
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
+    first = v2.RandomResizedCrop(size, scale=scale, antialias=True) if crop else v2.Resize((size, size))
     tfs = [
-        v2.RandomResizedCrop(size, scale=scale, antialias=True),
+        first,
         v2.RandomRotation(degrees, fill={tv_tensors.Image: 0, tv_tensors.Mask: 0}),
         v2.RandomHorizontalFlip(),
     ] + ([v2.RandomVerticalFlip()] if vflip else [])
