@@ -27,7 +27,7 @@ from ucpcl.contrast import MemoryQueue, pixel_info_nce, pixel_info_nce_loop
 def make_inputs(
     batch: int, dim: int, size: int, num_classes: int, memory_size: int, seed: int = 0, device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor, MemoryQueue]:
-    "Embeddings (B, D, h, w) that require grad, labels (B, h, w) with about 1 in C+1 pixels ignored, a full queue."
+    "Embeddings (B, D, h, w) that require grad, labels (B, h, w) with ~1 in C+1 pixels ignored, a full queue."
     g = torch.Generator().manual_seed(seed)
     emb = torch.randn(batch, dim, size, size, generator=g).to(device).requires_grad_()
     labels = torch.randint(-1, num_classes, (batch, size, size), generator=g).to(device)
@@ -65,7 +65,7 @@ def benchmark(
     device: str = "cpu",
     seed: int = 0,
 ) -> list[dict]:
-    "Time sampling, InfoNCE, both, and both with the backward pass, vectorised and loop; one dict per row (ms)."
+    "Time sampling, InfoNCE, both, and both with backward, vectorised and loop; one dict per row (ms)."
     emb, labels, queue = make_inputs(batch, dim, size, num_classes, memory_size, seed, device)
     gen = lambda: torch.Generator().manual_seed(seed)  # both versions draw the same anchors
     anchors, anchor_labels = sample_anchors(emb, labels, per_class, num_classes, gen())
@@ -132,11 +132,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows = benchmark(
             a.batch, a.dim, a.size, a.num_classes, a.memory_size, a.per_class, a.tau, a.repeats, a.device
         )
-        print(
-            f"{a.batch} images, {a.dim}-d embeddings on {a.size}x{a.size}, {a.num_classes} classes, {a.memory_size} per "
-            f"class in the queue, {a.per_class} anchors per class (M = {rows[0]['anchors']}); device {a.device}, "
-            f"{torch.get_num_threads()} thread(s), median of {a.repeats}"
-        )
+        shapes = f"{a.batch} images, {a.dim}-d embeddings on {a.size}x{a.size}, {a.num_classes} classes"
+        queue = f"{a.memory_size} per class in the queue, {a.per_class} anchors per class"
+        run = f"device {a.device}, {torch.get_num_threads()} thread(s), median of {a.repeats}"
+        print(f"{shapes}, {queue} (M = {rows[0]['anchors']}); {run}")
         print(format_table(rows))
     finally:
         torch.set_num_threads(threads)

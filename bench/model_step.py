@@ -1,20 +1,22 @@
 """Time and peak memory of one training step (forward + backward, no optimizer) of `UCPCLNet`, per preset.
 
-    python bench/model_step.py                       # both presets, batch 16: CPU float32, and CUDA bf16 autocast if present
+    python bench/model_step.py    # both presets, batch 16: CPU float32, and CUDA bf16 autocast if present
     python bench/model_step.py --presets small --steps 5 --cpu-bf16
 
-The step computes every output (both decoders, embeddings, rotation logits), a cross-entropy on each decoder and
-on the rotation logits plus a term on the embeddings, and backpropagates; it is timed after one untimed warm-up
-step, and the median (and the minimum) over `--steps` steps is reported, with the median process CPU time of a
-step (summed over threads): on a busy machine the wall time grows with the load, the CPU time much less.
+The step computes every output (both decoders, embeddings, rotation logits), a cross-entropy on each decoder
+and on the rotation logits plus a term on the embeddings, and backpropagates; it is timed after one untimed
+warm-up step, and the median (and the minimum) over `--steps` steps is reported, with the median process CPU
+time of a step (summed over threads): on a busy machine the wall time grows with the load, the CPU time much
+less.
 
-Peak memory on the CPU is the growth of the process's peak resident set size, `resource.getrusage(...).ru_maxrss`,
-from just before the first step (model and batch already built) to after the last one. It is what the operating
-system actually handed the process during the steps -- activations, gradients, the allocator's caches, oneDNN's
-scratch buffers -- which is what decides whether a run fits in RAM. (The torch profiler's memory view counts only
-tensors from PyTorch's allocator and slows the steps it watches.) `ru_maxrss` is a high-water mark that never comes
-down, so every configuration is measured in a fresh subprocess. On CUDA the peak is
-`torch.cuda.max_memory_allocated()` over the timed steps (model, gradients and activations).
+Peak memory on the CPU is the growth of the process's peak resident set size,
+`resource.getrusage(...).ru_maxrss`, from just before the first step (model and batch already built) to after
+the last one. It is what the operating system actually handed the process during the steps -- activations,
+gradients, the allocator's caches, oneDNN's scratch buffers -- which is what decides whether a run fits in
+RAM. (The torch profiler's memory view counts only tensors from PyTorch's allocator and slows the steps it
+watches.) `ru_maxrss` is a high-water mark that never comes down, so every configuration is measured in a
+fresh subprocess. On CUDA the peak is `torch.cuda.max_memory_allocated()` over the timed steps (model,
+gradients and activations).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _step(net, x, y, k, amp_dtype):
 
 
 def measure(preset: str, device: str, batch: int, steps: int, amp: str | None) -> dict:
-    "Build the preset on `device` and time `steps` training steps at `batch`; memory as described in the module docstring."
+    "Build the preset on `device`, time `steps` training steps at `batch`; memory as in the module docstring."
     torch.manual_seed(0)
     dev = torch.device(device)
     net = build_model(preset).to(dev).train()
@@ -106,7 +108,9 @@ def _in_subprocess(preset, device, batch, steps, amp) -> dict:
 
 
 def _table(rows: list[dict]) -> str:
-    head = "| preset | device | dtype | params | input | threads | step median (s) | step min (s) | CPU time (s) | peak memory (MiB) |"
+    cols = ["preset", "device", "dtype", "params", "input", "threads", "step median (s)", "step min (s)"]
+    cols += ["CPU time (s)", "peak memory (MiB)"]
+    head = "| " + " | ".join(cols) + " |"
     lines = [head, "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         mem = (
@@ -115,7 +119,8 @@ def _table(rows: list[dict]) -> str:
             else f"{r['peak_mib']:.0f} (allocated)"
         )
         lines.append(
-            f"| {r['preset']} | {r['device']} | {r['dtype']} | {r['params']:,} | {r['batch']}x{r['img_size']}^2 | "
+            f"| {r['preset']} | {r['device']} | {r['dtype']} | {r['params']:,} | "
+            f"{r['batch']}x{r['img_size']}^2 | "
             f"{r['threads']} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['cpu_s']:.2f} | {mem} |"
         )
     return "\n".join(lines)

@@ -3,11 +3,11 @@
     python bench/pipeline.py                       # 0, 1 and 2 workers, 224 px, the paper's augmentation
     python bench/pipeline.py --workers 0 4 8 --batches 40
 
-Fixtures in the real on-disk formats and at the real data's sizes are written to a temporary folder first: ACDC
-slices of 256 x 216 (gzip-compressed h5, as `ucpcl convert-acdc` writes them) and ISIC JPEGs of 1024 x 768 with
-PNG masks. Each row runs the training DataLoader of `ucpcl.data` (two-stream batches of 16, the training
-augmentation of `ucpcl.transforms`, resize to `--size`) and reports images/s after the first batch (worker start-up
-excluded). A script, not a timed test; the figures depend on the machine.
+Fixtures in the real on-disk formats and at the real data's sizes are written to a temporary folder first:
+ACDC slices of 256 x 216 (gzip-compressed h5, as `ucpcl convert-acdc` writes them) and ISIC JPEGs of 1024 x
+768 with PNG masks. Each row runs the training DataLoader of `ucpcl.data` (two-stream batches of 16, the
+training augmentation of `ucpcl.transforms`, resize to `--size`) and reports images/s after the first batch
+(worker start-up excluded). A script, not a timed test; the figures depend on the machine.
 """
 
 from __future__ import annotations

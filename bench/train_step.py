@@ -3,16 +3,17 @@
     python bench/train_step.py                                  # small and paper presets, CPU, batch 16
     python bench/train_step.py --presets paper --device cuda --amp bf16 --steps 50 --workers 8 --project 6000
 
-Each preset runs the real `Trainer` (data, augmentation, two-stream batches, the UCPCL method with the pixel contrast
-switched on from the first step) on the embedded cardiac phantom, in a fresh subprocess. After `--warmup` untimed
-steps, `--steps` steps are timed: the wall time of `Trainer.step` (synchronised on CUDA) and, under PyTorch's
-profiler, the time inside the step's `record_function` labels: `forward` (both decoders, heads and losses; it
-contains the contrast branch), `contrast` (Eq. 6-9: uncertainty, pseudo labels, anchor sampling, InfoNCE, and the
-queue update after the step), `backward` and `optimizer`. "forward" in the table excludes the contrast branch.
-Data loading is timed separately, as the time the DataLoader takes to deliver a batch with `--workers` workers.
-Peak memory: on the CPU the peak resident set size of the measuring process (`ru_maxrss`: PyTorch itself, model,
-optimiser state, data and the warm-up and timed steps' activations), which is what decides whether a run fits in
-RAM; on CUDA `torch.cuda.max_memory_allocated()` over the timed steps. A script, not a timed test; the figures depend on the machine.
+Each preset runs the real `Trainer` (data, augmentation, two-stream batches, the UCPCL method with the pixel
+contrast switched on from the first step) on the embedded cardiac phantom, in a fresh subprocess. After
+`--warmup` untimed steps, `--steps` steps are timed: the wall time of `Trainer.step` (synchronised on CUDA)
+and, under PyTorch's profiler, the time inside the step's `record_function` labels: `forward` (both decoders,
+heads and losses; it contains the contrast branch), `contrast` (Eq. 6-9: uncertainty, pseudo labels, anchor
+sampling, InfoNCE, and the queue update after the step), `backward` and `optimizer`. "forward" in the table
+excludes the contrast branch. Data loading is timed separately, as the time the DataLoader takes to deliver a
+batch with `--workers` workers. Peak memory: on the CPU the peak resident set size of the measuring process
+(`ru_maxrss`: PyTorch itself, model, optimiser state, data and the warm-up and timed steps' activations),
+which is what decides whether a run fits in RAM; on CUDA `torch.cuda.max_memory_allocated()` over the timed
+steps. A script, not a timed test; the figures depend on the machine.
 """
 
 from __future__ import annotations
@@ -135,25 +136,24 @@ def main():
         if r.returncode:
             sys.exit(f"{p}: failed\n{r.stderr[-3000:]}")
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    print(
-        f"train step of the full method, batch {a.batch} ({a.batch // 2} labeled), {a.steps} timed steps after {a.warmup}; seconds"
-    )
-    print(
-        "| preset | device | amp | s/iter | forward | contrast | backward | optimizer | data/batch | contrast share | peak MiB | projected |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    labeled = f"batch {a.batch} ({a.batch // 2} labeled)"
+    print(f"train step of the full method, {labeled}, {a.steps} timed steps after {a.warmup}; seconds")
+    cols = ["preset", "device", "amp", "s/iter", "forward", "contrast", "backward", "optimizer", "data/batch"]
+    cols += ["contrast share", "peak MiB", "projected"]
+    print("| " + " | ".join(cols) + " |")
+    print("|---" * len(cols) + "|")
     for r in rows:
         fwd = r.get("forward", float("nan")) - r.get("contrast", 0.0)
         share = r.get("contrast", 0.0) / r["step"]
         proj = a.project * (r["step"] + (r["data"] if r["workers"] == 0 else 0)) / 60
-        print(
-            f"| {r['preset']} | {r['device']}{' ' + r['gpu'] if r['gpu'] else ''} | {'bf16' if r['amp'] else 'fp32'} | {r['step']:.3f} | "
-            f"{fwd:.3f} | {r.get('contrast', 0):.3f} | {r.get('backward', 0):.3f} | {r.get('optimizer', 0):.3f} | {r['data']:.3f} | "
-            f"{share:.1%} | {r['peak_mib']:.0f} | {proj:.1f} min / {a.project} it |"
-        )
-    print(
-        f"({platform.node()}, {rows[0]['threads']} threads; 'projected' = {a.project} x (step + data when loading is not overlapped))"
-    )
+        device = f"{r['device']}{' ' + r['gpu'] if r['gpu'] else ''}"
+        parts = [r.get(k, 0) for k in ("contrast", "backward", "optimizer")]
+        cells = [r["preset"], device, "bf16" if r["amp"] else "fp32", f"{r['step']:.3f}", f"{fwd:.3f}"]
+        cells += [f"{t:.3f}" for t in parts] + [f"{r['data']:.3f}", f"{share:.1%}", f"{r['peak_mib']:.0f}"]
+        cells.append(f"{proj:.1f} min / {a.project} it")
+        print("| " + " | ".join(cells) + " |")
+    overlap = f"'projected' = {a.project} x (step + data when loading is not overlapped)"
+    print(f"({platform.node()}, {rows[0]['threads']} threads; {overlap})")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import torchvision
 from fastcore.basics import patch
 from torch import Tensor, nn
-from torchvision.models.swin_transformer import SwinTransformerBlock
+from torchvision.models.swin_transformer import ShiftedWindowAttention, SwinTransformerBlock
 
 from .core import Config
 from .rotation import RotationHead
@@ -23,8 +23,9 @@ from .rotation import RotationHead
 # %% auto #0
 __all__ = ['ENCODER_CHANNELS', 'STRIDES', 'PRESETS', 'NO_WEIGHTS', 'PRESET_WEIGHTS', 'ModelConfig', 'get_preset', 'Encoder',
            'weights_cache_path', 'weights_help', 'fetch_weights', 'resolve_pretrained', 'conv_bn_relu', 'UpBlock',
-           'CNNDecoder', 'PatchEmbedding', 'PatchExpand', 'swin_stage', 'TransformerDecoder', 'set_drop_path',
-           'ProjectionHead', 'NetOutput', 'UCPCLNet', 'build_model', 'part_sizes']
+           'CNNDecoder', 'PatchEmbedding', 'PatchExpand', 'shuffle_to_blocks', 'shift_mask', 'WindowAttention',
+           'swin_stage', 'TransformerDecoder', 'set_drop_path', 'ProjectionHead', 'NetOutput', 'UCPCLNet',
+           'build_model', 'part_sizes']
 
 # %% ../nbs/06_models.ipynb #62aa0df5
 # channels of the stem and layer1..layer4 of each torchvision ResNet, and their strides
@@ -152,6 +153,13 @@ class Encoder(nn.Module):
         if pretrained is not None:
             self.load_pretrained(pretrained)
 
+# %% ../nbs/06_models.ipynb #c3aa7509
+def _memory_format(w: Tensor) -> torch.memory_format:
+    "channels_last when the 4-d weight `w` is stored that way (see `UCPCLNet`), else the default layout."
+    return (
+        torch.channels_last if w.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    )
+
 # %% ../nbs/06_models.ipynb #ded795a8
 @patch
 def forward(
@@ -159,9 +167,13 @@ def forward(
     x: Tensor,  # (B, in_channels, H, W) images
 ) -> list[Tensor]:  # [stem (B, 64, H/2, W/2), layer1 (H/4) ... layer4 (H/32)]
     "The five encoder features; the stem feeds only the CNN decoder's last skip."
+    c1, fmt = self.conv1, _memory_format(self.conv1.weight)
     if self.in_channels == 1:
-        x = x.repeat(1, 3, 1, 1)  # grey -> the 3 channels ResNet expects
-    stem = self.relu(self.bn1(self.conv1(x)))
+        # grey repeated to ResNet's 3 channels = one channel convolved with the weights summed over RGB
+        x = F.conv2d(x, c1.weight.sum(1, keepdim=True), None, c1.stride, c1.padding)
+    else:
+        x = c1(x)
+    stem = self.relu(self.bn1(x.contiguous(memory_format=fmt)))
     f1 = self.layer1(self.maxpool(stem))
     f2 = self.layer2(f1)
     f3 = self.layer3(f2)
@@ -335,27 +347,108 @@ def forward(
         fix = "resize the input or rebuild with that img_size"
         raise ValueError(f"the Transformer decoder was built for {built} but got {h}x{w} tokens: {fix}")
     # Eq. 2: [x_p^1 E; ...; x_p^N E] (a 1x1 conv is the same linear map E on every token), then LayerNorm
-    x = self.norm(self.proj(f).flatten(2).transpose(1, 2))  # (B, N, D)
+    x = self.norm(self.proj(f).permute(0, 2, 3, 1))  # (B, h, w, D); no copy when f is channels_last
     # Eq. 2: + E_pos
-    return (x + self.pos).view(B, h, w, -1)
+    return x + self.pos.view(1, h, w, -1)
 
 # %% ../nbs/06_models.ipynb #6b6c7e32
 class PatchExpand(nn.Module):
-    "Patch expanding: a linear map to scale^2 x out_dim channels, rearranged into a finer grid, LayerNorm."
+    "Patch expanding: a linear map to scale^2 x out_dim channels, read as scale x scale tokens, LayerNorm."
 
     def __init__(self, dim: int, out_dim: int, scale: int = 2):
         super().__init__()
-        self.scale = scale
+        self.scale, self.out_dim = scale, out_dim
+        # output channels ordered (block row, block column, out_dim)
         self.expand = nn.Linear(dim, scale * scale * out_dim, bias=False)
         self.norm = nn.LayerNorm(out_dim)
+
+    def blocks(
+        self,
+        x: Tensor,  # (B, h, w, dim) tokens
+    ) -> Tensor:  # (B, h, w, scale, scale, out_dim) the normalised tokens of each block
+        s = self.scale
+        return self.norm(self.expand(x).view(*x.shape[:3], s, s, self.out_dim))
 
     def forward(
         self,
         x: Tensor,  # (B, h, w, dim) tokens
     ) -> Tensor:  # (B, scale*h, scale*w, out_dim) tokens
-        # channel blocks -> spatial blocks
-        x = F.pixel_shuffle(self.expand(x).permute(0, 3, 1, 2), self.scale)
-        return self.norm(x.permute(0, 2, 3, 1))
+        B, h, w, _ = x.shape
+        # (B, h, row, w, col, D): each block row is one run of scale * out_dim values
+        return self.blocks(x).transpose(2, 3).reshape(B, h * self.scale, w * self.scale, self.out_dim)
+
+# %% ../nbs/06_models.ipynb #98482e57
+def shuffle_to_blocks(
+    weight: Tensor,  # (out_dim * scale^2, dim) expand weight with rows ordered (out_dim, row, col)
+    scale: int,  # the block side s
+) -> (
+    Tensor
+):  # (scale^2 * out_dim, dim) the same rows ordered (row, col, out_dim), as `PatchExpand` reads them
+    "Reorder a pixel_shuffle-ordered expand weight (ucpcl before 2026-12) into `PatchExpand`'s block order."
+    D = weight.shape[0] // scale**2
+    return weight.view(D, scale, scale, -1).permute(1, 2, 0, 3).reshape(weight.shape)
+
+# %% ../nbs/06_models.ipynb #c80d9e94
+def shift_mask(
+    H: int,  # padded grid height
+    W: int,  # padded grid width
+    window: list[int],  # [wh, ww] window sides
+    shift: list[int],  # [sh, sw] cyclic shift (0: that axis is not shifted)
+) -> Tensor:  # (nW, wh*ww, wh*ww) 0 within a region, -100 between regions
+    "The attention mask of shifted windows: tokens from different regions of the cyclic shift do not attend."
+    # region id of every row and column: before the last window, in it before the wrapped part, wrapped
+    rows, cols = (
+        torch.zeros(n) if s == 0 else (torch.arange(n) >= n - w).long() + (torch.arange(n) >= n - s).long()
+        for n, w, s in zip((H, W), window, shift)
+    )
+    ids = rows[:, None] * 3 + cols[None, :]  # (H, W)
+    ids = ids.view(H // window[0], window[0], W // window[1], window[1]).transpose(1, 2).flatten(2)
+    ids = ids.flatten(0, 1)  # (nW, wh*ww)
+    return (ids[:, None, :] != ids[:, :, None]).float() * -100.0
+
+# %% ../nbs/06_models.ipynb #a1df2bed
+class WindowAttention(ShiftedWindowAttention):
+    "torchvision's (shifted) window attention, with the shift mask built once per grid size and kept."
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._masks = {}  # (H, W, device, dtype) -> mask; rebuilt after a move, not saved
+
+    def mask(self, H: int, W: int, shift: list[int], like: Tensor) -> Tensor:
+        "The (nW, N, N) `shift_mask` of a padded H x W grid, on the device and in the dtype of `like`."
+        key = (H, W, *shift, like.device, like.dtype)
+        if key not in self._masks:
+            self._masks[key] = shift_mask(H, W, self.window_size, shift).to(like)
+        return self._masks[key]
+
+# %% ../nbs/06_models.ipynb #d9abbe2f
+@patch
+def forward(
+    self: WindowAttention,
+    x: Tensor,  # (B, H, W, C) tokens
+) -> Tensor:  # (B, H, W, C)
+    "W-MSA / SW-MSA as torchvision computes it: pad, shift, attend within windows, unshift, unpad."
+    B, H, W, C = x.shape
+    (wh, ww), heads = self.window_size, self.num_heads
+    x = F.pad(x, (0, 0, 0, -W % ww, 0, -H % wh))  # pad the grid to whole windows
+    Hp, Wp = x.shape[1:3]
+    shift = [0 if w >= n else s for s, w, n in zip(self.shift_size, self.window_size, (Hp, Wp))]
+    if any(shift):
+        x = torch.roll(x, (-shift[0], -shift[1]), (1, 2))
+    nh, nw, N = Hp // wh, Wp // ww, wh * ww
+    x = x.view(B, nh, wh, nw, ww, C).transpose(2, 3).reshape(B * nh * nw, N, C)  # windows (B*nW, N, C)
+    q, k, v = self.qkv(x).view(-1, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)  # (B*nW, heads, N, d)
+    attn = (q * (C // heads) ** -0.5) @ k.transpose(-2, -1) + self.get_relative_position_bias()
+    if any(shift):
+        attn = (attn.view(B, nh * nw, heads, N, N) + self.mask(Hp, Wp, shift, x)[:, None]).view(
+            -1, heads, N, N
+        )
+    attn = F.dropout(attn.softmax(-1), self.attention_dropout, self.training)
+    x = F.dropout(self.proj((attn @ v).transpose(1, 2).reshape(-1, N, C)), self.dropout, self.training)
+    x = x.view(B, nh, nw, wh, ww, C).transpose(2, 3).reshape(B, Hp, Wp, C)  # windows back to the grid
+    if any(shift):
+        x = torch.roll(x, shift, (1, 2))
+    return x[:, :H, :W].contiguous()
 
 # %% ../nbs/06_models.ipynb #f30b682d
 def swin_stage(
@@ -365,10 +458,11 @@ def swin_stage(
     mlp_ratio: float = 4.0,  # hidden width of the MLP, relative to D
     depth: int = 2,  # blocks
 ) -> nn.Sequential:
-    "Swin blocks from torchvision alternating W-MSA and SW-MSA (shift window_size // 2)."
+    "torchvision Swin blocks with `WindowAttention`, alternating W-MSA and SW-MSA (shift window_size // 2)."
     shifts = [[0, 0] if i % 2 == 0 else [window_size // 2] * 2 for i in range(depth)]
-    window = [window_size] * 2
-    return nn.Sequential(*[SwinTransformerBlock(dim, num_heads, window, s, mlp_ratio) for s in shifts])
+    window, attn = [window_size] * 2, WindowAttention
+    blocks = [SwinTransformerBlock(dim, num_heads, window, s, mlp_ratio, attn_layer=attn) for s in shifts]
+    return nn.Sequential(*blocks)
 
 # %% ../nbs/06_models.ipynb #1a717a9b
 class TransformerDecoder(nn.Module):
@@ -409,8 +503,10 @@ def forward(
         x = self.expand[i](x)  # patch expanding: twice the grid, D_{i+1} -> D_i
         x = self.fuse[i](torch.cat([x, tokens[i]], -1))  # skip connection: concatenate, linear fuse
         x = self.blocks[i](x)  # W-MSA and SW-MSA blocks
-    x = self.up4(self.norm(x))  # x4 expansion: 1/4 -> full resolution
-    return self.head(x.permute(0, 3, 1, 2))
+    x = self.up4.blocks(self.norm(x))  # x4 expansion, kept as blocks: (B, h, w, 4, 4, D)
+    x = F.linear(x, self.head.weight.flatten(1), self.head.bias)  # the 1x1 conv head: (B, h, w, 4, 4, C)
+    B, h, w, s, _, C = x.shape
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(B, C, h * s, w * s)  # blocks into the full grid
 
 # %% ../nbs/06_models.ipynb #402d6275
 def set_drop_path(
@@ -466,6 +562,7 @@ class UCPCLNet(nn.Module):
         )
         self.proj = ProjectionHead(ch[cfg.contrast_level], cfg.proj_dim)
         self.rot = RotationHead(ch[-1], 4, cfg.rot_dropout) if cfg.rotation else None
+        self.to(memory_format=torch.channels_last)  # convolutions in (B, H, W, C) order: see below
 
 # %% ../nbs/06_models.ipynb #e6f757ce
 @patch
@@ -485,7 +582,7 @@ def encode(
 @patch
 def decode_cnn(self: UCPCLNet, feats: list[Tensor]) -> Tensor:
     "CNN decoder logits p_c (B, C, H, W)."
-    return self.cnn(feats)
+    return self.cnn(feats).contiguous()
 
 
 @patch
@@ -499,7 +596,7 @@ def decode_transformer(self: UCPCLNet, feats: list[Tensor]) -> Tensor:
 @patch
 def project(self: UCPCLNet, feats: list[Tensor]) -> Tensor:
     "Pixel-contrast embeddings (B, proj_dim, h, w) of the encoder level cfg.contrast_level (layer1..layer4)."
-    return self.proj(feats[self.cfg.contrast_level])
+    return self.proj(feats[self.cfg.contrast_level]).contiguous()
 
 
 @patch
