@@ -83,7 +83,7 @@ class LoadedRun:
         "True when u averages the two decoders (Eq. 6); False for a baseline's CNN decoder alone."
         return self.net.transformer is not None
 
-# %% ../nbs/19_predict.ipynb #10df9e79
+# %% ../nbs/19_predict.ipynb #95fe50cf
 def load_run(
     run: str | Path,  # a run folder (the --out of `ucpcl train`)
     checkpoint: str = "best",  # "best", "last", or the path of a checkpoint file
@@ -111,7 +111,7 @@ def load_run(
         ) from None
     return LoadedRun(method.model.to(dev).eval(), cfg, path, int(ck.get("iteration", -1)))
 
-# %% ../nbs/19_predict.ipynb #048d2110
+# %% ../nbs/19_predict.ipynb #5c1b3975
 @torch.no_grad()
 def segment(
     net: UCPCLNet,  # a run's network, in eval mode
@@ -154,7 +154,7 @@ def case_name(path: Path) -> str:
     name = path.name
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
 
-# %% ../nbs/19_predict.ipynb #0cc06626
+# %% ../nbs/19_predict.ipynb #5e1eaefd
 SUPPORTED = "a .nii/.nii.gz volume or a .png/.jpg/.jpeg image"
 
 
@@ -174,7 +174,7 @@ def list_inputs(path: str | Path) -> list[Path]:
         raise PredictError(f"{path}: unsupported file type {path.suffix or '(none)'!r}: give {SUPPORTED}")
     return [path]
 
-# %% ../nbs/19_predict.ipynb #773379cf
+# %% ../nbs/19_predict.ipynb #4fc4c447
 def read_volume(
     path: Path,  # a .nii or .nii.gz file
 ) -> tuple[np.ndarray, nib.spatialimages.SpatialImage]:  # (D, H, W) float32 in [0, 1], the NIfTI image
@@ -202,7 +202,7 @@ def read_volume(
     x = x.reshape(x.shape[:2] + (-1,))  # (x, y, z); a 2D image is one slice
     return minmax(x.transpose(2, 1, 0)), img  # (D, H, W) = (z, y, x)
 
-# %% ../nbs/19_predict.ipynb #7de03c8d
+# %% ../nbs/19_predict.ipynb #07f9db7f
 def read_picture(
     path: Path,  # a .png, .jpg or .jpeg file
     in_channels: int,  # the network's: 1 (grey) or 3 (RGB)
@@ -276,7 +276,7 @@ def write_uncertainty_png(
     Image.fromarray(np.round(np.clip(u / scale, 0, 65535)).astype(np.uint16)).save(path, pnginfo=info)
     return path
 
-# %% ../nbs/19_predict.ipynb #60624dc4
+# %% ../nbs/19_predict.ipynb #51df350a
 def read_uncertainty_png(path: str | Path) -> np.ndarray:  # (H, W) float32 nats
     "The uncertainty map of a PNG written by `write_uncertainty_png`, in nats."
     with Image.open(path) as im:
@@ -318,7 +318,7 @@ def overlay_figure(
     fig.colorbar(h, ax=axs, fraction=0.03, pad=0.02)
     return fig
 
-# %% ../nbs/19_predict.ipynb #4dbd2163
+# %% ../nbs/19_predict.ipynb #1bdd3337
 def check_out(out: Path, plans: list[tuple[Path, dict]], overwrite: bool):
     "A `PredictError` if --out is a file, two inputs share outputs, or outputs exist (unless overwrite)."
     if out.exists() and not out.is_dir():
@@ -337,7 +337,7 @@ def check_out(out: Path, plans: list[tuple[Path, dict]], overwrite: bool):
             f"{existing[0]}{more} exist already: pass --overwrite to replace them, or another --out"
         )
 
-# %% ../nbs/19_predict.ipynb #5eb45b6c
+# %% ../nbs/19_predict.ipynb #a640857d
 def make_out(out: Path) -> Path:
     "Create the output folder and check that a file can be written in it."
     try:
@@ -400,7 +400,7 @@ def predict(
     make_out(out)
     return [predict_one(model, f, outs, batch_size) for f, outs in plans]
 
-# %% ../nbs/19_predict.ipynb #0b34d9aa
+# %% ../nbs/19_predict.ipynb #f3f3311d
 def predict_one(model: LoadedRun, path: Path, outs: dict, batch_size: int = 16) -> dict:
     "Segment one input file with `model` and write its outputs; returns its record."
     t0 = time.perf_counter()
@@ -435,7 +435,7 @@ def _quiet_jit():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=FutureWarning)
         yield
 
-# %% ../nbs/19_predict.ipynb #4f5f0978
+# %% ../nbs/19_predict.ipynb #c80ca932
 def need(module: str, extra: str = "export"):
     "Import `module`; a `PredictError` saying how to install it when it is missing."
     import importlib
@@ -483,7 +483,7 @@ def load_exported(path: str | Path):
         ts = torch.jit.load(str(path), map_location="cpu")
     return lambda x: ts(torch.as_tensor(x, dtype=torch.float32)).detach()
 
-# %% ../nbs/19_predict.ipynb #a6b349e1
+# %% ../nbs/19_predict.ipynb #6004652b
 @torch.no_grad()
 def compare_exported(
     path: str | Path,  # an exported network
