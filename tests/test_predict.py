@@ -286,6 +286,7 @@ def test_exported_network_equals_pytorch(fmt, acdc_run, cardiac, tmp_path):
             pytest.importorskip(module, reason=f"{module} is not installed (pip install 'ucpcl[export]')")
     net = load_run(acdc_run).net
     path = export_network(net, fmt, tmp_path / f"net{'.pt' if fmt == 'torchscript' else '.onnx'}")
+    assert [p.name for p in tmp_path.iterdir()] == [path.name], "one self-contained file (no .data beside it)"
     inputs = {
         "random": torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(2)),
         "phantom": _phantom_batch(cardiac, 1, SIZE),

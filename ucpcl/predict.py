@@ -447,7 +447,7 @@ def need(module: str, extra: str = "export"):
             f"{module} is not installed: pip install 'ucpcl[{extra}]' (or pip install {module})"
         ) from None
 
-# %% ../nbs/19_predict.ipynb #f6e25e3c
+# %% ../nbs/19_predict.ipynb #91c7ef2f
 def export_network(
     net: UCPCLNet,  # a run's network
     fmt: str,  # "torchscript" or "onnx"
@@ -468,7 +468,9 @@ def export_network(
     need("onnxscript")
     batch_dim = {"x": {0: torch.export.Dim("batch", min=1)}}
     names = dict(input_names=["image"], output_names=["logits"])
-    torch.onnx.export(inf, (x,), str(path), dynamo=True, dynamic_shapes=batch_dim, verbose=False, **names)
+    # external_data=False: the weights inside the file (ONNX allows 2 GB), no .data file beside it
+    kw = dict(dynamo=True, dynamic_shapes=batch_dim, external_data=False, verbose=False)
+    torch.onnx.export(inf, (x,), str(path), **names, **kw)
     return path
 
 # %% ../nbs/19_predict.ipynb #140a8e19
