@@ -39,7 +39,7 @@ from .cotraining import CrossConsistencyTraining, CrossPseudoSupervision, DeepCo
 __all__ = ['METHODS', 'LOG_FIELDS', 'RUN_IDENTITY', 'RUN_FILES', 'SELECTION', 'get_method', 'DataFields', 'OptimizerFields',
            'RunFields', 'TrainConfig', 'poly_lr', 'SeededItems', 'IterationBatches', 'NonFiniteLoss', 'Trainer',
            'LabeledOnly', 'collate', 'atomic_save', 'read_checkpoint', 'check_same_run', 'environment',
-           'check_run_folder', 'train']
+           'check_run_folder', 'tensorboard_writer', 'train']
 
 # %% ../nbs/10_train.ipynb #03b61451
 METHODS: dict[str, type[Method]] = {  # the name in TrainConfig.method -> the class
@@ -106,6 +106,8 @@ class RunFields:
     eval_every: int = 500  # validate every N iterations (and at the end)
     save_every: int = 500  # write last.pt every N iterations (and at the end)
     log_every: int = 10  # a row of log.csv every N iterations
+    # log.csv's and val.csv's numbers also as TensorBoard scalars in RUN/tensorboard/ (ucpcl[tensorboard])
+    tensorboard: bool = False
     out: str = "runs/ucpcl"  # the run folder
 
 # %% ../nbs/10_train.ipynb #4d97d7e8
@@ -593,6 +595,7 @@ def validate(self: Trainer, it: int):
         if f.tell() == 0:
             w.writerow(["iteration", "dice", "jaccard"])
         w.writerow([it, r["dice"], r["jaccard"]])
+    self.log_scalars("val", {"dice": r["dice"], "jaccard": r["jaccard"]}, it)
     if r["dice"] > self.best["dice"]:
         self.best = {"iteration": it, "dice": r["dice"], "jaccard": r["jaccard"]}
         self.save("best.pt", full=False)
@@ -613,6 +616,51 @@ def _open_run(self: Trainer, resume: bool):
     self._logw = csv.DictWriter(self._logf, LOG_FIELDS, extrasaction="ignore")
     if self._logf.tell() == 0:
         self._logw.writeheader()
+    self._open_tensorboard(resume)
+
+# %% ../nbs/10_train.ipynb #5b4c1374
+def tensorboard_writer(
+    folder: Path,  # where the event files go
+    purge_step: int | None = None,  # drop the events at this step and later (a resumed run)
+):
+    "A TensorBoard `SummaryWriter` for `folder`; a `ValueError` with the fix if tensorboard is missing."
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        fix = "pip install 'ucpcl[tensorboard]' (or pip install tensorboard), or leave --tensorboard off"
+        raise ValueError(f"tensorboard=True needs the tensorboard package: {fix}") from None
+    return SummaryWriter(str(folder), purge_step=purge_step)
+
+# %% ../nbs/10_train.ipynb #95d0070a
+@patch
+def _open_tensorboard(self: Trainer, resume: bool):
+    "cfg.tensorboard: a writer in RUN/tensorboard/ (emptied for a new run, purged past last.pt on resume)."
+    import shutil
+
+    self._tb, folder = None, self.out / "tensorboard"
+    if self.cfg.tensorboard:
+        if not resume:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._tb = tensorboard_writer(folder, purge_step=self.iteration if resume else None)
+
+
+@patch
+def _close_tensorboard(self: Trainer):
+    "Close the TensorBoard writer, if there is one."
+    if getattr(self, "_tb", None) is not None:
+        self._tb.close()
+        self._tb = None
+
+# %% ../nbs/10_train.ipynb #e2cd8c52
+@patch
+def log_scalars(self: Trainer, group: str, values: dict, it: int):
+    "Write the numbers in `values` as TensorBoard scalars `group/name` at step `it` (none without a writer)."
+    if getattr(self, "_tb", None) is None:
+        return
+    for name, v in values.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            self._tb.add_scalar(f"{group}/{name}", float(v), it)
+    self._tb.flush()
 
 # %% ../nbs/10_train.ipynb #c9f597d4
 @patch
@@ -626,6 +674,7 @@ def iterate(self: Trainer, batch: dict, bar: tqdm):
         if self.rank == 0:
             self._logw.writerow({"iteration": it, "seconds": round(time.time() - self._t0, 3), **terms})
             self._logf.flush()
+            self.log_scalars("train", terms, it)
         bar.set_postfix({k: f"{terms[k]:.3f}" for k in ("loss", "l_sup", "l_c") if k in terms})
     bar.update(1)
 
@@ -708,6 +757,7 @@ def fit(
         bar.close()
         if self.rank == 0:
             self._logf.close()
+            self._close_tensorboard()
     broadcast_buffers(self.method)  # every process ends with rank 0's batch-norm statistics, the saved ones
     return self
 
