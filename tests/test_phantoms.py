@@ -92,6 +92,36 @@ def test_generators_are_pure_functions_of_the_seed():
     assert not np.array_equal(abdomen_volume(6, 6, 48)[0], a[0])
 
 
+# SHA-256 (16 hex digits) of generated arrays, floats rounded to 4 decimals, as the generators made them
+# before the abdominal phantom was added (main at 07141f3): adding a phantom must not change the others
+PINNED = {
+    ("cardiac", 3, 10, 48, "ED"): "1f777c9057da32b7",
+    ("cardiac", 4, 8, 64, "ES"): "57d3451a4ed0ddaa",
+    ("lesion", 3, 64): "c8436c031f3d80dc",
+    ("lesion", 5, (80, 120)): "114c0df81f334b64",
+}
+
+
+def array_digest(arrays) -> str:
+    "Digest of a tuple of arrays: floats rounded to 4 decimals (robust to last-bit differences), ints as is."
+    h = hashlib.sha256()
+    for a in map(np.asarray, arrays):
+        h.update(np.round(a, 4).tobytes() if a.dtype.kind == "f" else a.tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("key", PINNED, ids=str)
+def test_cardiac_and_lesion_phantoms_unchanged(key):
+    kind, *args = key
+    arrays = cardiac_volume(*args) if kind == "cardiac" else lesion_image(*args)
+    assert array_digest(arrays) == PINNED[key]
+
+
+def test_write_phantom_dispatches_abdomen(abdomen, tmp_path):
+    kw = {k: v for k, v in ABDOMEN.items() if k != "seed"}
+    assert digest(write_phantom("abdomen", tmp_path / "a", seed=0, **kw)) == digest(abdomen)
+
+
 # --- the ACDC layout -----------------------------------------------------------------------------
 
 
