@@ -1,4 +1,4 @@
-"On-disk checks of the synthetic phantoms (ucpcl.phantoms): exact layouts, determinism, refusal and idempotence."
+"On-disk checks of the phantoms (ucpcl.phantoms): layouts, anatomy, determinism, refusal and idempotence."
 
 import hashlib, json, re
 from pathlib import Path
@@ -9,16 +9,23 @@ import pytest
 from PIL import Image
 
 from ucpcl.phantoms import (
+    ABDOMEN_GROUPS,
+    ABDOMEN_PHASES,
     ISIC_INPUT,
     ISIC_TRUTH,
+    abdomen_labels,
+    abdomen_volume,
     cardiac_volume,
     lesion_image,
+    sample_abdomen,
+    write_abdomen_phantom,
     write_cardiac_phantom,
     write_lesion_phantom,
     write_phantom,
 )
 
 CARDIAC = dict(num_patients=(3, 1, 1), size=64, seed=0)
+ABDOMEN = dict(num_patients=(3, 1, 1), size=64, seed=0)
 LESION = dict(num_images=8, seed=0)
 
 
@@ -34,6 +41,11 @@ def digest(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def acdc(tmp_path_factory):
     return write_cardiac_phantom(tmp_path_factory.mktemp("phantoms") / "acdc", **CARDIAC)
+
+
+@pytest.fixture(scope="module")
+def abdomen(tmp_path_factory):
+    return write_abdomen_phantom(tmp_path_factory.mktemp("phantoms") / "abdomen", **ABDOMEN)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +69,12 @@ def test_cardiac_files_are_byte_identical(acdc, tmp_path):
     assert digest(other) != digest(acdc)
 
 
+def test_abdomen_files_are_byte_identical(abdomen, tmp_path):
+    assert digest(write_abdomen_phantom(tmp_path / "again", **ABDOMEN)) == digest(abdomen)
+    other = write_abdomen_phantom(tmp_path / "other", **{**ABDOMEN, "seed": 1})
+    assert digest(other) != digest(abdomen)
+
+
 def test_lesion_files_are_byte_identical(isic, tmp_path):
     assert digest(write_lesion_phantom(tmp_path / "again", **LESION)) == digest(isic)
     assert digest(write_lesion_phantom(tmp_path / "other", **{**LESION, "seed": 1})) != digest(isic)
@@ -68,6 +86,40 @@ def test_generators_are_pure_functions_of_the_seed():
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(cardiac_volume(6, 6, 48)[0], a[0])
     np.testing.assert_array_equal(lesion_image(3, 64)[0], lesion_image(3, 64)[0])
+    a, b = abdomen_volume(5, 6, 48), abdomen_volume(5, 6, 48)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(abdomen_volume(6, 6, 48)[0], a[0])
+
+
+# SHA-256 (16 hex digits) of generated arrays, floats rounded to 4 decimals, as the generators made them
+# before the abdominal phantom was added (main at 07141f3): adding a phantom must not change the others
+PINNED = {
+    ("cardiac", 3, 10, 48, "ED"): "1f777c9057da32b7",
+    ("cardiac", 4, 8, 64, "ES"): "57d3451a4ed0ddaa",
+    ("lesion", 3, 64): "c8436c031f3d80dc",
+    ("lesion", 5, (80, 120)): "114c0df81f334b64",
+}
+
+
+def array_digest(arrays) -> str:
+    "Digest of a tuple of arrays: floats rounded to 4 decimals (robust to last-bit differences), ints as is."
+    h = hashlib.sha256()
+    for a in map(np.asarray, arrays):
+        h.update(np.round(a, 4).tobytes() if a.dtype.kind == "f" else a.tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("key", PINNED, ids=str)
+def test_cardiac_and_lesion_phantoms_unchanged(key):
+    kind, *args = key
+    arrays = cardiac_volume(*args) if kind == "cardiac" else lesion_image(*args)
+    assert array_digest(arrays) == PINNED[key]
+
+
+def test_write_phantom_dispatches_abdomen(abdomen, tmp_path):
+    kw = {k: v for k, v in ABDOMEN.items() if k != "seed"}
+    assert digest(write_phantom("abdomen", tmp_path / "a", seed=0, **kw)) == digest(abdomen)
 
 
 # --- the ACDC layout -----------------------------------------------------------------------------
@@ -151,6 +203,69 @@ def test_anatomy_base_to_apex():
     assert (es == 3).sum() < (ed == 3).sum() and (es == 2).sum() > 0.8 * (ed == 2).sum()
 
 
+# --- the abdominal CT phantom ------------------------------------------------------------------
+
+
+def test_abdomen_layout(abdomen):
+    train, val, test = (lines(abdomen / f"{s}.list") for s in ("train", "val", "test"))
+    assert train == [f"patient00{i}_frame0{f}" for i in (1, 2, 3) for f in (1, 2)]
+    assert val == ["patient004_frame01", "patient004_frame02"] and test[0] == "patient005_frame01"
+    slices = lines(abdomen / "train_slices.list")
+    assert {s.rsplit("_slice_", 1)[0] for s in slices} == set(train)
+    assert [s[:10] for s in slices] == sorted(s[:10] for s in slices)  # grouped by patient
+    for v in train + val + test:
+        with h5py.File(abdomen / "data" / f"{v}.h5") as f:
+            img, lbl, sp = f["image"][:], f["label"][:], f["spacing"][:]
+        assert img.dtype == np.float32 and lbl.dtype == np.uint8 and img.shape == lbl.shape
+        assert img.shape[1:] == (64, 64) and 8 <= len(img) <= 12 and set(np.unique(lbl)) == {0, 1, 2, 3}
+        assert img.min() == 0.0 and img.max() <= 1.0  # the window: air is black, bone may saturate
+        assert 120 / 11 <= sp[0] <= 160 / 7 and sp[1] == sp[2] and 3 < sp[1] < 7  # (z, y, x) mm at 64 px
+        with h5py.File(abdomen / "data" / "slices" / f"{v}_slice_3.h5") as f:
+            np.testing.assert_array_equal(f["image"][:], img[3])
+    meta = json.loads((abdomen / "PHANTOM.json").read_text())
+    assert meta["complete"] and meta["params"]["kind"] == "abdomen"
+    assert meta["classes"] == ["background", "liver", "kidneys", "spleen"]
+    assert set(meta["groups"]) == {f"patient00{i}" for i in range(1, 6)}
+    assert set(meta["groups"].values()) <= set(ABDOMEN_GROUPS)
+
+
+def test_abdomen_loads_as_acdc(abdomen):
+    from ucpcl.data import build_data
+
+    data = build_data("acdc", abdomen, size=48, labeled=1)
+    assert data.num_classes == 4 and len(data.labeled_idx) > 0 and len(data.unlabeled_idx) > 0
+    item = data.train[data.labeled_idx[0]]
+    assert item["image"].shape == (1, 48, 48) and set(item["label"].unique().tolist()) <= {0, 1, 2, 3}
+    assert data.test[0]["label"].max() == 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_abdomen_anatomy_has_one_orientation(seed):
+    t = (np.arange(64) - 31.5) * 6.0
+    Y, X = np.meshgrid(t, t, indexing="ij")
+    lab, _ = abdomen_labels(sample_abdomen(np.random.default_rng([seed, 0])), np.linspace(0, 1, 10), X, Y)
+    cols, rows = np.meshgrid(np.arange(64), np.arange(64))
+    centre = {c: (cols[(lab == c).any(0)].mean(), rows[(lab == c).any(0)].mean()) for c in (1, 2, 3)}
+    assert centre[1][0] < 31.5 < centre[3][0]  # liver on the image's left, spleen on its right
+    assert centre[2][1] > centre[1][1]  # the kidneys lie behind the liver's centre
+    kidney_cols = cols[(lab == 2).any(0)]
+    assert kidney_cols.min() < 31.5 < kidney_cols.max()  # one kidney on each side
+    area = (lab > 0).sum((1, 2))
+    assert (lab[0] == 2).sum() == 0 and (lab[-1] == 3).sum() == 0 and area.max() > 0
+    assert (lab[0] == 1).sum() > (lab[-1] == 1).sum()  # the liver tapers towards its tip
+
+
+def test_abdomen_phases():
+    spread, moved = [], []
+    for seed in range(4):
+        (a, la, _), (p, lp, _) = (abdomen_volume(seed, 8, 64, ph) for ph in ABDOMEN_PHASES)
+        k = lambda im, lb: np.percentile(im[lb == 2], 90) - np.percentile(im[lb == 2], 10)
+        spread.append(k(a, la) > k(p, lp))  # cortex and medulla differ in the arterial phase only
+        n_a, n_p = int((la > 0).sum()), int((lp > 0).sum())
+        moved.append((la != lp).any() and abs(n_a - n_p) < 0.2 * n_a)
+    assert all(spread) and all(moved)  # same organs, moved a little by the second breath-hold
+
+
 # --- the ISIC layout -----------------------------------------------------------------------------
 
 
@@ -181,7 +296,7 @@ def test_isic_layout(isic):
 def test_refuses_foreign_folder(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    for kind in ("cardiac", "lesion"):
+    for kind in ("cardiac", "abdomen", "lesion"):
         with pytest.raises(
             ValueError, match="not empty and holds no phantom.*choose a new or empty folder"
         ) as e:
@@ -227,12 +342,16 @@ def test_idempotent_rewrite(tmp_path):
 
 def test_unknown_kind_and_bad_arguments(tmp_path):
     with pytest.raises(
-        ValueError, match=r"unknown phantom kind 'mri'; choose one of \['cardiac', 'lesion'\]"
+        ValueError, match=r"unknown phantom kind 'mri'; choose one of \['abdomen', 'cardiac', 'lesion'\]"
     ):
         write_phantom("mri", tmp_path / "x")
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="phase must be"):
         cardiac_volume(0, phase="diastole")
+    with pytest.raises(ValueError, match="phase must be 'arterial' or 'portal'"):
+        abdomen_volume(0, phase="venous")
+    with pytest.raises(ValueError, match="num_patients"):
+        write_abdomen_phantom(tmp_path / "w", num_patients=(1, 1))
     with pytest.raises(ValueError, match="frames must be"):
         write_cardiac_phantom(tmp_path / "y", frames=("ED", "XX"))
     with pytest.raises(ValueError, match="num_patients"):

@@ -24,8 +24,8 @@ from .models import ModelConfig, NetOutput, build_model
 from .distributed import all_gather_rows, rank_share
 
 # %% auto #0
-__all__ = ['BatchFields', 'ObjectiveFields', 'ContrastFields', 'TeacherFields', 'MethodConfig', 'require', 'Method', 'Supervised',
-           'UCPCL', 'item_seed', 'mask_stats', 'enqueue_subset']
+__all__ = ['ROTATION_INPUTS', 'BatchFields', 'ObjectiveFields', 'ContrastFields', 'TeacherFields', 'MethodConfig', 'require',
+           'Method', 'Supervised', 'UCPCL', 'item_seed', 'mask_stats', 'enqueue_subset']
 
 # %% ../nbs/10_method.ipynb #b0d58d9c
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ class ObjectiveFields:
     use_rot: bool = True  # l_e, Eq. 12
     # "random": one random quarter turn per image; "all": the exact mean over 4 turns
     rotation_form: str = "random"
+    # random form: "batch" turns the batch for every term (reference), "unlabeled" its unlabeled images only,
+    # "copy" keeps the batch upright and feeds a turned copy to l_e alone
+    rotation_input: str = "batch"
     alpha: float = 0.4  # weight of the transformer branch in l_sup, Eq. 3
     consistency: float = 0.01  # final lambda_t, Eq. 1
     lambda_1: float = 0.1  # weight of l_c
@@ -89,12 +92,19 @@ def require(cfg: Config, name: str, ok: bool, valid: str):
     if not ok:
         raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r} is invalid: {valid}")
 
+# %% ../nbs/10_method.ipynb #eac3a110
+# "batch": every image turned (reference); "unlabeled": the labeled images upright;
+# "copy": the batch upright, a turned copy through the encoder for l_e only (one more encoder pass)
+ROTATION_INPUTS = ("batch", "unlabeled", "copy")
+
 # %% ../nbs/10_method.ipynb #b9641f95
 @patch
 def validate(self: MethodConfig):
     "Raise a `ValueError` for the first invalid field of the method."
     require(self, "contrast", self.contrast in CONTRAST_MODES, f"use one of {list(CONTRAST_MODES)}")
     require(self, "rotation_form", self.rotation_form in ("random", "all"), "use 'random' or 'all'")
+    inputs = f"use one of {list(ROTATION_INPUTS)}"
+    require(self, "rotation_input", self.rotation_input in ROTATION_INPUTS, inputs)
     require(self, "contrast_level", self.contrast_level in (1, 2, 3, 4), "use 1..4 (Conv1..Conv4)")
     bs = f"use 1..{self.batch_size - 1} (the rest of the batch is unlabeled)"
     require(self, "labeled_bs", 0 < self.labeled_bs < self.batch_size, bs)
@@ -197,6 +207,10 @@ def turn(self: UCPCL, batch: dict, iteration: int) -> tuple[Tensor, Tensor, Tens
     if not (self.cfg.use_rot and self.cfg.rotation_form == "random"):
         return x, y, monitor, None
     k = self.rotation_ks(iteration, x.device)  # (B,) the targets of Eq. 12
+    if self.cfg.rotation_input == "copy":  # the batch upright; rotation_term turns a copy
+        return x, y, monitor, k
+    if self.cfg.rotation_input == "unlabeled":  # the labeled images upright, G^0
+        k = torch.cat([torch.zeros_like(k[: self.cfg.labeled_bs]), k[self.cfg.labeled_bs :]])
     monitor = None if monitor is None else rot90_batch(monitor, k)
     return rot90_batch(x, k), rot90_batch(y, k), monitor, k
 
@@ -206,8 +220,11 @@ def rotation_term(self: UCPCL, out: NetOutput, x: Tensor, k: Tensor | None) -> T
     "l_e of Eq. 12: from the rotation head's logits for the turns k, the exact form if k is None, 0 when off."
     if not self.cfg.use_rot:
         return x.new_zeros(())
-    if k is not None:
-        return rotation_loss(out.rot_logits, k)  # Eq. 12, random-k form
+    if k is not None and self.cfg.rotation_input == "copy":  # Eq. 12 on a turned copy of the batch
+        return rotation_loss(self.model.rotation_logits(self.model.encode(rot90_batch(x, k))), k)
+    if k is not None:  # Eq. 12, random-k form, on the images that were turned
+        rows = slice(self.cfg.labeled_bs if self.cfg.rotation_input == "unlabeled" else 0, None)
+        return rotation_loss(out.rot_logits[rows], k[rows])
     features = lambda z: self.model.encode(z)[-1]  # (B, C4, h, w), the deepest level
     return rotation_loss_all(features, self.model.rot, x)  # Eq. 12, exact form
 

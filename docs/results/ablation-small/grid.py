@@ -1,0 +1,70 @@
+"Train (resumably) a grid of method variants x seeds on one phantom and print a table of test Dice."
+
+import argparse, json, math, sys
+from pathlib import Path
+
+import numpy as np
+
+from ucpcl.compare import Grid, RunSpec, run_grid
+from ucpcl.report import write_csv
+
+# name -> (method, TrainConfig fields); "full" is the method with the TrainConfig in force
+ROWS = {
+    "sup": ("sup", {}),
+    "full": ("ucpcl", {}),
+    "norot": ("ucpcl", {"use_rot": False}),
+    "rot-all": ("ucpcl", {"rotation_form": "all"}),
+    "con": ("ucpcl", {"use_rot": False, "contrast": "none"}),
+    "rot": ("ucpcl", {"use_con": False, "contrast": "none"}),
+    "con-rot": ("ucpcl", {"contrast": "none"}),
+    "csup": ("ucpcl", {"contrast": "labeled"}),
+    "copy": ("ucpcl", {"rotation_input": "copy"}),
+    "unl": ("ucpcl", {"rotation_input": "unlabeled"}),
+    "cpseudo": ("ucpcl", {"contrast": "pseudo"}),
+}
+
+
+def parse_row(text: str) -> tuple[str, str, dict]:
+    "NAME, NAME:key=value,key=value (fields on top of the row NAME), or TAG@NAME:key=value,... to name it."
+    tag, _, text = text.rpartition("@")
+    name, _, extra = text.partition(":")
+    method, fields = ROWS[name]
+    fields = dict(fields)
+    for kv in filter(None, extra.split(",")):
+        k, v = kv.split("=")
+        try:
+            fields[k] = json.loads(v)  # numbers, true, false
+        except ValueError:
+            fields[k] = v  # a word, e.g. contrast=none
+    return tag or text.replace(":", "+").replace(",", "+").replace("=", ""), method, fields
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--rows", nargs="+", default=["sup", "full"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--labeled", type=int, default=2)
+    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--batch", type=int, nargs=2, default=[8, 4], metavar=("BATCH", "LABELED"))
+    p.add_argument("--eval-every", type=int, default=None, help="default: iterations // 4, as the demo")
+    a = p.parse_args(argv)
+    specs = [RunSpec(tag, m, f) for tag, m, f in map(parse_row, a.rows)]
+    ev = a.eval_every or max(a.iterations // 4, 1)
+    kw = dict(batch_size=a.batch[0], labeled_bs=a.batch[1], eval_every=ev, save_every=a.iterations)
+    grid = Grid([a.labeled], a.seeds, "acdc", a.data_root, a.out, "small", a.iterations, "cpu", overrides=kw)
+    rows = run_grid(specs, grid)
+    write_csv(rows, Path(a.out) / "runs.csv")
+    by = {(r["tag"], r["seed"]): r for r in rows}
+    print(f"| row | best Dice mean ± std | last Dice mean ± std | per seed (best) | {len(a.seeds)} seeds |")
+    for s in specs:
+        b = np.array([100 * by[s.tag, k]["best_dice"] for k in a.seeds])
+        la = np.array([100 * by[s.tag, k]["last_dice"] for k in a.seeds])
+        sd = lambda v: v.std(ddof=1) if len(v) > 1 else math.nan
+        cells = " ".join(f"{v:.1f}" for v in b)
+        print(f"| {s.tag} | {b.mean():.2f} ± {sd(b):.2f} | {la.mean():.2f} ± {sd(la):.2f} | {cells} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
