@@ -459,8 +459,11 @@ def _read_page(context, base: str, name: str, shots: Path) -> dict:
     local = lambda url: url.startswith(base) or url.startswith("data:")
     # a request beyond the local server is recorded above and refused here, so that none leaves the machine
     page.route("**/*", lambda route: route.continue_() if local(route.request.url) else route.abort())
-    response = page.goto(base + name, wait_until="networkidle")
+    # "networkidle" alone can come while the page is still parsing (Chromium busy running the Mermaid script,
+    # no request for 500 ms), before KaTeX typesets at DOMContentLoaded: wait for the load event as well
+    response = page.goto(base + name, wait_until="load")
     assert response.ok, f"{name}: HTTP {response.status}"
+    page.wait_for_load_state("networkidle")
     info = page.evaluate(_PAGE_JS)
     info.update(log, external=[u for u in log["requests"] if not local(u)])
     if name in SHOTS:
