@@ -39,7 +39,7 @@ def __len__(self: MemoryQueue) -> int:
     "The number of filled slots, over all classes."
     return int(self.count.sum())
 
-
+# %% ../nbs/03_contrast.ipynb #e6f4358b
 @patch
 def extra_repr(self: MemoryQueue) -> str:
     return f"num_classes={self.num_classes}, dim={self.dim}, memory_size={self.memory_size}"

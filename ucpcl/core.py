@@ -118,7 +118,7 @@ def save(self: Config, path: str | Path) -> Path:
     path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
     return path
 
-
+# %% ../nbs/00_core.ipynb #f0c4b069
 @patch(cls_method=True)
 def load(cls: Config, path: str | Path):
     "Read a configuration written by `save`."

@@ -151,7 +151,7 @@ class ExplorerData:
 def num_classes(self: ExplorerData) -> int:
     return self.p_c.shape[1]
 
-
+# %% ../nbs/15_explorer.ipynb #5800a0e4
 @patch
 def __len__(self: ExplorerData) -> int:
     return len(self.p_c)
@@ -315,7 +315,7 @@ MARK_STYLES = [
     dict(color="#911eb4", ls="-.", lw=1.0),
 ]
 
-
+# %% ../nbs/15_explorer.ipynb #72c3dce0
 def _mark_lines(axs, marks: dict[str, float]) -> dict[str, list]:
     "A vertical line per mark on every axis, each mark in its own style, named in a legend on the first axis."
     lines = {}
@@ -459,13 +459,13 @@ def _H_of(self: Explorer, s: dict) -> float:
     "The H that state `s` applies: the slider's, or the schedule's at the state's iteration."
     return threshold_at(s["mode"], s["H"], s["iteration"], s["max_iterations"], self.data.schedule)
 
-
+# %% ../nbs/15_explorer.ipynb #3d2518cd
 @patch(as_prop=True)
 def H(self: Explorer) -> float:
     "The H applied now."
     return self._H_of(self.state)
 
-
+# %% ../nbs/15_explorer.ipynb #0add6d3e
 @patch(as_prop=True)
 def H_schedule(self: Explorer) -> float:
     "The schedule's H at the current iteration, marked on the curves whatever the mode."
@@ -609,7 +609,7 @@ def update(self: Explorer, **changes) -> dict:
     self._apply(changes)
     return self.redraw()
 
-
+# %% ../nbs/15_explorer.ipynb #43591404
 @patch
 def _on_control(self: Explorer, name: str, value):
     "A control moved: apply the change now and ask the worker for a picture of the newest state."
@@ -623,7 +623,7 @@ def _draw_latest(self: Explorer):
     if self.state != self._drawn:
         self.redraw()
 
-
+# %% ../nbs/15_explorer.ipynb #39ec745b
 @patch
 def wait(self: Explorer, timeout: float | None = 30) -> bool:
     "Block until the picture shows the last move of a control (True), or `timeout` seconds passed (False)."

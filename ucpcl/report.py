@@ -30,7 +30,7 @@ __all__ = ['RUN_KEYS', 'DEMO', 'load_run', 'summarize_runs', 'markdown_table', '
 RUN_KEYS = ("dataset", "method", "preset", "labeled", "seed", "iterations")
 RUN_KEYS += ("contrast", "use_con", "use_rot", "contrast_level")
 
-
+# %% ../nbs/11_report.ipynb #913bf3bb
 def load_run(run: str | Path) -> dict:
     "Config and metrics of a finished run folder, flattened for tables."
     run = Path(run)
@@ -236,7 +236,7 @@ def config_with_overrides(
 # half the paper's batch: the demo's budget is 10 minutes on 2 cores
 DEMO = dict(iterations=700, batch_size=8, labeled_bs=4)
 
-
+# %% ../nbs/11_report.ipynb #b80d374b
 def _demo_run(out: Path, root: Path, method: str, seed: int, iterations: int, progress: bool, **kw) -> dict:
     "Train one run of the demo and return its row of results, with its wall time."
     cfg = TrainConfig(

@@ -27,7 +27,7 @@ def as_generator(
 # %% ../nbs/00b_toy.ipynb #fb1a15f7
 TOY_CLASSES = ("background", "RV", "Myo", "LV")  # the class ids 0..3 of the toy heart, as in ACDC
 
-
+# %% ../nbs/00b_toy.ipynb #bd58f944
 def heart_label(
     size: int | tuple[int, int] = 48,  # side of a square grid, or (H, W)
     centre: tuple[float, float] = (0.5, 0.56),  # (row, col) of the LV, as fractions of H and W
@@ -64,7 +64,7 @@ def toy_labels(
 # %% ../nbs/00b_toy.ipynb #4b7af4bf
 TOY_GREY = (0.1, 0.6, 0.35, 0.9)  # grey level of background, RV, myocardium, LV
 
-
+# %% ../nbs/00b_toy.ipynb #3bdfa512
 def toy_image(
     labels: Tensor,  # (B, H, W) class ids 0..3
     noise: float = 0.08,  # standard deviation of the Gaussian noise

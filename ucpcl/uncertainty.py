@@ -68,7 +68,7 @@ def certain_pseudo_label(
 # (l_c^sup), plain pseudo labels on the unlabeled ones (l_c^pseudo), or the certain ones only (l_c, Eq. 7)
 CONTRAST_MODES = ("none", "labeled", "pseudo", "uncertainty")
 
-
+# %% ../nbs/01_uncertainty.ipynb #5f95a91d
 def _check_contrast_inputs(p_c: Tensor, labels: Tensor, labeled_bs: int, mode: str):
     "Raise a `ValueError` naming the problem when `contrast_labels` gets inconsistent inputs."
     if mode not in CONTRAST_MODES:
@@ -116,13 +116,13 @@ def _ramp_fraction(current: float, rampup_length: float) -> float:
         raise ValueError(f"rampup_length must be >= 0, got {rampup_length}")
     return 1.0 if rampup_length == 0 else min(max(float(current) / rampup_length, 0.0), 1.0)
 
-
+# %% ../nbs/01_uncertainty.ipynb #aff693a9
 def sigmoid_rampup(current: float, rampup_length: float) -> float:
     "Gaussian ramp-up exp(-5 (1 - t)^2) with t = current / rampup_length clipped to [0, 1]."
     # w(t) = e^{-5 (1 - t)^2}
     return float(math.exp(-5.0 * (1.0 - _ramp_fraction(current, rampup_length)) ** 2))
 
-
+# %% ../nbs/01_uncertainty.ipynb #1dc9df2d
 def linear_rampup(current: float, rampup_length: float) -> float:
     "Linear ramp-up t = current / rampup_length clipped to [0, 1]."
     return _ramp_fraction(current, rampup_length)
@@ -130,7 +130,7 @@ def linear_rampup(current: float, rampup_length: float) -> float:
 # %% ../nbs/01_uncertainty.ipynb #352b70b4
 THRESHOLD_MODES = ("schedule", "fixed")
 
-
+# %% ../nbs/01_uncertainty.ipynb #bbc70da7
 @dataclass(frozen=True)
 class ThresholdSchedule(Config):
     "The entropy threshold H of Eq. 7: fixed, or ramped up to `value` over the run."

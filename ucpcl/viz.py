@@ -20,7 +20,7 @@ def as_array(x) -> np.ndarray:
     "A tensor (any device, any dtype) or array-like as a NumPy array."
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
-
+# %% ../nbs/00a_viz.ipynb #7756391e
 def to_numpy(x) -> np.ndarray:
     "A tensor or array as a NumPy image for plotting: (H, W), or (H, W, 3) for RGB."
     x = as_array(x)
