@@ -45,6 +45,7 @@ install:
 check: $(STAMP)
 	$(BIN)/python tools/check_nbs.py
 	$(BIN)/ruff format --check --quiet . || { echo "ruff: files above are not formatted: run 'make format'"; exit 1; }
+	$(BIN)/ruff check --quiet . || { echo "ruff: fix the findings above (lines over 110 columns, unused names)"; exit 1; }
 
 test: check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
