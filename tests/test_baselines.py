@@ -78,6 +78,20 @@ def test_trains_checkpoints_and_restores(phantom, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", BASELINES)
+def test_the_supervised_term_follows_the_runs_dice_form(batch, name):
+    "Every baseline computes Eq. 4 with `dice_form`, as the full method does: same weights, another l_sup."
+
+    def l_sup(form):
+        seed_everything(0)
+        method = get_method(name)(TrainConfig(method=name, dice_form=form, **TINY), MODEL)
+        seed_everything(1)  # the same noise, dropout and turns in both steps
+        return float(method.training_step(batch, 0)["l_sup"])
+
+    linear, reference = l_sup("linear"), l_sup("reference")
+    assert math.isfinite(reference) and abs(linear - reference) > 1e-4, (linear, reference)
+
+
+@pytest.mark.parametrize("name", BASELINES)
 def test_loss_goes_down_on_a_fixed_batch(batch, name):
     seed_everything(0)
     c = TrainConfig(method=name, **{**TINY, "iterations": 100})

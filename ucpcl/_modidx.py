@@ -15,6 +15,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'ucpcl.baselines.Baseline.__init__': ('baselines.html#baseline.__init__', 'ucpcl/baselines.py'),
                                  'ucpcl.baselines.Baseline.predict_logits': ( 'baselines.html#baseline.predict_logits',
                                                                               'ucpcl/baselines.py'),
+                                 'ucpcl.baselines.Baseline.seg_loss': ('baselines.html#baseline.seg_loss', 'ucpcl/baselines.py'),
                                  'ucpcl.baselines.Baseline.weight': ('baselines.html#baseline.weight', 'ucpcl/baselines.py'),
                                  'ucpcl.baselines.BaselineConfig': ('baselines.html#baselineconfig', 'ucpcl/baselines.py'),
                                  'ucpcl.baselines.BaselineConfig.weight': ('baselines.html#baselineconfig.weight', 'ucpcl/baselines.py'),

@@ -72,6 +72,10 @@ class Baseline(Method):
     def weight(self, iteration: int) -> float:
         return self.hp.weight(iteration, self.cfg.iterations)
 
+    def seg_loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        "Eq. 4 with the run's Dice form (`MethodConfig.dice_form`), as the full method computes it."
+        return seg_loss(logits, y, dice_form=self.cfg.dice_form)
+
 # %% ../nbs/13_baselines.ipynb #4475ece3
 def make_teacher(student: nn.Module) -> nn.Module:
     "A frozen copy of `student` (requires_grad False): the teacher of the mean-teacher methods."
@@ -195,7 +199,7 @@ def training_step(self: MeanTeacher, batch: dict, iteration: int) -> dict:
     "L_seg on the labeled images + w(t) MSE(student softmax, teacher softmax on noisy input) on the others."
     x, y, labeled_bs = batch["image"], batch["label"], self.cfg.labeled_bs
     logits = unet_logits(self.model, x)  # the student on the whole batch
-    l_sup = seg_loss(logits[:labeled_bs], y[:labeled_bs])  # Eq. 4 on the labeled images
+    l_sup = self.seg_loss(logits[:labeled_bs], y[:labeled_bs])  # Eq. 4 on the labeled images
     # l_u of MT: squared distance of the two softmax outputs, mean over images, classes and pixels
     l_con = F.mse_loss(logits[labeled_bs:].float().softmax(1), self.teacher_probs(x[labeled_bs:]))
     w = self.weight(iteration)
@@ -242,7 +246,7 @@ def training_step(self: UAMT, batch: dict, iteration: int) -> dict:
     "L_seg + w(t) times the MSE to the teacher over the pixels whose uncertainty u is below H(t)."
     x, y, labeled_bs = batch["image"], batch["label"], self.cfg.labeled_bs
     logits = unet_logits(self.model, x)
-    l_sup = seg_loss(logits[:labeled_bs], y[:labeled_bs])
+    l_sup = self.seg_loss(logits[:labeled_bs], y[:labeled_bs])
     target, u = self.teacher_passes(x[labeled_bs:])
     H = self.threshold(iteration, self.cfg.iterations)
     mask = (u < H).unsqueeze(1).float()  # (B_u, 1, H, W): 1 where the teacher is certain
@@ -263,7 +267,7 @@ class EntropyMinimization(Baseline):
     def training_step(self, batch: dict, iteration: int) -> dict:
         x, y, labeled_bs = batch["image"], batch["label"], self.cfg.labeled_bs
         logits = unet_logits(self.model, x)
-        l_sup = seg_loss(logits[:labeled_bs], y[:labeled_bs])
+        l_sup = self.seg_loss(logits[:labeled_bs], y[:labeled_bs])
         # l_u of EM: mean over pixels of -sum_c p_c log p_c, divided by ln C
         l_con = entropy_map(logits.float().softmax(1)).mean() / math.log(logits.shape[1])
         w = self.weight(iteration)

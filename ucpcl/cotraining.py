@@ -13,7 +13,6 @@ from fastcore.basics import patch
 from torch import Tensor
 
 from .baselines import Baseline, BaselineConfig, plain_unet, unet_logits
-from .losses import seg_loss
 from .models import ENCODER_CHANNELS, CNNDecoder, ModelConfig
 from .rotation import random_rotation, rot90_batch
 from .method import MethodConfig
@@ -55,7 +54,7 @@ class DeepCoTraining(TwoNetworks):
         x2, y2, k = random_rotation(x, y)  # the second view: each image (and its label) turned by its own k
         p1, p2 = unet_logits(self.model, x), unet_logits(self.model2, x2)
         # Eq. 4 for both networks
-        l_sup = seg_loss(p1[:labeled_bs], y[:labeled_bs]) + seg_loss(p2[:labeled_bs], y2[:labeled_bs])
+        l_sup = sum(self.seg_loss(p[:labeled_bs], t[:labeled_bs]) for p, t in ((p1, y), (p2, y2)))
         a = rot90_batch(p1[labeled_bs:].float().softmax(1), k[labeled_bs:])  # G^k sigma(f_1(x))
         b = p2[labeled_bs:].float().softmax(1)  # sigma(f_2(G^k x))
         # l_u of DCT: squared distance, each network pulled halfway toward the other
@@ -133,7 +132,7 @@ def training_step(self: CrossConsistencyTraining, batch: dict, iteration: int) -
     feats = self.model.encode(x)
     outs = [self.model.decode_cnn(feats)] + [dec(self.perturb(feats, j)) for j, dec in enumerate(self.aux)]
     # Eq. 4, averaged over the decoders
-    l_sup = sum(seg_loss(o[:labeled_bs], y[:labeled_bs]) for o in outs) / len(outs)
+    l_sup = sum(self.seg_loss(o[:labeled_bs], y[:labeled_bs]) for o in outs) / len(outs)
     main = outs[0][labeled_bs:].float().softmax(1)
     # l_u of CCT: mean over the auxiliary decoders of the squared distance to the main decoder
     l_con = sum(F.mse_loss(main, o[labeled_bs:].float().softmax(1)) for o in outs[1:]) / len(self.aux)
@@ -160,7 +159,7 @@ class CrossPseudoSupervision(TwoNetworks):
         x, y, labeled_bs = batch["image"], batch["label"], self.cfg.labeled_bs
         p1, p2 = unet_logits(self.model, x), unet_logits(self.model2, x)
         # Eq. 4 for both networks
-        l_sup = seg_loss(p1[:labeled_bs], y[:labeled_bs]) + seg_loss(p2[:labeled_bs], y[:labeled_bs])
+        l_sup = sum(self.seg_loss(p[:labeled_bs], t[:labeled_bs]) for p, t in ((p1, y), (p2, y)))
         t1, t2 = cross_pseudo_labels(p1[labeled_bs:], p2[labeled_bs:])
         # l_u of CPS: CE(f_1, argmax f_2) + CE(f_2, argmax f_1)
         l_con = F.cross_entropy(p1[labeled_bs:].float(), t1) + F.cross_entropy(p2[labeled_bs:].float(), t2)
