@@ -593,8 +593,7 @@ def _open_run(self: Trainer, resume: bool):
     self.out.mkdir(parents=True, exist_ok=True)
     if resume:
         _trim_log(self.out / "log.csv", self.iteration)
-    paths = {k: os.path.abspath(v) for k in ("data_root", "out") if (v := getattr(self.cfg, k))}
-    self.cfg.replace(**paths).save(self.out / "config.json")  # absolute: evaluate works from any folder
+    self.cfg.save(self.out / "config.json")
     env = {**environment(self.device), "processes": self.world}
     (self.out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
     self._logf = (self.out / "log.csv").open("a", newline="")
