@@ -112,12 +112,13 @@ def config_overrides(a: argparse.Namespace) -> dict:
     given = {k: getattr(a, k) for k in a.config_fields if hasattr(a, k)}
     extra = parse_set(a.set)
     if own := [k for k in extra if k in getattr(a, "config_excluded", ())]:
-        raise ValueError(
-            f"--set {own[0]}: this command sets {own[0]} itself; use its own option (see --help)"
-        )
+        raise ValueError(f"--set {own[0]}: this command sets it itself; use its own option (see --help)")
     if twice := sorted(set(given) & set(extra)):
         raise ValueError(f"{twice} given both as options and with --set: give each once")
-    return given | extra
+    given |= extra
+    if given.get("data_root"):  # absolute in config.json: `evaluate` then works from any folder
+        given["data_root"] = str(Path(given["data_root"]).expanduser().absolute())
+    return given
 
 # %% ../nbs/12_cli.ipynb #68a84143
 DEFAULT_OUT = "runs/<dataset>-<method>-<labeled>-seed<seed>"

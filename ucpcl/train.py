@@ -467,15 +467,15 @@ def read_checkpoint(path: str | Path, device: torch.device) -> dict:
         raise FileNotFoundError(f"no checkpoint at {path}: train first, or give the right --out")
     try:
         ck = torch.load(path, map_location=device, weights_only=True)  # never runs code from the file
-    except pickle.UnpicklingError as e:
-        if not (code := [line for line in str(e).splitlines() if "GLOBAL" in line]):
-            raise ValueError(
-                f"checkpoint {path} is unreadable ({e.args[0][:80]}...); it is corrupt"
-            ) from None
-        why = f"{code[0].strip().rstrip('.')}: it would run code"
-        raise ValueError(
-            f"checkpoint {path} refused ({why}); a ucpcl checkpoint holds only tensors"
-        ) from None
+    except pickle.UnpicklingError as e:  # weights_only refused the file, or it is no pickle at all
+        what = "a ucpcl checkpoint holds only tensors and plain values"
+        if "GLOBAL " not in str(e):
+            msg = f"checkpoint {path} is unreadable: it is corrupt or not a ucpcl checkpoint"
+            raise ValueError(msg) from None
+        # the function the file asks to call while it is loaded, e.g. posix.system
+        name = str(e).split("GLOBAL ", 1)[1].split()[0]
+        old = " (or it was written before ucpcl kept random states as tensors)" if "numpy" in name else ""
+        raise ValueError(f"checkpoint {path} refused: loading it would call {name}; {what}{old}") from None
     except Exception as e:
         why = f"{type(e).__name__}: {e}"
         msg = f"checkpoint {path} is unreadable ({why}); it is corrupt or not a ucpcl checkpoint"
@@ -608,8 +608,7 @@ def _open_run(self: Trainer, resume: bool):
     self.out.mkdir(parents=True, exist_ok=True)
     if resume:
         _trim_log(self.out / "log.csv", self.iteration)
-    paths = {k: os.path.abspath(v) for k in ("data_root", "out") if (v := getattr(self.cfg, k))}
-    self.cfg.replace(**paths).save(self.out / "config.json")  # absolute: evaluate works from any folder
+    self.cfg.save(self.out / "config.json")
     env = {**environment(self.device), "processes": self.world}
     (self.out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
     self._logf = (self.out / "log.csv").open("a", newline="")
