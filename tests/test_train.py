@@ -152,6 +152,17 @@ def test_corrupt_and_mismatched_checkpoints_are_clear_errors(phantom, tmp_path):
         Trainer(cfg(phantom, tmp_path / "none")).fit(resume=True, progress=False)
 
 
+def test_a_run_from_imagenet_weights_is_rebuilt_without_them(phantom, tmp_path, monkeypatch):
+    "evaluate/predict take every weight from the checkpoint: they need no ImageNet file and fetch none."
+    Trainer(cfg(phantom, tmp_path)).fit(progress=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "pretrained": "IMAGENET1K_V1"}))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))  # no cached ImageNet weights here
+    t = Trainer.from_run(tmp_path, "best")
+    ck = torch.load(tmp_path / "best.pt", weights_only=True)["method"]
+    assert all(torch.equal(v, ck[k]) for k, v in t.method.state_dict().items())
+
+
 def test_best_checkpoint_holds_weights_only_and_is_refused_for_resuming(phantom, tmp_path):
     t = Trainer(cfg(phantom, tmp_path)).fit(progress=False)
     best, last = (torch.load(tmp_path / n, weights_only=False) for n in ("best.pt", "last.pt"))

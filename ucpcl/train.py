@@ -809,7 +809,9 @@ def from_run(
         msg = f"{run} is not a run folder (no config.json): give the --out of a training run"
         raise FileNotFoundError(msg)
     cfg = TrainConfig.load(run / "config.json")
-    t = cls(cfg.replace(out=str(run), **({} if device is None else {"device": device})), data=data)
+    # the checkpoint holds every weight: rebuilding needs no ImageNet file (none on this machine, perhaps)
+    keep = dict(out=str(run), pretrained="none", **({} if device is None else {"device": device}))
+    t = cls(cfg.replace(**keep), data=data)
     path = run / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
     t.load(path, weights_only=True)
     return t
