@@ -101,6 +101,16 @@ def test_an_existing_run_is_kept_unless_resumed_or_overwritten(phantom, tmp_path
     ] == 0.02
 
 
+def test_the_demo_runs_again_into_its_own_folder(tmp_path):
+    "The demo's run folders are its own: a second `make demo` replaces them instead of stopping."
+    from ucpcl.report import demo
+
+    kw = dict(preset="small", img_size=32, batch_size=4, labeled_bs=2)
+    for _ in range(2):
+        demo(tmp_path, iterations=2, methods=("sup",), progress=False, **kw)
+    assert (tmp_path / "runs" / "sup-seed0" / "metrics.json").is_file()
+
+
 def test_a_folder_that_is_not_a_run_loses_nothing(phantom, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -251,7 +251,7 @@ def _demo_run(out: Path, root: Path, method: str, seed: int, iterations: int, pr
         **kw,
     )
     t = time.time()
-    train(cfg, progress=progress)
+    train(cfg, progress=progress, overwrite=True)  # the demo's own run folders: a rerun replaces them
     row = {**load_run(cfg.out), "seconds": round(time.time() - t, 1)}
     print(f"{method} seed {seed}: test Dice {row['best_dice']:.4f} ({row['seconds']:.0f}s)", flush=True)
     return row
