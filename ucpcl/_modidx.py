@@ -377,8 +377,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'ucpcl.models.TransformerDecoder': ('models.html#transformerdecoder', 'ucpcl/models.py'),
                               'ucpcl.models.TransformerDecoder.__init__': ('models.html#transformerdecoder.__init__', 'ucpcl/models.py'),
                               'ucpcl.models.TransformerDecoder.forward': ('models.html#transformerdecoder.forward', 'ucpcl/models.py'),
-                              'ucpcl.models.TransformerDecoder.full_resolution': ( 'models.html#transformerdecoder.full_resolution',
-                                                                                   'ucpcl/models.py'),
                               'ucpcl.models.UCPCLNet': ('models.html#ucpclnet', 'ucpcl/models.py'),
                               'ucpcl.models.UCPCLNet.__init__': ('models.html#ucpclnet.__init__', 'ucpcl/models.py'),
                               'ucpcl.models.UCPCLNet.decode_cnn': ('models.html#ucpclnet.decode_cnn', 'ucpcl/models.py'),

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 import torchvision
 from fastcore.basics import patch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 from torchvision.models.swin_transformer import ShiftedWindowAttention, SwinTransformerBlock
 
 from .core import Config
@@ -429,18 +428,6 @@ class TransformerDecoder(nn.Module):
         self.up4 = PatchExpand(embed_dims[0], embed_dims[0], scale=4)
         self.head = nn.Conv2d(embed_dims[0], num_classes, 1)
 
-# %% ../nbs/06_models.ipynb #3bd347ae
-@patch
-def full_resolution(
-    self: TransformerDecoder,
-    x: Tensor,  # (B, h, w, D) normalised tokens at 1/4
-) -> Tensor:  # (B, num_classes, 4h, 4w) logits
-    "The x4 expansion, kept as 4 x 4 blocks, and the 1x1 conv head applied on the blocks."
-    x = self.up4.blocks(x)  # (B, h, w, 4, 4, D)
-    x = F.linear(x, self.head.weight.flatten(1), self.head.bias)  # the 1x1 conv head: (B, h, w, 4, 4, C)
-    B, h, w, s, _, C = x.shape
-    return x.permute(0, 5, 1, 3, 2, 4).reshape(B, C, h * s, w * s)  # blocks into the full grid
-
 # %% ../nbs/06_models.ipynb #406e321b
 @patch
 def forward(
@@ -454,8 +441,10 @@ def forward(
         x = self.expand[i](x)  # patch expanding: twice the grid, D_{i+1} -> D_i
         x = self.fuse[i](torch.cat([x, tokens[i]], -1))  # skip connection: concatenate, linear fuse
         x = self.blocks[i](x)  # W-MSA and SW-MSA blocks
-    # x4 expansion and head; their full-resolution D-channel tensors are recomputed in backward, not kept
-    return checkpoint(self.full_resolution, self.norm(x), use_reentrant=False)
+    x = self.up4.blocks(self.norm(x))  # x4 expansion, kept as blocks: (B, h, w, 4, 4, D)
+    x = F.linear(x, self.head.weight.flatten(1), self.head.bias)  # the 1x1 conv head: (B, h, w, 4, 4, C)
+    B, h, w, s, _, C = x.shape
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(B, C, h * s, w * s)  # blocks into the full grid
 
 # %% ../nbs/06_models.ipynb #ffd86d73
 class ProjectionHead(nn.Module):
