@@ -13,7 +13,8 @@ decoder (96, 192, 384, 768) with windows of 7, projection head on layer2 (256-d)
 random initialisation. A step is what `bench/model_step.py` times: one forward pass of every output, the same
 losses (cross-entropy of both decoders, of the rotation logits, and a square term on the embeddings) and the
 backward pass, at batch 16, 224 px, float32, `--threads` threads (default 2). The input is a grey image for
-ucpcl (repeated to 3 channels inside its encoder) and the same image repeated to 3 channels for the reference.
+ucpcl (its encoder convolves it as 3 equal channels) and the same image repeated to 3 channels for the
+reference.
 
 Each measurement runs in a fresh subprocess: it builds the network and the batch, runs `--warmup` untimed
 steps, then times `--steps` steps, and reports the median wall time and the median process CPU time of a step
@@ -22,6 +23,13 @@ the last (as in bench/model_step.py). The two implementations alternate for `--r
 change of load on a shared machine hits both alike; the table gives, per implementation, the median over
 rounds and the range (min-max), and the ratios ucpcl / reference of the medians. On a loaded machine the wall
 time grows with the load; the CPU time much less, which makes its ratio the steadier of the two.
+
+Measured on 2026-12-03 (2 cores shared with five other jobs, torch 2.14.1; nbs/18_performance.ipynb has the
+table), with `--reference UGPCL --reference-path SITE --rounds 3` (SITE holding the pinned packages):
+median (range) CPU time of a step, ucpcl 19.73 s (19.72-21.20) against the reference's 22.11 s
+(19.47-22.27) over 3 alternating rounds, 0.89x; peak RSS growth 5783 MiB (5632-5890) against 5743 MiB
+(5686-5832), 1.01x. Before the layout changes of ucpcl.models (main at 07141f3, 2 rounds): 0.91x CPU time,
+1.01x peak memory. Wall times (1.16x and 1.14x) measured the machine's load more than the code.
 """
 
 from __future__ import annotations
@@ -172,7 +180,8 @@ def main(argv=None):
     for k in range(a.rounds):
         for impl in impls if k % 2 == 0 else impls[::-1]:  # alternate which side goes first
             rows.append(_child(impl, a))
-            print(f"round {k + 1} {impl}: {rows[-1]['wall_s']:.2f} s", file=sys.stderr, flush=True)
+            r = rows[-1]
+            print(f"round {k + 1} {impl}: {r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} s CPU", file=sys.stderr)
     cl = ", ucpcl channels_last" if a.channels_last else ""
     print(f"torch {torch.__version__}, batch {a.batch}, {a.size} px, float32, {a.threads} threads{cl}")
     print(table(rows))
