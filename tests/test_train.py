@@ -163,6 +163,16 @@ def test_a_run_from_imagenet_weights_is_rebuilt_without_them(phantom, tmp_path, 
     assert all(torch.equal(v, ck[k]) for k, v in t.method.state_dict().items())
 
 
+def test_a_checkpoint_of_the_first_format_is_refused_with_the_way_out(phantom, tmp_path):
+    "Format 1 held the Transformer decoder's expansion in another order: it would load and compute nonsense."
+    Trainer(cfg(phantom, tmp_path)).fit(progress=False)
+    ck = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert ck.pop("format") == 2
+    torch.save(ck, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="has format 1, this ucpcl reads format 2.*shuffle_to_blocks"):
+        Trainer.from_run(tmp_path, str(tmp_path / "old.pt"))
+
+
 def test_best_checkpoint_holds_weights_only_and_is_refused_for_resuming(phantom, tmp_path):
     t = Trainer(cfg(phantom, tmp_path)).fit(progress=False)
     best, last = (torch.load(tmp_path / n, weights_only=False) for n in ("best.pt", "last.pt"))

@@ -381,10 +381,8 @@ class PatchExpand(nn.Module):
 def shuffle_to_blocks(
     weight: Tensor,  # (out_dim * scale^2, dim) expand weight with rows ordered (out_dim, row, col)
     scale: int,  # the block side s
-) -> (
-    Tensor
-):  # (scale^2 * out_dim, dim) the same rows ordered (row, col, out_dim), as `PatchExpand` reads them
-    "Reorder a pixel_shuffle-ordered expand weight (ucpcl before 2026-12) into `PatchExpand`'s block order."
+) -> Tensor:  # the same rows ordered (row, col, out_dim), as `PatchExpand` reads them
+    "Reorder a pixel_shuffle-ordered expand weight (checkpoint format 1) into `PatchExpand`'s block order."
     D = weight.shape[0] // scale**2
     return weight.view(D, scale, scale, -1).permute(1, 2, 0, 3).reshape(weight.shape)
 

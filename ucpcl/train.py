@@ -36,9 +36,9 @@ from .baselines import UAMT, EntropyMinimization, MeanTeacher
 from .cotraining import CrossConsistencyTraining, CrossPseudoSupervision, DeepCoTraining
 
 # %% auto #0
-__all__ = ['METHODS', 'LOG_FIELDS', 'RUN_IDENTITY', 'RUN_FILES', 'SELECTION', 'get_method', 'DataFields', 'OptimizerFields',
-           'RunFields', 'TrainConfig', 'poly_lr', 'SeededItems', 'IterationBatches', 'NonFiniteLoss', 'Trainer',
-           'LabeledOnly', 'collate', 'atomic_save', 'read_checkpoint', 'check_same_run', 'environment',
+__all__ = ['METHODS', 'LOG_FIELDS', 'CHECKPOINT_FORMAT', 'RUN_IDENTITY', 'RUN_FILES', 'SELECTION', 'get_method', 'DataFields',
+           'OptimizerFields', 'RunFields', 'TrainConfig', 'poly_lr', 'SeededItems', 'IterationBatches', 'NonFiniteLoss',
+           'Trainer', 'LabeledOnly', 'collate', 'atomic_save', 'read_checkpoint', 'check_same_run', 'environment',
            'check_run_folder', 'tensorboard_writer', 'train']
 
 # %% ../nbs/10_train.ipynb #03b61451
@@ -454,12 +454,16 @@ def save(
     "Write the checkpoint `name` into the run folder, atomically."
     ck = {"method": self.method.state_dict(), "iteration": self.iteration, "best": self.best}
     ck["validated"] = getattr(self, "validated", None)  # the last iteration whose validation is done
-    ck["config"] = self.cfg.to_dict()
+    ck["config"], ck["format"] = self.cfg.to_dict(), CHECKPOINT_FORMAT
     if full:
         ck.update(optimizer=self.opt.state_dict(), rng=_rng_state())
     atomic_save(ck, self.out / name)
 
 # %% ../nbs/10_train.ipynb #038b621d
+# 2: the Transformer decoder's patch expansion in block order (ucpcl.models.shuffle_to_blocks maps format 1)
+CHECKPOINT_FORMAT = 2
+
+
 def read_checkpoint(path: str | Path, device: torch.device) -> dict:
     "The checkpoint at `path`; a clear error for a missing, unreadable or foreign file."
     path = Path(path)
@@ -482,6 +486,13 @@ def read_checkpoint(path: str | Path, device: torch.device) -> dict:
         raise ValueError(msg) from None
     if not isinstance(ck, dict) or "method" not in ck:
         raise ValueError(f"{path} is not a ucpcl checkpoint (no 'method' state)")
+    if (fmt := ck.get("format", 1)) != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"checkpoint {path} has format {fmt}, this ucpcl reads format {CHECKPOINT_FORMAT}: "
+            "format 1 keeps the Transformer decoder's expansion weights in pixel_shuffle order, which would "
+            "load but compute another function; retrain, or map its `*.expand.weight` tensors with "
+            "ucpcl.models.shuffle_to_blocks and set its 'format'"
+        )
     return ck
 
 # %% ../nbs/10_train.ipynb #e7d77bc8
