@@ -39,6 +39,7 @@ def measure(
         data_root=data,
         labeled=4,
         preset=preset,
+        pretrained="none",  # the step's time does not depend on the starting weights
         batch_size=batch,
         labeled_bs=batch // 2,
         contrast_start=0.0,
