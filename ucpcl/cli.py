@@ -221,7 +221,7 @@ def _convert_args(p: argparse.ArgumentParser):
     p.add_argument("--skip-unannotated", action="store_true", help=skip)
     p.set_defaults(handler=_run_convert)
 
-
+# %% ../nbs/12_cli.ipynb #45a7d226
 def _run_convert(a: argparse.Namespace):
     from ucpcl.data import convert_acdc, read_manifest
 
@@ -270,7 +270,7 @@ def _predict_args(p: argparse.ArgumentParser):
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     p.set_defaults(handler=_run_predict)
 
-
+# %% ../nbs/12_cli.ipynb #4068c448
 def _run_predict(a: argparse.Namespace):
     from ucpcl.predict import predict
 
@@ -289,7 +289,7 @@ def _export_args(p: argparse.ArgumentParser):
     p.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
     p.set_defaults(handler=_run_export)
 
-
+# %% ../nbs/12_cli.ipynb #ff5a5223
 def _run_export(a: argparse.Namespace):
     from ucpcl.predict import export_run
 

@@ -197,7 +197,7 @@ def _metric_columns(heads: dict, slices: bool = False) -> tuple[list[str], list[
     keys = [f"{m}_l{l:g}" for l, m in pairs]
     return keys, [f"{_HEADS[m] if slices else m.capitalize()} [%] {heads[l]}" for l, m in pairs]
 
-
+# %% ../nbs/14_compare.ipynb #f62f339b
 def _csv_row(r: dict, columns: dict, keys: list[str], labeled_sizes) -> dict:
     "A row of the CSV: the row's own columns, each metric and its std in percent, then the seed counts."
     pct = lambda v: None if v is None else round(100 * v, 4)

@@ -49,7 +49,7 @@ def _plain_name(name: str) -> bool:
     "True for a file name without folders: no separator, not `.` or `..`, not absolute."
     return name not in (".", "..") and "/" not in name and "\\" not in name
 
-
+# %% ../nbs/08_data.ipynb #6044fdd2
 def read_list(path: str | Path) -> list[str]:
     "The names in a list file, one a line; a missing file, a repeated name or a path raises a `DataError`."
     path = Path(path)
@@ -81,7 +81,7 @@ def check_label(
         raise DataError(f"{path}: label values span {label.min()}..{label.max()}, expected {ids}")
     return label.astype(np.int64)
 
-
+# %% ../nbs/08_data.ipynb #b73e0b94
 def check_finite(
     path: str | Path,  # the file the image came from (named in errors)
     image: np.ndarray,  # any shape
@@ -426,7 +426,7 @@ def _unannotated(raw: Path, frames: list[Path], cases: dict) -> str:
     fix = f"add the masks, or {skip}"
     return f"{raw}: {len(frames)} frame(s) without a _gt mask, e.g. {frames[0].name}{none}: {fix}"
 
-
+# %% ../nbs/08_data.ipynb #a6422970
 def _new_folder(out: Path) -> Path:
     "A hidden temporary folder beside `out` to write into; `out` itself must be absent or empty."
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -748,7 +748,7 @@ def __getitem__(self: ISICImages, i: int) -> dict:
     label = read_binary_mask(mask, full, image.shape[-2:]) if self.with_labels and mask is not None else None
     return _pack(image, label, name, self.transform)
 
-
+# %% ../nbs/08_data.ipynb #f85e9ab7
 @patch
 def check(self: ISICImages) -> int:
     "Decode every image (and its mask, when read) once; the first bad one raises a `DataError`."
@@ -855,7 +855,7 @@ def _saved_isic_split(d: Path, seed: int) -> dict[str, list[str]] | None:
         )
     return {k: read_list(d / f"{k}.txt") for k in ISIC_PARTS}
 
-
+# %% ../nbs/08_data.ipynb #acde3df1
 def isic_split(
     root: str | Path,  # ISIC root (only read)
     seed: int = 0,  # the split's seed

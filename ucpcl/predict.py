@@ -142,13 +142,13 @@ class PredictError(ValueError):
 
 NIFTI, PICTURE = (".nii.gz", ".nii"), (".png", ".jpg", ".jpeg")
 
-
+# %% ../nbs/19_predict.ipynb #049fd228
 def input_kind(path: Path) -> str | None:
     "'nifti' for .nii/.nii.gz, 'picture' for .png/.jpg/.jpeg (any case), None for anything else."
     name = path.name.lower()
     return "nifti" if name.endswith(NIFTI) else "picture" if name.endswith(PICTURE) else None
 
-
+# %% ../nbs/19_predict.ipynb #826a3ebd
 def case_name(path: Path) -> str:
     "The file's name without its extension (both parts of .nii.gz)."
     name = path.name
@@ -262,7 +262,7 @@ def write_label_png(labels: np.ndarray, path: Path) -> Path:  # labels: (H, W) c
     Image.fromarray(labels.astype(np.uint8), "L").save(path)
     return path
 
-
+# %% ../nbs/19_predict.ipynb #1d7a3f43
 def write_uncertainty_png(
     u: np.ndarray,  # (H, W) entropy in nats
     num_classes: int,  # C: u lies in [0, ln C]

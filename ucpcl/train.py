@@ -115,7 +115,7 @@ class RunFields:
 class TrainConfig(RunFields, OptimizerFields, MethodConfig, DataFields):
     "Everything that defines a training run; defaults are the paper's protocol on ACDC."
 
-
+# %% ../nbs/10_train.ipynb #c15fcb3f
 @patch
 def validate(self: TrainConfig):
     "Raise a `ValueError` for the first invalid field: the method's, then the data's and the run's."
@@ -653,7 +653,7 @@ def _open_tensorboard(self: Trainer, resume: bool):
             shutil.rmtree(folder, ignore_errors=True)
         self._tb = tensorboard_writer(folder, purge_step=self.iteration if resume else None)
 
-
+# %% ../nbs/10_train.ipynb #e68091ce
 @patch
 def _close_tensorboard(self: Trainer):
     "Close the TensorBoard writer, if there is one."
@@ -725,7 +725,7 @@ def _due_validation(self: Trainer) -> bool:
     "Whether the current iteration is one that validates."
     return self.iteration % self.cfg.eval_every == 0 or self.iteration == self.cfg.iterations
 
-
+# %% ../nbs/10_train.ipynb #a775cd51
 def _saved_split(out: Path, seed: int, root: str) -> Path | None:
     "OUT/splits when it holds an ISIC split of this seed and data root (a resumed or evaluated run)."
     try:
@@ -735,7 +735,7 @@ def _saved_split(out: Path, seed: int, root: str) -> Path | None:
     same = rec.get("seed") == seed and rec.get("data_root") == os.path.abspath(root)
     return Path(out) / "splits" if same else None
 
-
+# %% ../nbs/10_train.ipynb #6bcd0617
 @patch
 def _write_split(self: Trainer):
     "Write the ISIC split of the run (train, val, test, labeled, unlabeled) into OUT/splits, with split.json."
