@@ -46,6 +46,11 @@ def collect(root: Path) -> list[dict]:
     return rows
 
 
+def spread(v: np.ndarray, sign: str = "") -> str:
+    "Mean ± sample standard deviation, or the one value and '(1 seed)'."
+    return f"{v.mean():{sign}.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():{sign}.1f} (1 seed)"
+
+
 def table(rows: list[dict], order: list[str], base: str = "sup", metric: str = "best_dice") -> str:
     "Markdown: per row the mean ± std over seeds, the seeds, and the paired difference to `base`."
     by = {(r["tag"], r["seed"]): r for r in rows}
@@ -58,16 +63,9 @@ def table(rows: list[dict], order: list[str], base: str = "sup", metric: str = "
         if not ss:
             continue
         v = np.array([by[tag, s][metric] for s in ss])
-        sd = v.std(ddof=1) if len(v) > 1 else math.nan
-        cell = f"{v.mean():.1f} ± {sd:.1f}"
-        paired = [by[tag, s][metric] - by[base, s][metric] for s in ss if (base, s) in by]
-        d = np.array(paired)
-        dcell = (
-            ""
-            if tag == base or not len(d)
-            else f"{d.mean():+.1f} ± {d.std(ddof=1) if len(d) > 1 else math.nan:.1f} ("
-        )
-        dcell += ", ".join(f"{x:+.1f}" for x in d) + ")" if dcell else ""
+        cell = spread(v)
+        d = np.array([by[tag, s][metric] - by[base, s][metric] for s in ss if (base, s) in by])
+        dcell = "" if tag == base or not len(d) else f"{spread(d, '+')} ({', '.join(f'{x:+.1f}' for x in d)})"
         runs = [by[tag, s] for s in ss]
         logs = [
             np.mean(x) if (x := [r[k] for r in runs if not math.isnan(r[k])]) else math.nan for k in LOGGED
