@@ -137,12 +137,12 @@ def training_step(self: Method, batch: dict, iteration: int) -> dict[str, Tensor
     "The loss terms of one batch at `iteration`; 'loss' is what the optimiser minimises."
     raise NotImplementedError(f"{type(self).__name__} defines no training_step")
 
-
+# %% ../nbs/10_method.ipynb #b5113dd1
 @patch
 def after_step(self: Method, iteration: int):
     "Called after the optimiser step (e.g. to update a teacher or a memory queue)."
 
-
+# %% ../nbs/10_method.ipynb #d249cff2
 @patch
 def predict_logits(self: Method, x: Tensor) -> Tensor:
     "(B, C, H, W) segmentation logits of (B, in_channels, H, W) images, for validation and testing."
