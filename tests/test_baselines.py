@@ -85,7 +85,7 @@ def test_the_supervised_term_follows_the_runs_dice_form(batch, name):
         seed_everything(0)
         method = get_method(name)(TrainConfig(method=name, dice_form=form, **TINY), MODEL)
         seed_everything(1)  # the same noise, dropout and turns in both steps
-        return float(method.training_step(batch, 0)["l_sup"])
+        return method.training_step(batch, 0)["l_sup"].item()
 
     linear, reference = l_sup("linear"), l_sup("reference")
     assert math.isfinite(reference) and abs(linear - reference) > 1e-4, (linear, reference)
