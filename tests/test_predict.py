@@ -23,7 +23,7 @@ from ucpcl.predict import (
     run_model_config,
     segment,
 )
-from ucpcl.train import TrainConfig, atomic_save, get_method
+from ucpcl.train import CHECKPOINT_FORMAT, TrainConfig, atomic_save, get_method
 
 SIZE = 32  # the network's input side in these tests (a multiple of 32)
 
@@ -36,7 +36,8 @@ def make_run(folder, dataset="acdc", method="ucpcl", preset="small", img_size=SI
     m = get_method(method)(cfg, run_model_config(cfg))
     cfg.save(folder / "config.json")
     for name in ("best.pt", "last.pt") if last else ("best.pt",):
-        atomic_save({"method": m.state_dict(), "config": cfg.to_dict(), "iteration": 0}, folder / name)
+        ck = {"method": m.state_dict(), "config": cfg.to_dict(), "iteration": 0, "format": CHECKPOINT_FORMAT}
+        atomic_save(ck, folder / name)
     return folder
 
 
