@@ -647,3 +647,21 @@ def test_isic_reduced_scale_decoding_keeps_mask_aligned(tmp_path):
     dark = small["image"].mean(0) < 0.4
     assert (dark == (small["label"] == 1)).float().mean() > 0.99
     assert abs(small["label"].float().mean() - full["label"].float().mean()) < 0.01
+
+
+@pytest.mark.parametrize("dataset", ["acdc", "isic"])
+def test_crop_setting_is_the_first_step_of_the_training_transform(tmp_path, dataset):
+    "build_data(crop=False) resizes whole slices (the reference); the Trainer passes TrainConfig.crop to it."
+    from torchvision.transforms import v2
+
+    from ucpcl.train import TrainConfig, Trainer
+
+    root = make_acdc(tmp_path / "A") if dataset == "acdc" else make_isic(tmp_path / "I", n=10)
+    labeled = 1 if dataset == "acdc" else 3
+    for crop, first in ((True, v2.RandomResizedCrop), (False, v2.Resize)):
+        data = build_data(dataset, root, size=8, labeled=labeled, crop=crop)
+        for part in (data.train.labeled, data.train.unlabeled):
+            assert type(part.transform.tf.transforms[0]) is first
+        cfg = TrainConfig(dataset=dataset, data_root=str(root), labeled=labeled, crop=crop, preset="small")
+        data = Trainer(cfg.replace(out=str(tmp_path / f"run-{crop}"))).data
+        assert type(data.train.labeled.transform.tf.transforms[0]) is first

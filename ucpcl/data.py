@@ -1058,7 +1058,7 @@ def train_loader(
 
 # %% ../nbs/08_data.ipynb #bce72171
 def _acdc_sets(
-    root: Path, size: int, labeled: int, verify: bool, monitor: bool
+    root: Path, size: int, labeled: int, verify: bool, monitor: bool, crop: bool = True
 ) -> tuple[SemiSupervisedSet, Dataset, Dataset]:
     "ACDC: `labeled` whole patients from the top of train_slices.list, the rest unlabeled; val/test volumes."
     if isinstance(labeled, bool) or not isinstance(labeled, int):
@@ -1067,7 +1067,7 @@ def _acdc_sets(
         )
     lab = acdc_labeled_names(root, labeled_patients=labeled)
     unl = acdc_splits(root)["train_slices"][len(lab) :]
-    tf = train_transform(size, rgb=False)
+    tf = train_transform(size, rgb=False, crop=crop)
     train = SemiSupervisedSet(
         ACDCSlices(root, lab, tf, verify=verify),
         ACDCSlices(root, unl, tf, with_labels=monitor, optional_labels=True, verify=False),
@@ -1076,12 +1076,18 @@ def _acdc_sets(
 
 # %% ../nbs/08_data.ipynb #0387c7f3
 def _isic_sets(
-    root: Path, size: int, labeled: int | float, seed: int, monitor: bool, splits_dir: Path | None
+    root: Path,
+    size: int,
+    labeled: int | float,
+    seed: int,
+    monitor: bool,
+    splits_dir: Path | None,
+    crop: bool = True,
 ) -> tuple[SemiSupervisedSet, Dataset, Dataset, dict]:
     "ISIC: the seeded split files; labeled images need masks, unlabeled ones may lack them."
     sp, tf, ev = (
         isic_split(root, seed, labeled, splits_dir, write=False),
-        train_transform(size, rgb=True),
+        train_transform(size, rgb=True, crop=crop),
         eval_transform(size),
     )
     m = math.ceil(size / math.sqrt(0.5))  # a random crop keeps at least half the area: its side stays >= size
@@ -1108,15 +1114,16 @@ def build_data(
     splits_dir: str
     | Path
     | None = None,  # ISIC: a folder with this seed's split files to read (never written)
+    crop: bool = True,  # random crop augmentation; False: the whole slice resized (the reference)
 ) -> SemiSupervisedData:
     "Training, validation and test sets of ACDC or ISIC with the paper's augmentation and a labeled split."
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}: valid ones are {list(DATASETS)}")
     root, acdc = Path(root).expanduser(), dataset == "acdc"
     if acdc:
-        (train, val, test), split = _acdc_sets(root, size, labeled, verify, monitor), None
+        (train, val, test), split = _acdc_sets(root, size, labeled, verify, monitor, crop), None
     else:
-        train, val, test, split = _isic_sets(root, size, labeled, seed, monitor, splits_dir)
+        train, val, test, split = _isic_sets(root, size, labeled, seed, monitor, splits_dir, crop)
     sets = (train, train.labeled_idx, train.unlabeled_idx, val, test)
     shape = dict(num_classes=len(CLASS_NAMES[dataset]), in_channels=1 if acdc else 3, size=size)
     return SemiSupervisedData(

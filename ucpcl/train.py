@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 from .core import get_device, seed_everything
 from .models import ModelConfig, get_preset, resolve_pretrained, set_drop_path
-from .transforms import train_transform
 from ucpcl.data import (
     CLASS_NAMES,
     DATASETS,
@@ -234,11 +233,9 @@ def load_data(
         patients = cfg.dataset == "acdc" and float(cfg.labeled).is_integer()
         labeled = int(cfg.labeled) if patients else cfg.labeled
         # ISIC: the split in the run folder when resuming or evaluating a run, else a fresh draw
-        split = dict(seed=cfg.seed, splits_dir=_saved_split(self.out, cfg.seed, cfg.data_root))
-        data = build_data(cfg.dataset, cfg.data_root, size=mcfg.img_size, labeled=labeled, **split)
-        if not cfg.crop:  # the reference's whole-slice resize instead of the random crop
-            tf = train_transform(mcfg.img_size, rgb=data.in_channels == 3, crop=False)
-            data.train.labeled.transform = data.train.unlabeled.transform = tf
+        kw = dict(seed=cfg.seed, splits_dir=_saved_split(self.out, cfg.seed, cfg.data_root))
+        kw |= dict(crop=cfg.crop)  # False: the reference's whole-slice resize instead of the random crop
+        data = build_data(cfg.dataset, cfg.data_root, size=mcfg.img_size, labeled=labeled, **kw)
     weights = resolve_pretrained(cfg.preset, cfg.pretrained)  # "preset": the preset's; "none": random
     return data, mcfg.replace(in_channels=data.in_channels, num_classes=data.num_classes, pretrained=weights)
 
