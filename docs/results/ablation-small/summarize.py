@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-LOGGED = ("certain", "pl_acc", "l_c", "l_e")
+LOGGED = ("l_sup", "certain", "pl_acc", "l_c", "l_e")
 NAME = re.compile(r"^acdc-(?P<tag>.+)-l(?P<labeled>[\d.]+)-s(?P<seed>\d+)$")
 
 
