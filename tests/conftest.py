@@ -1,6 +1,8 @@
 import shutil, sys, tempfile
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))  # tests import their helpers (nbrun) by name
 
 # measured: the suite's temporary folders (training runs with checkpoints, notebook runs) peak at 1.5 GiB
@@ -25,3 +27,18 @@ def pytest_report_header(config):
     while not probe.exists():
         probe = probe.parent
     return disk_note(shutil.disk_usage(probe).free, where)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request) -> Path:
+    """A folder for the files one test module shares (phantoms, run folders with checkpoints), removed
+    once the module's tests are done: the suite holds one module's files at a time, not all until it ends."""
+    d = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2].removeprefix("test_"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def subdir(parent: Path, name: str) -> Path:
+    "parent/name, made."
+    (parent / name).mkdir(parents=True, exist_ok=True)
+    return parent / name

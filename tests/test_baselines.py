@@ -31,10 +31,8 @@ MODEL = get_preset("small", img_size=32).replace(in_channels=1, num_classes=4)
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return write_phantom(
-        "cardiac", tmp_path_factory.mktemp("data") / "cardiac", seed=0, num_patients=(4, 2, 2)
-    )
+def phantom(module_tmp):
+    return write_phantom("cardiac", module_tmp / "data" / "cardiac", seed=0, num_patients=(4, 2, 2))
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,8 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "cardiac"
+def phantom(module_tmp):
+    out = module_tmp / "cardiac"
     r = subprocess.run(
         [BIN / "ucpcl", "phantom", "--kind", "cardiac", "--out", str(out)], capture_output=True, text=True
     )

@@ -27,10 +27,8 @@ TINY = dict(img_size=32, batch_size=4, labeled_bs=2, per_class=8, memory_size=16
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return write_phantom(
-        "cardiac", tmp_path_factory.mktemp("data") / "cardiac", seed=0, num_patients=(4, 2, 2)
-    )
+def phantom(module_tmp):
+    return write_phantom("cardiac", module_tmp / "data" / "cardiac", seed=0, num_patients=(4, 2, 2))
 
 
 @pytest.fixture

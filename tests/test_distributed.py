@@ -30,8 +30,8 @@ cleanup()
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ddp")
+def setup(module_tmp):
+    d = module_tmp
     (d / "run.py").write_text(SCRIPT)
     return d, write_phantom("cardiac", d / "data", seed=0, num_patients=(4, 2, 2))
 

@@ -39,18 +39,18 @@ def digest(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def acdc(tmp_path_factory):
-    return write_cardiac_phantom(tmp_path_factory.mktemp("phantoms") / "acdc", **CARDIAC)
+def acdc(module_tmp):
+    return write_cardiac_phantom(module_tmp / "acdc", **CARDIAC)
 
 
 @pytest.fixture(scope="module")
-def abdomen(tmp_path_factory):
-    return write_abdomen_phantom(tmp_path_factory.mktemp("phantoms") / "abdomen", **ABDOMEN)
+def abdomen(module_tmp):
+    return write_abdomen_phantom(module_tmp / "abdomen", **ABDOMEN)
 
 
 @pytest.fixture(scope="module")
-def isic(tmp_path_factory):
-    return write_lesion_phantom(tmp_path_factory.mktemp("phantoms") / "isic", **LESION)
+def isic(module_tmp):
+    return write_lesion_phantom(module_tmp / "isic", **LESION)
 
 
 def lines(path: Path) -> list[str]:

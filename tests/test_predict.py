@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import subdir
 from ucpcl.cli import main
 from ucpcl.phantoms import write_phantom
 from ucpcl.predict import (
@@ -42,30 +43,30 @@ def make_run(folder, dataset="acdc", method="ucpcl", preset="small", img_size=SI
 
 
 @pytest.fixture(scope="module")
-def acdc_run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("acdc_run"))
+def acdc_run(module_tmp):
+    return make_run(subdir(module_tmp, "acdc_run"))
 
 
 @pytest.fixture(scope="module")
-def isic_run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("isic_run"), dataset="isic")
+def isic_run(module_tmp):
+    return make_run(subdir(module_tmp, "isic_run"), dataset="isic")
 
 
 @pytest.fixture(scope="module")
-def cardiac(tmp_path_factory):
+def cardiac(module_tmp):
     "The cardiac phantom's first test volume (D, H, W) in [0, 1] and its spacing (z, y, x)."
     import h5py
 
-    root = write_phantom("cardiac", tmp_path_factory.mktemp("cardiac"), num_patients=(1, 1, 1), size=48)
+    root = write_phantom("cardiac", subdir(module_tmp, "cardiac"), num_patients=(1, 1, 1), size=48)
     name = (root / "test.list").read_text().split()[0]
     with h5py.File(root / "data" / f"{name}.h5") as f:
         return f["image"][:], f["spacing"][:]
 
 
 @pytest.fixture(scope="module")
-def lesions(tmp_path_factory):
+def lesions(module_tmp):
     "Two JPEG images of the lesion phantom (ISIC layout)."
-    root = write_phantom("lesion", tmp_path_factory.mktemp("lesion"), num_images=2, sizes=(40, 56))
+    root = write_phantom("lesion", subdir(module_tmp, "lesion"), num_images=2, sizes=(40, 56))
     return sorted(root.rglob("*.jpg"))
 
 

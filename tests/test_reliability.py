@@ -27,8 +27,8 @@ ARGS += ["--set", "img_size=32", "batch_size=4", "labeled_bs=2", "eval_every=2",
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return write_phantom("cardiac", tmp_path_factory.mktemp("data") / "cardiac", num_patients=(3, 1, 1))
+def phantom(module_tmp):
+    return write_phantom("cardiac", module_tmp / "data" / "cardiac", num_patients=(3, 1, 1))
 
 
 def cfg(root, out, **kw) -> TrainConfig:

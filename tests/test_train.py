@@ -26,10 +26,8 @@ TINY = dict(
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return write_phantom(
-        "cardiac", tmp_path_factory.mktemp("data") / "cardiac", seed=0, num_patients=(4, 2, 2)
-    )
+def phantom(module_tmp):
+    return write_phantom("cardiac", module_tmp / "data" / "cardiac", seed=0, num_patients=(4, 2, 2))
 
 
 def cfg(phantom, out, **kw):
