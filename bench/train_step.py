@@ -2,6 +2,7 @@
 
     python bench/train_step.py                                  # small and paper presets, CPU, batch 16
     python bench/train_step.py --presets paper --device cuda --amp bf16 --steps 50 --workers 8 --project 6000
+    python bench/train_step.py --presets paper --device cuda --amp bf16 --compile   # the network compiled
 
 Each preset runs the real `Trainer` (data, augmentation, two-stream batches, the UCPCL method with the pixel
 contrast switched on from the first step) on the embedded cardiac phantom, in a fresh subprocess. After
@@ -13,7 +14,8 @@ excludes the contrast branch. Data loading is timed separately, as the time the 
 batch with `--workers` workers. Peak memory: on the CPU the peak resident set size of the measuring process
 (`ru_maxrss`: PyTorch itself, model, optimiser state, data and the warm-up and timed steps' activations),
 which is what decides whether a run fits in RAM; on CUDA `torch.cuda.max_memory_allocated()` over the timed
-steps. A script, not a timed test; the figures depend on the machine.
+steps. With `--compile` the run has `compile=True` (`ucpcl.train.compile_networks`): the compiling happens in
+the warm-up steps, which must be at least 1. A script, not a timed test; the figures depend on the machine.
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ def _maxrss_mib() -> float:
 
 
 def measure(
-    preset: str, device: str, batch: int, steps: int, warmup: int, amp: str, workers: int, data: str
+    preset: str,
+    device: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    amp: str,
+    workers: int,
+    data: str,
+    compiled: bool = False,
 ) -> dict:
     "Run in this process: time `steps` training steps of `preset` and their parts."
     import torch
@@ -47,6 +57,7 @@ def measure(
         device=device,
         amp=amp,
         num_workers=workers,
+        compile=compiled,
         out=str(scratch("ucpcl-bench-")),
     )
     t = Trainer(cfg)
@@ -79,6 +90,7 @@ def measure(
         "preset": preset,
         "device": str(t.device),
         "amp": t.amp,
+        "compiled": compiled,
         "batch": batch,
         "workers": workers,
         "threads": torch.get_num_threads(),
@@ -99,14 +111,16 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--amp", default="auto", help="auto (bf16 on CUDA), bf16 or off")
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--compile", action="store_true", help="compile the network (in the warm-up steps)")
     ap.add_argument("--project", type=int, default=6000, help="iterations to project the run time for")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data-root", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.compile and a.warmup < 1:
+        sys.exit("--compile needs --warmup 1 or more: the first step compiles the network")
     if a.child:  # one measurement, in a fresh process
-        print(
-            json.dumps(measure(a.child, a.device, a.batch, a.steps, a.warmup, a.amp, a.workers, a.data_root))
-        )
+        args = (a.child, a.device, a.batch, a.steps, a.warmup, a.amp, a.workers, a.data_root, a.compile)
+        print(json.dumps(measure(*args)))
         return
     from ucpcl.phantoms import write_phantom
 
@@ -132,7 +146,7 @@ def main():
             str(a.workers),
             "--data-root",
             data,
-        ]
+        ] + (["--compile"] if a.compile else [])
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             sys.exit(f"{p}: failed\n{r.stderr[-3000:]}")
@@ -149,7 +163,8 @@ def main():
         proj = a.project * (r["step"] + (r["data"] if r["workers"] == 0 else 0)) / 60
         device = f"{r['device']}{' ' + r['gpu'] if r['gpu'] else ''}"
         parts = [r.get(k, 0) for k in ("contrast", "backward", "optimizer")]
-        cells = [r["preset"], device, "bf16" if r["amp"] else "fp32", f"{r['step']:.3f}", f"{fwd:.3f}"]
+        amp = ("bf16" if r["amp"] else "fp32") + (", compiled" if r["compiled"] else "")
+        cells = [r["preset"], device, amp, f"{r['step']:.3f}", f"{fwd:.3f}"]
         cells += [f"{t:.3f}" for t in parts] + [f"{r['data']:.3f}", f"{share:.1%}", f"{r['peak_mib']:.0f}"]
         cells.append(f"{proj:.1f} min / {a.project} it")
         print("| " + " | ".join(cells) + " |")

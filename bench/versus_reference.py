@@ -29,7 +29,10 @@ table), with `--reference UGPCL --reference-path SITE --rounds 3` (SITE holding 
 median (range) CPU time of a step, ucpcl 19.73 s (19.72-21.20) against the reference's 22.11 s
 (19.47-22.27) over 3 alternating rounds, 0.89x; peak RSS growth 5783 MiB (5632-5890) against 5743 MiB
 (5686-5832), 1.01x. Before the layout changes of ucpcl.models (main at 07141f3, 2 rounds): 0.91x CPU time,
-1.01x peak memory. Wall times (1.16x and 1.14x) measured the machine's load more than the code.
+1.01x peak memory. Wall times (1.16x and 1.14x) measured the machine's load more than the code. With
+`--compile` (ucpcl's network through torch.compile, compiled in the untimed step; 2026-12-03, idle machine,
+`--rounds 2`): ucpcl 23.59 s CPU (23.37-23.81) against the reference's 23.74 s (23.31-24.16), 0.99x; peak RSS
+growth 4758 MiB (4642-4875) against 5805 MiB (5742-5867), 0.82x.
 """
 
 from __future__ import annotations
@@ -48,17 +51,18 @@ NEEDS = (
 )
 
 
-def _ucpcl(batch: int, size: int, channels_last: bool):
-    "ucpcl's paper network and a step function on a grey batch."
+def _ucpcl(batch: int, size: int, channels_last: bool, compiled: bool = False):
+    "ucpcl's paper network and a step function on a grey batch; `compiled`: through torch.compile."
     from ucpcl.models import build_model
 
     net = build_model("paper", img_size=size).train()
     x = torch.randn(batch, 1, size, size)
     if channels_last:
         net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    call = torch.compile(net) if compiled else net
 
     def outputs():
-        o = net(x)
+        o = call(x)
         return o.logits_c, o.logits_t, o.rot_logits, o.embeddings
 
     return net, outputs
@@ -85,7 +89,7 @@ def measure(impl: str, batch: int, size: int, steps: int, warmup: int, threads: 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     if impl == "ucpcl":
-        net, outputs = _ucpcl(batch, size, opts.get("channels_last", False))
+        net, outputs = _ucpcl(batch, size, opts.get("channels_last", False), opts.get("compile", False))
     else:
         net, outputs = _reference(batch, size, opts["reference"])
     g = torch.Generator().manual_seed(0)
@@ -117,6 +121,7 @@ def _child(impl: str, a) -> dict:
     cmd += ["--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads)]
     cmd += ["--reference", a.reference] if a.reference else []
     cmd += ["--channels-last"] if a.channels_last else []
+    cmd += ["--compile"] if a.compile else []
     pypath = [a.reference_path] if a.reference_path else []
     env = None
     if pypath:
@@ -164,11 +169,14 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per process")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--channels-last", action="store_true", help="ucpcl in channels_last memory format")
+    ap.add_argument(
+        "--compile", action="store_true", help="ucpcl through torch.compile (compiled in warm-up)"
+    )
     ap.add_argument("--json", help="also write every measurement to this JSON file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:  # one measurement in this fresh process, printed as one JSON line
-        opts = dict(reference=a.reference, channels_last=a.channels_last)
+        opts = dict(reference=a.reference, channels_last=a.channels_last, compile=a.compile)
         print(json.dumps(measure(a.child, a.batch, a.size, a.steps, a.warmup, a.threads, opts)))
         return
     if a.reference and not (Path(a.reference) / "codes" / "models" / "unet_tf.py").is_file():
@@ -182,7 +190,7 @@ def main(argv=None):
             rows.append(_child(impl, a))
             r = rows[-1]
             print(f"round {k + 1} {impl}: {r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} s CPU", file=sys.stderr)
-    cl = ", ucpcl channels_last" if a.channels_last else ""
+    cl = (", ucpcl channels_last" if a.channels_last else "") + (", ucpcl compiled" if a.compile else "")
     print(f"torch {torch.__version__}, batch {a.batch}, {a.size} px, float32, {a.threads} threads{cl}")
     print(table(rows))
     if a.json:

@@ -646,6 +646,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'ucpcl.train.check_run_folder': ('train.html#check_run_folder', 'ucpcl/train.py'),
                              'ucpcl.train.check_same_run': ('train.html#check_same_run', 'ucpcl/train.py'),
                              'ucpcl.train.collate': ('train.html#collate', 'ucpcl/train.py'),
+                             'ucpcl.train.compile_networks': ('train.html#compile_networks', 'ucpcl/train.py'),
                              'ucpcl.train.environment': ('train.html#environment', 'ucpcl/train.py'),
                              'ucpcl.train.get_method': ('train.html#get_method', 'ucpcl/train.py'),
                              'ucpcl.train.poly_lr': ('train.html#poly_lr', 'ucpcl/train.py'),

@@ -34,8 +34,8 @@ def unet_logits(
     net: UCPCLNet,
     x: Tensor,  # (B, in_channels, H, W) images
 ) -> Tensor:  # (B, C, H, W) logits of the CNN decoder
-    "The U-Net's segmentation logits."
-    return net.decode_cnn(net.encode(x))
+    "The U-Net's segmentation logits, through the network's forward pass (compiled where asked)."
+    return net(x, transformer=False, embed=False, rotation=False).logits_c
 
 # %% ../nbs/13_baselines.ipynb #8e51be03
 @dataclass(frozen=True)

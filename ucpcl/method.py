@@ -160,7 +160,8 @@ class Supervised(Method):
 
     def training_step(self, batch: dict, iteration: int) -> dict:
         x, y = batch["image"], batch["label"]
-        l_sup = seg_loss(self.predict_logits(x), y, dice_form=self.cfg.dice_form)  # Eq. 4
+        logits = self.model(x, transformer=False, embed=False, rotation=False).logits_c
+        l_sup = seg_loss(logits, y, dice_form=self.cfg.dice_form)  # Eq. 4
         return {"loss": l_sup, "l_sup": l_sup}
 
     def predict_logits(self, x: Tensor) -> Tensor:

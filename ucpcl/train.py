@@ -18,7 +18,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import get_device, seed_everything
-from .models import ModelConfig, get_preset, resolve_pretrained, set_drop_path
+from .models import ModelConfig, UCPCLNet, get_preset, resolve_pretrained, set_drop_path
 from ucpcl.data import (
     CLASS_NAMES,
     DATASETS,
@@ -37,8 +37,8 @@ from .cotraining import CrossConsistencyTraining, CrossPseudoSupervision, DeepCo
 # %% auto #0
 __all__ = ['METHODS', 'LOG_FIELDS', 'CHECKPOINT_FORMAT', 'RUN_IDENTITY', 'RUN_FILES', 'SELECTION', 'get_method', 'DataFields',
            'OptimizerFields', 'RunFields', 'TrainConfig', 'poly_lr', 'SeededItems', 'IterationBatches', 'NonFiniteLoss',
-           'Trainer', 'LabeledOnly', 'collate', 'atomic_save', 'read_checkpoint', 'check_same_run', 'environment',
-           'check_run_folder', 'tensorboard_writer', 'train']
+           'Trainer', 'compile_networks', 'LabeledOnly', 'collate', 'atomic_save', 'read_checkpoint', 'check_same_run',
+           'environment', 'check_run_folder', 'tensorboard_writer', 'train']
 
 # %% ../nbs/10_train.ipynb #03b61451
 METHODS: dict[str, type[Method]] = {  # the name in TrainConfig.method -> the class
@@ -107,6 +107,9 @@ class RunFields:
     log_every: int = 10  # a row of log.csv every N iterations
     # log.csv's and val.csv's numbers also as TensorBoard scalars in RUN/tensorboard/ (ucpcl[tensorboard])
     tensorboard: bool = False
+    # torch.compile each network's forward pass (`compile_networks`): minutes of compiling at the first steps,
+    # then faster steps with less memory; on the CPU it needs a C++ compiler
+    compile: bool = False
     out: str = "runs/ucpcl"  # the run folder
 
 # %% ../nbs/10_train.ipynb #4d97d7e8
@@ -252,12 +255,24 @@ def local_config(self: Trainer) -> TrainConfig:
     per_class = max(cfg.per_class // W, 1)
     return cfg.replace(batch_size=cfg.batch_size // W, labeled_bs=cfg.labeled_bs // W, per_class=per_class)
 
+# %% ../nbs/10_train.ipynb #fec19696
+def compile_networks(
+    method: nn.Module,  # a method (or any module) holding `UCPCLNet`s
+) -> nn.Module:  # the same module
+    "torch.compile the forward pass of every `UCPCLNet` in `method`, in place: the same parameters and names."
+    for m in method.modules():
+        if isinstance(m, UCPCLNet):
+            m.compile()  # compiled at its first call, again for a new mode (train/eval) or input shape
+    return method
+
 # %% ../nbs/10_train.ipynb #3aaabeb5
 @patch
 def build_method(self: Trainer) -> Method:
     "The method of cfg.method for this process's share of each batch, on this process's device."
     method = get_method(self.cfg.method)(self.local_config(), self.model_cfg).to(self.device)
     set_drop_path(method, self.cfg.drop_path)  # 0 by default: no stochastic depth
+    if self.cfg.compile:
+        compile_networks(method)
     method.rank, method.world_size = self.rank, self.world
     self.net = self.wrap(method)  # what a step calls
     return method
@@ -819,6 +834,7 @@ def from_run(
     cfg = TrainConfig.load(run / "config.json")
     # the checkpoint holds every weight: rebuilding needs no ImageNet file (none on this machine, perhaps)
     keep = dict(out=str(run), pretrained="none", **({} if device is None else {"device": device}))
+    keep |= dict(compile=False)  # evaluation only: compiling would cost more than it saves
     t = cls(cfg.replace(**keep), data=data)
     path = run / f"{checkpoint}.pt" if checkpoint in ("best", "last") else Path(checkpoint)
     t.load(path, weights_only=True)

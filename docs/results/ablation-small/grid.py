@@ -21,6 +21,8 @@ ROWS = {
     "copy": ("ucpcl", {"rotation_input": "copy"}),
     "unl": ("ucpcl", {"rotation_input": "unlabeled"}),
     "cpseudo": ("ucpcl", {"contrast": "pseudo"}),
+    "cps": ("cps", {}),  # baselines of Table 1: cross pseudo supervision, mean teacher
+    "mt": ("mt", {}),
 }
 
 
