@@ -216,6 +216,7 @@ def test_compiled_networks_train_as_the_eager_ones(phantom, tmp_path, monkeypatc
     "compile=True: the step runs compiled, gives the eager loss and update, and writes plain weights."
     # the compiled dropout draws from eager's generator (not inductor's own), so both runs draw alike
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # its C++ builds, removed after
     torch._dynamo.reset()
     runs = {}
     for name in ("eager", "compiled"):
