@@ -2,7 +2,8 @@
 # The one prepared GPU check: the `paper` preset (ResNet-50, 224 px, batch 16 with 8 labeled) of the full method on
 # the embedded cardiac phantom, bf16 autocast, a fixed number of timed iterations with DataLoader workers; prints
 # seconds per iteration split by part, iterations/s, peak GPU memory and the projected time of the paper's 6000
-# iterations, eager and compiled. Usage (on a CUDA machine, from the repository root):  bash bench/gpu.sh [STEPS] [WORKERS]
+# iterations, eager and compiled.
+# Usage (on a CUDA machine, from the repository root):  bash bench/gpu.sh [STEPS] [WORKERS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-60}

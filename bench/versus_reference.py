@@ -169,9 +169,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per process")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--channels-last", action="store_true", help="ucpcl in channels_last memory format")
-    ap.add_argument(
-        "--compile", action="store_true", help="ucpcl through torch.compile (compiled in warm-up)"
-    )
+    ap.add_argument("--compile", action="store_true", help="ucpcl through torch.compile (in the warm-up)")
     ap.add_argument("--json", help="also write every measurement to this JSON file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)

@@ -217,25 +217,27 @@ def test_compiled_networks_train_as_the_eager_ones(phantom, tmp_path, monkeypatc
     # the compiled dropout draws from eager's generator (not inductor's own), so both runs draw alike
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # its C++ builds, removed after
+    # the second step must reuse the first one's graphs: a recompile is an error
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     torch._dynamo.reset()
     runs = {}
     for name in ("eager", "compiled"):
-        t = Trainer(cfg(phantom, tmp_path / name, iterations=1, compile=name == "compiled"))
+        t = Trainer(cfg(phantom, tmp_path / name, iterations=2, compile=name == "compiled"))
         assert (t.method.model._compiled_call_impl is not None) == (name == "compiled")
-        runs[name] = (t.fit(progress=False), float(log_rows(tmp_path / name)[0]["loss"]))
+        runs[name] = (t.fit(progress=False), [float(r["loss"]) for r in log_rows(tmp_path / name)])
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # dynamo did compile the step
     (eager, loss), (compiled, loss_c) = runs["eager"], runs["compiled"]
-    assert loss_c == pytest.approx(loss, rel=1e-4)
+    assert len(loss) == 2 and loss_c == pytest.approx(loss, rel=1e-3)
     after, after_c = eager.method.state_dict(), compiled.method.state_dict()
     assert after.keys() == after_c.keys()  # the same names: checkpoints are interchangeable
-    # the step's update of the weights (from the seed's initial ones) agrees to float rounding
+    # the two steps' update of the weights (from the seed's initial ones) agrees to float rounding
     before = Trainer(cfg(phantom, tmp_path / "initial", iterations=1)).method.state_dict()
     floats = [k for k, v in before.items() if v.is_floating_point()]
     change = torch.cat([(after[k] - before[k]).flatten() for k in floats])
     gap = torch.cat([(after_c[k] - after[k]).flatten() for k in floats])
     rel = (gap.norm() / change.norm()).item()
-    print(f"compiled vs eager: loss {loss_c:.6f} / {loss:.6f}, the update differs by {rel:.2e} of its size")
-    assert rel < 1e-3
+    print(f"compiled vs eager: losses {loss_c} / {loss}, the update differs by {rel:.2e} of its size")
+    assert rel < 1e-2  # measured: 4e-05 after one step, 2e-03 after two (rounding, grown by the second step)
     # evaluation rebuilds the run eagerly
     back = Trainer.from_run(tmp_path / "compiled", "last")
     assert back.method.model._compiled_call_impl is None and back.cfg.compile is False

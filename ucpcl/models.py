@@ -414,6 +414,8 @@ class WindowAttention(ShiftedWindowAttention):
 
     def mask(self, H: int, W: int, shift: list[int], like: Tensor) -> Tensor:
         "The (nW, N, N) `shift_mask` of a padded H x W grid, on the device and in the dtype of `like`."
+        if torch.compiler.is_compiling():  # in the graph: a cache filled while tracing would recompile it
+            return shift_mask(H, W, self.window_size, shift).to(like)
         key = (H, W, *shift, like.device, like.dtype)
         if key not in self._masks:
             self._masks[key] = shift_mask(H, W, self.window_size, shift).to(like)
