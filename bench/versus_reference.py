@@ -32,7 +32,8 @@ median (range) CPU time of a step, ucpcl 19.73 s (19.72-21.20) against the refer
 1.01x peak memory. Wall times (1.16x and 1.14x) measured the machine's load more than the code. With
 `--compile` (ucpcl's network through torch.compile, compiled in the untimed step; 2026-12-03, idle machine,
 `--rounds 2`): ucpcl 23.59 s CPU (23.37-23.81) against the reference's 23.74 s (23.31-24.16), 0.99x; peak RSS
-growth 4758 MiB (4642-4875) against 5805 MiB (5742-5867), 0.82x.
+growth 4758 MiB (4642-4875) against 5805 MiB (5742-5867), 0.82x. (Before a fix of a recompile at the second
+call, which fell in the first timed step: the CPU-time ratio is an upper bound.)
 """
 
 from __future__ import annotations
