@@ -30,10 +30,11 @@ median (range) CPU time of a step, ucpcl 19.73 s (19.72-21.20) against the refer
 (19.47-22.27) over 3 alternating rounds, 0.89x; peak RSS growth 5783 MiB (5632-5890) against 5743 MiB
 (5686-5832), 1.01x. Before the layout changes of ucpcl.models (main at 07141f3, 2 rounds): 0.91x CPU time,
 1.01x peak memory. Wall times (1.16x and 1.14x) measured the machine's load more than the code. With
-`--compile` (ucpcl's network through torch.compile, compiled in the untimed step; 2026-12-03, idle machine,
-`--rounds 2`): ucpcl 23.59 s CPU (23.37-23.81) against the reference's 23.74 s (23.31-24.16), 0.99x; peak RSS
-growth 4758 MiB (4642-4875) against 5805 MiB (5742-5867), 0.82x. (Before a fix of a recompile at the second
-call, which fell in the first timed step: the CPU-time ratio is an upper bound.)
+`--compile` (ucpcl's network through torch.compile, compiled in the untimed steps; 2026-12-03 evening, idle
+machine, `--warmup 2 --rounds 2`): ucpcl 26.14 s CPU (24.90-27.39) against the reference's 23.56 s
+(21.62-25.50), 1.11x, wall 1.39x; peak RSS growth 4712 MiB (4493-4931) against 5708 MiB (5602-5814), 0.83x.
+Eager, right after (`--warmup 2 --rounds 2`): 0.98x CPU time, 0.96x wall, 1.02x peak memory. On the CPU a
+compiled step saves memory and costs time (nbs/18_performance.ipynb has the profile).
 """
 
 from __future__ import annotations

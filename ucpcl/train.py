@@ -108,7 +108,7 @@ class RunFields:
     # log.csv's and val.csv's numbers also as TensorBoard scalars in RUN/tensorboard/ (ucpcl[tensorboard])
     tensorboard: bool = False
     # torch.compile each network's forward pass (`compile_networks`): minutes of compiling at the first steps,
-    # then faster steps with less memory; on the CPU it needs a C++ compiler
+    # then less memory; meant for GPUs: on the CPU a step is slower (nbs/18_performance), needs a C++ compiler
     compile: bool = False
     out: str = "runs/ucpcl"  # the run folder
 
