@@ -272,3 +272,33 @@ def test_parts_standalone():
     assert isinstance(
         UCPCLNet(get_preset("small", encoder="resnet34")).encoder.layer1[0].conv1, torch.nn.Conv2d
     )
+
+
+def test_transformer_head_is_the_two_layers_without_the_normalised_copy(small):
+    "The decoder's last LayerNorm and 1x1 head, fused (`NormLinear`), against the two layers one by one."
+    import torch.nn.functional as F
+
+    td = small.transformer
+    feats = [f.detach() for f in small.encoder(_img(small.cfg, b=2, seed=1))]
+
+    def unfused(feats):
+        tokens = [emb(f) for emb, f in zip(td.embed, feats[1:])]
+        x = tokens[3]
+        for i in (2, 1, 0):
+            x = td.blocks[i](td.fuse[i](torch.cat([td.expand[i](x), tokens[i]], -1)))
+        x = F.linear(td.up4.blocks(td.norm(x)), td.head.weight.flatten(1), td.head.bias)
+        B, h, w, s, _, C = x.shape
+        return x.permute(0, 5, 1, 3, 2, 4).reshape(B, C, h * s, w * s)
+
+    params = [td.up4.norm.weight, td.up4.norm.bias, td.head.weight, td.head.bias, td.up4.expand.weight]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        ours = td(feats)
+    theirs = unfused(feats)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    g = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(theirs, params, g)):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
+    # the expanded tokens (B * 96 * 96 of D = 48) are kept once, for the backward pass, not twice
+    n_full = 2 * small.cfg.img_size**2 * small.cfg.embed_dims[0]
+    assert sum(n == n_full for n in saved) == 1

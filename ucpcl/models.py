@@ -24,8 +24,8 @@ from .rotation import RotationHead
 __all__ = ['ENCODER_CHANNELS', 'STRIDES', 'PRESETS', 'NO_WEIGHTS', 'PRESET_WEIGHTS', 'ModelConfig', 'get_preset', 'Encoder',
            'weights_cache_path', 'weights_help', 'fetch_weights', 'resolve_pretrained', 'conv_bn_relu', 'UpBlock',
            'CNNDecoder', 'PatchEmbedding', 'PatchExpand', 'shuffle_to_blocks', 'shift_mask', 'WindowAttention',
-           'swin_stage', 'TransformerDecoder', 'set_drop_path', 'ProjectionHead', 'NetOutput', 'UCPCLNet',
-           'build_model', 'part_sizes']
+           'swin_stage', 'row_blocks', 'NormLinear', 'norm_linear', 'TransformerDecoder', 'set_drop_path',
+           'ProjectionHead', 'NetOutput', 'UCPCLNet', 'build_model', 'part_sizes']
 
 # %% ../nbs/06_models.ipynb #62aa0df5
 # channels of the stem and layer1..layer4 of each torchvision ResNet, and their strides
@@ -464,6 +464,71 @@ def swin_stage(
     blocks = [SwinTransformerBlock(dim, num_heads, window, s, mlp_ratio, attn_layer=attn) for s in shifts]
     return nn.Sequential(*blocks)
 
+# %% ../nbs/06_models.ipynb #9c1e2f41
+def row_blocks(
+    x: Tensor,  # (N, D)
+    rows: int = 16384,  # rows per block on the CPU
+) -> list[slice]:
+    "Slices of x's rows: blocks whose temporaries stay in the CPU's cache; all rows at once elsewhere."
+    if x.device.type != "cpu" or torch.compiler.is_compiling():  # one fused kernel there
+        return [slice(0, len(x))]
+    return [slice(i, i + rows) for i in range(0, len(x), rows)]
+
+
+class NormLinear(torch.autograd.Function):
+    "`F.linear(F.layer_norm(x), W, b)` over the last axis, without building or keeping the normalised tensor."
+
+    block_rows = 16384  # tokens per block on the CPU (`row_blocks`)
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, weight, bias, eps: float):
+        x2 = x.reshape(-1, x.shape[-1])  # (N, D): a view when x is contiguous
+        wg = weight * gamma  # (C, D): W diag(gamma)
+        mu, r, u = x2.new_empty(len(x2)), x2.new_empty(len(x2)), x2.new_empty(len(x2), len(wg))
+        # per block of tokens: the mean, the variance from x - mean as LayerNorm's, and x_hat W_g^T
+        for b in row_blocks(x2, NormLinear.block_rows):
+            mu[b] = x2[b].mean(-1)
+            xc = x2[b] - mu[b, None]
+            r[b] = xc.square().mean(-1).add_(eps).rsqrt_()
+            u[b] = (xc @ wg.t()).mul_(r[b, None])
+        ctx.save_for_backward(x2, mu, r, u, gamma, beta, weight)
+        ctx.shape = x.shape
+        return (u + (weight @ beta + bias)).view(*x.shape[:-1], -1)
+
+    @staticmethod
+    def backward(ctx, dz):
+        x2, mu, r, u, gamma, beta, weight = ctx.saved_tensors
+        D, C = x2.shape[-1], weight.shape[0]
+        dz = dz.reshape(-1, C)  # (N, C)
+        wg, dzr = weight * gamma, dz * r[:, None]
+        m1, m2 = dz @ wg.sum(1) / D, (dz * u).sum(1) / D  # the means over D of dx_hat = dz W_g, dx_hat x_hat
+        dx = x2.new_empty(x2.shape) if ctx.needs_input_grad[0] else None
+        dwg = wg.new_zeros(wg.shape)  # dz^T x_hat, (C, D)
+        for b in row_blocks(x2, NormLinear.block_rows):
+            xc = x2[b] - mu[b, None]
+            dwg += dzr[b].t() @ xc
+            if dx is not None:  # r (dx_hat - m1 - x_hat m2)
+                rrm2 = r[b] * r[b] * m2[b]
+                dx[b] = torch.addmm(-(r[b] * m1[b])[:, None], dzr[b], wg).addcmul_(xc, -rrm2[:, None])
+        dc = dz.sum(0)  # (C,) the gradient of the constant W beta + b
+        grads = (dwg * weight).sum(0), weight.t() @ dc, dwg * gamma + dc[:, None] * beta, dc
+        return (None if dx is None else dx.view(ctx.shape), *grads, None)
+
+
+def norm_linear(
+    x: Tensor,  # (..., D) tokens
+    norm: nn.LayerNorm,  # a LayerNorm over D with its scale and shift
+    weight: Tensor,  # (C, D) the linear map
+    bias: Tensor,  # (C,)
+) -> Tensor:  # (..., C) F.linear(norm(x), weight, bias)
+    "LayerNorm, then a linear map to few channels, as one autograd step (`NormLinear`); autocast as for both."
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):  # in float32, as autocast runs layer_norm; returned as linear's
+        with torch.autocast(dev, enabled=False):
+            args = (t.float() for t in (x, norm.weight, norm.bias, weight, bias))
+            return NormLinear.apply(*args, norm.eps).to(torch.get_autocast_dtype(dev))
+    return NormLinear.apply(x, norm.weight, norm.bias, weight, bias, norm.eps)
+
 # %% ../nbs/06_models.ipynb #1a717a9b
 class TransformerDecoder(nn.Module):
     "The Transformer decoder f_t (Swin-UNet style) on layer1..layer4, with learned position embeddings."
@@ -503,8 +568,11 @@ def forward(
         x = self.expand[i](x)  # patch expanding: twice the grid, D_{i+1} -> D_i
         x = self.fuse[i](torch.cat([x, tokens[i]], -1))  # skip connection: concatenate, linear fuse
         x = self.blocks[i](x)  # W-MSA and SW-MSA blocks
-    x = self.up4.blocks(self.norm(x))  # x4 expansion, kept as blocks: (B, h, w, 4, 4, D)
-    x = F.linear(x, self.head.weight.flatten(1), self.head.bias)  # the 1x1 conv head: (B, h, w, 4, 4, C)
+    up = (
+        self.up4
+    )  # x4 expansion, kept as blocks: (B, h, w, 4, 4, D), then its LayerNorm and the 1x1 conv head
+    x = up.expand(self.norm(x)).view(*x.shape[:3], up.scale, up.scale, up.out_dim)
+    x = norm_linear(x, up.norm, self.head.weight.flatten(1), self.head.bias)  # (B, h, w, 4, 4, C)
     B, h, w, s, _, C = x.shape
     return x.permute(0, 5, 1, 3, 2, 4).reshape(B, C, h * s, w * s)  # blocks into the full grid
 
