@@ -482,13 +482,14 @@ class NormLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, weight, bias, eps: float):
-        x2 = x.reshape(-1, x.shape[-1])  # (N, D): a view when x is contiguous
-        wg = weight * gamma  # (C, D): W diag(gamma)
-        mu, r, u = x2.new_empty(len(x2)), x2.new_empty(len(x2)), x2.new_empty(len(x2), len(wg))
+        x2 = x.reshape(-1, x.shape[-1])  # (N, D): a view when x is contiguous; kept in its own dtype
+        wg = weight * gamma  # (C, D): W diag(gamma), in the dtype of the computation
+        mu, r, u = wg.new_empty(len(x2)), wg.new_empty(len(x2)), wg.new_empty(len(x2), len(wg))
         # per block of tokens: the mean, the variance from x - mean as LayerNorm's, and x_hat W_g^T
         for b in row_blocks(x2, NormLinear.block_rows):
-            mu[b] = x2[b].mean(-1)
-            xc = x2[b] - mu[b, None]
+            xb = x2[b].to(wg.dtype)
+            mu[b] = xb.mean(-1)
+            xc = xb - mu[b, None]
             r[b] = xc.square().mean(-1).add_(eps).rsqrt_()
             u[b] = (xc @ wg.t()).mul_(r[b, None])
         ctx.save_for_backward(x2, mu, r, u, gamma, beta, weight)
@@ -499,13 +500,14 @@ class NormLinear(torch.autograd.Function):
     def backward(ctx, dz):
         x2, mu, r, u, gamma, beta, weight = ctx.saved_tensors
         D, C = x2.shape[-1], weight.shape[0]
-        dz = dz.reshape(-1, C)  # (N, C)
-        wg, dzr = weight * gamma, dz * r[:, None]
+        wg = weight * gamma
+        dz = dz.reshape(-1, C).to(wg.dtype)  # (N, C)
+        dzr = dz * r[:, None]
         m1, m2 = dz @ wg.sum(1) / D, (dz * u).sum(1) / D  # the means over D of dx_hat = dz W_g, dx_hat x_hat
         dx = x2.new_empty(x2.shape) if ctx.needs_input_grad[0] else None
         dwg = wg.new_zeros(wg.shape)  # dz^T x_hat, (C, D)
         for b in row_blocks(x2, NormLinear.block_rows):
-            xc = x2[b] - mu[b, None]
+            xc = x2[b].to(wg.dtype) - mu[b, None]
             dwg += dzr[b].t() @ xc
             if dx is not None:  # r (dx_hat - m1 - x_hat m2)
                 rrm2 = r[b] * r[b] * m2[b]
@@ -524,9 +526,9 @@ def norm_linear(
     "LayerNorm, then a linear map to few channels, as one autograd step (`NormLinear`); autocast as for both."
     dev = x.device.type
     if torch.is_autocast_enabled(dev):  # in float32, as autocast runs layer_norm; returned as linear's
-        with torch.autocast(dev, enabled=False):
-            args = (t.float() for t in (x, norm.weight, norm.bias, weight, bias))
-            return NormLinear.apply(*args, norm.eps).to(torch.get_autocast_dtype(dev))
+        with torch.autocast(dev, enabled=False):  # x stays as it is: a block at a time is made float32
+            params = (t.float() for t in (norm.weight, norm.bias, weight, bias))
+            return NormLinear.apply(x, *params, norm.eps).to(torch.get_autocast_dtype(dev))
     return NormLinear.apply(x, norm.weight, norm.bias, weight, bias, norm.eps)
 
 # %% ../nbs/06_models.ipynb #1a717a9b
