@@ -24,8 +24,9 @@ from .rotation import RotationHead
 __all__ = ['ENCODER_CHANNELS', 'STRIDES', 'PRESETS', 'NO_WEIGHTS', 'PRESET_WEIGHTS', 'ModelConfig', 'get_preset', 'Encoder',
            'weights_cache_path', 'weights_help', 'fetch_weights', 'resolve_pretrained', 'conv_bn_relu', 'UpBlock',
            'CNNDecoder', 'PatchEmbedding', 'PatchExpand', 'shuffle_to_blocks', 'shift_mask', 'WindowAttention',
-           'swin_stage', 'row_blocks', 'NormLinear', 'norm_linear', 'TransformerDecoder', 'set_drop_path',
-           'ProjectionHead', 'NetOutput', 'UCPCLNet', 'build_model', 'part_sizes']
+           'GeluLinear', 'gelu_linear', 'SwinBlock', 'swin_stage', 'row_blocks', 'NormLinear', 'norm_linear',
+           'TransformerDecoder', 'set_drop_path', 'ProjectionHead', 'NetOutput', 'UCPCLNet', 'build_model',
+           'part_sizes']
 
 # %% ../nbs/06_models.ipynb #62aa0df5
 # channels of the stem and layer1..layer4 of each torchvision ResNet, and their strides
@@ -450,6 +451,56 @@ def forward(
         x = torch.roll(x, shift, (1, 2))
     return x[:, :H, :W].contiguous()
 
+# %% ../nbs/06_models.ipynb #5e1a7b31
+class GeluLinear(torch.autograd.Function):
+    "`F.linear(F.gelu(h), W, b)` keeping h, not gelu(h), for the backward pass, which forms gelu(h) again."
+
+    @staticmethod
+    def forward(ctx, h, weight, bias):
+        ctx.save_for_backward(h, weight)
+        return F.linear(F.gelu(h), weight, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        h, weight = ctx.saved_tensors
+        dh = dw = db = None
+        if ctx.needs_input_grad[1]:  # dW = dy^T gelu(h), gelu(h) formed again: one elementwise pass
+            dw = dy.reshape(-1, dy.shape[-1]).t() @ F.gelu(h).reshape(-1, h.shape[-1])
+        if ctx.needs_input_grad[2]:
+            db = dy.reshape(-1, dy.shape[-1]).sum(0)
+        if ctx.needs_input_grad[0]:  # dh = gelu'(h) * (dy W)
+            dh = torch.ops.aten.gelu_backward(dy @ weight, h)
+        return dh, dw, db
+
+
+def gelu_linear(
+    h: Tensor,  # (..., hidden) the MLP's hidden layer before its GELU
+    linear: nn.Linear,  # the MLP's second layer
+) -> Tensor:  # (..., out) linear(gelu(h))
+    "GELU and a linear layer as one autograd step (`GeluLinear`); under autocast in the linear layer's dtype."
+    dev = h.device.type
+    if torch.is_autocast_enabled(dev):  # as autocast runs them: GELU and the product in its dtype
+        dtype = torch.get_autocast_dtype(dev)
+        with torch.autocast(dev, enabled=False):
+            bias = None if linear.bias is None else linear.bias.to(dtype)
+            return GeluLinear.apply(h.to(dtype), linear.weight.to(dtype), bias)
+    return GeluLinear.apply(h, linear.weight, linear.bias)
+
+
+class SwinBlock(SwinTransformerBlock):
+    "torchvision's Swin block; its MLP keeps the hidden layer's input, not its GELU output (`gelu_linear`)."
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) tokens in and out
+        x = x + self.stochastic_depth(self.attn(self.norm1(x)))
+        return x + self.stochastic_depth(self.mlp_out(self.norm2(x)))
+
+    def mlp_out(self, x: Tensor) -> Tensor:
+        "The MLP's output: Linear, then `gelu_linear`; with dropout, torchvision's layers as they are."
+        fc1, _, _, fc2, _ = self.mlp
+        if self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.mlp):
+            return self.mlp(x)
+        return gelu_linear(fc1(x), fc2)
+
 # %% ../nbs/06_models.ipynb #f30b682d
 def swin_stage(
     dim: int,  # D, the token width
@@ -458,10 +509,10 @@ def swin_stage(
     mlp_ratio: float = 4.0,  # hidden width of the MLP, relative to D
     depth: int = 2,  # blocks
 ) -> nn.Sequential:
-    "torchvision Swin blocks with `WindowAttention`, alternating W-MSA and SW-MSA (shift window_size // 2)."
+    "`SwinBlock`s with `WindowAttention`, alternating W-MSA and SW-MSA (shift window_size // 2)."
     shifts = [[0, 0] if i % 2 == 0 else [window_size // 2] * 2 for i in range(depth)]
     window, attn = [window_size] * 2, WindowAttention
-    blocks = [SwinTransformerBlock(dim, num_heads, window, s, mlp_ratio, attn_layer=attn) for s in shifts]
+    blocks = [SwinBlock(dim, num_heads, window, s, mlp_ratio, attn_layer=attn) for s in shifts]
     return nn.Sequential(*blocks)
 
 # %% ../nbs/06_models.ipynb #9c1e2f41
@@ -570,9 +621,8 @@ def forward(
         x = self.expand[i](x)  # patch expanding: twice the grid, D_{i+1} -> D_i
         x = self.fuse[i](torch.cat([x, tokens[i]], -1))  # skip connection: concatenate, linear fuse
         x = self.blocks[i](x)  # W-MSA and SW-MSA blocks
-    up = (
-        self.up4
-    )  # x4 expansion, kept as blocks: (B, h, w, 4, 4, D), then its LayerNorm and the 1x1 conv head
+    # x4 expansion, kept as blocks: (B, h, w, 4, 4, D), then its LayerNorm and the 1x1 conv head
+    up = self.up4
     x = up.expand(self.norm(x)).view(*x.shape[:3], up.scale, up.scale, up.out_dim)
     x = norm_linear(x, up.norm, self.head.weight.flatten(1), self.head.bias)  # (B, h, w, 4, 4, C)
     B, h, w, s, _, C = x.shape
