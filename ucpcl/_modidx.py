@@ -390,6 +390,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'ucpcl.models.NormLinear': ('models.html#normlinear', 'ucpcl/models.py'),
                               'ucpcl.models.NormLinear.backward': ('models.html#normlinear.backward', 'ucpcl/models.py'),
                               'ucpcl.models.NormLinear.forward': ('models.html#normlinear.forward', 'ucpcl/models.py'),
+                              'ucpcl.models.NormLinear.tokens': ('models.html#normlinear.tokens', 'ucpcl/models.py'),
                               'ucpcl.models.PatchEmbedding': ('models.html#patchembedding', 'ucpcl/models.py'),
                               'ucpcl.models.PatchEmbedding.__init__': ('models.html#patchembedding.__init__', 'ucpcl/models.py'),
                               'ucpcl.models.PatchEmbedding.forward': ('models.html#patchembedding.forward', 'ucpcl/models.py'),

@@ -532,55 +532,78 @@ class NormLinear(torch.autograd.Function):
     block_rows = 16384  # tokens per block on the CPU (`row_blocks`)
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, weight, bias, eps: float):
-        x2 = x.reshape(-1, x.shape[-1])  # (N, D): a view when x is contiguous; kept in its own dtype
+    def tokens(xb: Tensor, expand: Tensor | None, dtype: torch.dtype, D: int) -> Tensor:
+        "(n * k, D): a block of rows of x as tokens, through the expansion when there is one, in `dtype`."
+        xb = xb.to(dtype)
+        return xb if expand is None else (xb @ expand.t().to(dtype)).view(-1, D)
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, weight, bias, eps: float, expand=None):
+        x2 = x.reshape(-1, x.shape[-1])  # (N, D_in): a view when x is contiguous; kept in its own dtype
         wg = weight * gamma  # (C, D): W diag(gamma), in the dtype of the computation
-        mu, r, u = wg.new_empty(len(x2)), wg.new_empty(len(x2)), wg.new_empty(len(x2), len(wg))
+        D = len(gamma)
+        k = 1 if expand is None else len(expand) // D  # tokens per row of x
+        mu, r, u = wg.new_empty(len(x2) * k), wg.new_empty(len(x2) * k), wg.new_empty(len(x2) * k, len(wg))
         # per block of tokens: the mean, the variance from x - mean as LayerNorm's, and x_hat W_g^T
-        for b in row_blocks(x2, NormLinear.block_rows):
-            xb = x2[b].to(wg.dtype)
-            mu[b] = xb.mean(-1)
-            xc = xb - mu[b, None]
-            r[b] = xc.square().mean(-1).add_(eps).rsqrt_()
-            u[b] = (xc @ wg.t()).mul_(r[b, None])
-        ctx.save_for_backward(x2, mu, r, u, gamma, beta, weight)
-        ctx.shape = x.shape
-        return (u + (weight @ beta + bias)).view(*x.shape[:-1], -1)
+        for b in row_blocks(x2, max(NormLinear.block_rows // k, 1)):
+            t = slice(b.start * k, b.stop * k)  # the block's tokens
+            xb = NormLinear.tokens(x2[b], expand, wg.dtype, D)
+            mu[t] = xb.mean(-1)
+            xc = xb - mu[t, None]
+            r[t] = xc.square().mean(-1).add_(eps).rsqrt_()
+            u[t] = (xc @ wg.t()).mul_(r[t, None])
+        ctx.save_for_backward(x2, mu, r, u, gamma, beta, weight, expand)
+        ctx.shape, ctx.k = x.shape, k
+        z = u + (weight @ beta + bias)
+        return z.view(*x.shape[:-1], -1) if expand is None else z.view(*x.shape[:-1], k, -1)
 
     @staticmethod
     def backward(ctx, dz):
-        x2, mu, r, u, gamma, beta, weight = ctx.saved_tensors
-        D, C = x2.shape[-1], weight.shape[0]
+        x2, mu, r, u, gamma, beta, weight, expand = ctx.saved_tensors
+        D, C, k = len(gamma), weight.shape[0], ctx.k
         wg = weight * gamma
-        dz = dz.reshape(-1, C).to(wg.dtype)  # (N, C)
+        dz = dz.reshape(-1, C).to(wg.dtype)  # (N k, C)
         dzr = dz * r[:, None]
         m1, m2 = dz @ wg.sum(1) / D, (dz * u).sum(1) / D  # the means over D of dx_hat = dz W_g, dx_hat x_hat
-        dx = x2.new_empty(x2.shape) if ctx.needs_input_grad[0] else None
+        need_x, need_e = ctx.needs_input_grad[0], expand is not None and ctx.needs_input_grad[6]
+        dx = x2.new_empty(x2.shape) if need_x else None
+        de_sum = wg.new_zeros(expand.shape) if need_e else None  # the expansion's gradient
         dwg = wg.new_zeros(wg.shape)  # dz^T x_hat, (C, D)
-        for b in row_blocks(x2, NormLinear.block_rows):
-            xc = x2[b].to(wg.dtype) - mu[b, None]
-            dwg += dzr[b].t() @ xc
-            if dx is not None:  # r (dx_hat - m1 - x_hat m2)
-                rrm2 = r[b] * r[b] * m2[b]
-                dx[b] = torch.addmm(-(r[b] * m1[b])[:, None], dzr[b], wg).addcmul_(xc, -rrm2[:, None])
+        for b in row_blocks(x2, max(NormLinear.block_rows // k, 1)):
+            t = slice(b.start * k, b.stop * k)
+            xc = NormLinear.tokens(x2[b], expand, wg.dtype, D) - mu[t, None]  # formed again, not kept
+            dwg += dzr[t].t() @ xc
+            if need_x or need_e:  # the tokens' gradient r (dx_hat - m1 - x_hat m2)
+                rrm2 = r[t] * r[t] * m2[t]
+                dt = torch.addmm(-(r[t] * m1[t])[:, None], dzr[t], wg).addcmul_(xc, -rrm2[:, None])
+                if expand is None:
+                    dx[b] = dt
+                    continue
+                dt = dt.view(-1, k * D)  # back through the expansion, a row of x at a time
+                if need_e:
+                    de_sum += dt.t() @ x2[b].to(wg.dtype)
+                if need_x:
+                    dx[b] = dt @ expand.to(wg.dtype)
         dc = dz.sum(0)  # (C,) the gradient of the constant W beta + b
         grads = (dwg * weight).sum(0), weight.t() @ dc, dwg * gamma + dc[:, None] * beta, dc
-        return (None if dx is None else dx.view(ctx.shape), *grads, None)
+        return (None if dx is None else dx.view(ctx.shape), *grads, None, de_sum)
 
 
 def norm_linear(
-    x: Tensor,  # (..., D) tokens
+    x: Tensor,  # (..., D) tokens, or (..., D_in) rows to expand into k tokens each
     norm: nn.LayerNorm,  # a LayerNorm over D with its scale and shift
     weight: Tensor,  # (C, D) the linear map
     bias: Tensor,  # (C,)
-) -> Tensor:  # (..., C) F.linear(norm(x), weight, bias)
-    "LayerNorm, then a linear map to few channels, as one autograd step (`NormLinear`); autocast as for both."
+    expand: Tensor | None = None,  # (k * D, D_in) a linear expansion applied first (`PatchExpand`'s order)
+) -> Tensor:  # (..., C) F.linear(norm(x), weight, bias); with `expand`, (..., k, C)
+    "[Expansion,] LayerNorm, then a linear map to few channels, as one autograd step (`NormLinear`)."
     dev = x.device.type
     if torch.is_autocast_enabled(dev):  # in float32, as autocast runs layer_norm; returned as linear's
         with torch.autocast(dev, enabled=False):  # x stays as it is: a block at a time is made float32
             params = (t.float() for t in (norm.weight, norm.bias, weight, bias))
-            return NormLinear.apply(x, *params, norm.eps).to(torch.get_autocast_dtype(dev))
-    return NormLinear.apply(x, norm.weight, norm.bias, weight, bias, norm.eps)
+            e = None if expand is None else expand.float()
+            return NormLinear.apply(x, *params, norm.eps, e).to(torch.get_autocast_dtype(dev))
+    return NormLinear.apply(x, norm.weight, norm.bias, weight, bias, norm.eps, expand)
 
 # %% ../nbs/06_models.ipynb #1a717a9b
 class TransformerDecoder(nn.Module):
@@ -621,11 +644,11 @@ def forward(
         x = self.expand[i](x)  # patch expanding: twice the grid, D_{i+1} -> D_i
         x = self.fuse[i](torch.cat([x, tokens[i]], -1))  # skip connection: concatenate, linear fuse
         x = self.blocks[i](x)  # W-MSA and SW-MSA blocks
-    # x4 expansion, kept as blocks: (B, h, w, 4, 4, D), then its LayerNorm and the 1x1 conv head
-    up = self.up4
-    x = up.expand(self.norm(x)).view(*x.shape[:3], up.scale, up.scale, up.out_dim)
-    x = norm_linear(x, up.norm, self.head.weight.flatten(1), self.head.bias)  # (B, h, w, 4, 4, C)
-    B, h, w, s, _, C = x.shape
+    # the x4 expansion into 4 x 4 blocks of tokens, its LayerNorm and the 1x1 conv head: one step
+    up, (B, h, w, _) = self.up4, x.shape
+    x = norm_linear(self.norm(x), up.norm, self.head.weight.flatten(1), self.head.bias, up.expand.weight)
+    s, C = up.scale, x.shape[-1]
+    x = x.view(B, h, w, s, s, C)  # the logits of each token of each 4 x 4 block
     return x.permute(0, 5, 1, 3, 2, 4).reshape(B, C, h * s, w * s)  # blocks into the full grid
 
 # %% ../nbs/06_models.ipynb #402d6275
