@@ -440,6 +440,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'ucpcl.models.shift_mask': ('models.html#shift_mask', 'ucpcl/models.py'),
                               'ucpcl.models.shuffle_to_blocks': ('models.html#shuffle_to_blocks', 'ucpcl/models.py'),
                               'ucpcl.models.swin_stage': ('models.html#swin_stage', 'ucpcl/models.py'),
+                              'ucpcl.models.up_conv': ('models.html#up_conv', 'ucpcl/models.py'),
                               'ucpcl.models.weights_cache_path': ('models.html#weights_cache_path', 'ucpcl/models.py'),
                               'ucpcl.models.weights_help': ('models.html#weights_help', 'ucpcl/models.py')},
             'ucpcl.phantoms': { 'ucpcl.phantoms._abdomen_body': ('phantoms.html#_abdomen_body', 'ucpcl/phantoms.py'),

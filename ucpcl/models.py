@@ -21,12 +21,12 @@ from .core import Config
 from .rotation import RotationHead
 
 # %% auto #0
-__all__ = ['ENCODER_CHANNELS', 'STRIDES', 'PRESETS', 'NO_WEIGHTS', 'PRESET_WEIGHTS', 'ModelConfig', 'get_preset', 'Encoder',
-           'weights_cache_path', 'weights_help', 'fetch_weights', 'resolve_pretrained', 'conv_bn_relu', 'UpBlock',
-           'CNNDecoder', 'PatchEmbedding', 'PatchExpand', 'shuffle_to_blocks', 'shift_mask', 'WindowAttention',
-           'GeluLinear', 'gelu_linear', 'SwinBlock', 'swin_stage', 'row_blocks', 'NormLinear', 'norm_linear',
-           'TransformerDecoder', 'set_drop_path', 'ProjectionHead', 'NetOutput', 'UCPCLNet', 'build_model',
-           'part_sizes']
+__all__ = ['ENCODER_CHANNELS', 'STRIDES', 'PRESETS', 'NO_WEIGHTS', 'PRESET_WEIGHTS', 'UP_TAPS', 'ModelConfig', 'get_preset',
+           'Encoder', 'weights_cache_path', 'weights_help', 'fetch_weights', 'resolve_pretrained', 'conv_bn_relu',
+           'up_conv', 'UpBlock', 'CNNDecoder', 'PatchEmbedding', 'PatchExpand', 'shuffle_to_blocks', 'shift_mask',
+           'WindowAttention', 'GeluLinear', 'gelu_linear', 'SwinBlock', 'swin_stage', 'row_blocks', 'NormLinear',
+           'norm_linear', 'TransformerDecoder', 'set_drop_path', 'ProjectionHead', 'NetOutput', 'UCPCLNet',
+           'build_model', 'part_sizes']
 
 # %% ../nbs/06_models.ipynb #62aa0df5
 # channels of the stem and layer1..layer4 of each torchvision ResNet, and their strides
@@ -278,6 +278,26 @@ def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
     return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
+# %% ../nbs/06_models.ipynb #7a3c5d11
+# per output phase a (even, odd): the 2 input rows (or columns) it reads x the 3 taps of the kernel
+UP_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+
+
+def up_conv(
+    x: Tensor,  # (B, C, h, w)
+    weight: Tensor,  # (O, C, 3, 3) a 3x3 kernel, applied with padding 1
+) -> Tensor:  # (B, O, 2h, 2w), channels_last: conv2d(interpolate(x, scale_factor=2), weight, padding=1)
+    "A 3x3 convolution of x's nearest x2 upsampling, done on x with one 2x2 kernel per output phase."
+    B, _, h, w = x.shape
+    O = weight.shape[0]
+    taps = UP_TAPS.to(weight)
+    k = torch.einsum("aik,ockl,bjl->abocij", taps, weight, taps).reshape(4 * O, -1, 2, 2)
+    z = F.conv2d(x, k.contiguous(memory_format=torch.channels_last), padding=1)  # (B, 4 O, h + 1, w + 1)
+    z = z.permute(0, 2, 3, 1).reshape(B, h + 1, w + 1, 2, 2, O)  # phase (a, b) in z[..., a, b, :]
+    # phase (a, b) of output pixel (i, j) is z[i + a, j + b]: interleave into (B, h, 2, w, 2, O)
+    rows = [torch.stack([z[:, a : a + h, b : b + w, a, b] for b in (0, 1)], 3) for a in (0, 1)]
+    return torch.stack(rows, 2).view(B, 2 * h, 2 * w, O).permute(0, 3, 1, 2)
+
 # %% ../nbs/06_models.ipynb #36ef6d5f
 class UpBlock(nn.Module):
     "One U-Net decoder stage: upsample x2, concatenate the skip feature, two conv3x3-BN-ReLU."
@@ -287,8 +307,12 @@ class UpBlock(nn.Module):
         self.convs = nn.Sequential(conv_bn_relu(cin + skip, cout), conv_bn_relu(cout, cout))
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.convs(x if skip is None else torch.cat([x, skip], 1))
+        conv, bn, relu = self.convs[0]
+        # conv(cat([up(x), skip])): x's input channels by `up_conv` plus the skip's, neither built nor copied
+        y = up_conv(x, conv.weight[:, : x.shape[1]])
+        if skip is not None:
+            y = y + F.conv2d(skip, conv.weight[:, x.shape[1] :], padding=1)
+        return self.convs[1](relu(bn(y)))
 
 # %% ../nbs/06_models.ipynb #52b5f05f
 class CNNDecoder(nn.Module):
