@@ -24,7 +24,7 @@ from .rotation import RotationHead
 __all__ = ['ENCODER_CHANNELS', 'STRIDES', 'PRESETS', 'NO_WEIGHTS', 'PRESET_WEIGHTS', 'UP_TAPS', 'ModelConfig', 'get_preset',
            'Encoder', 'weights_cache_path', 'weights_help', 'fetch_weights', 'resolve_pretrained', 'conv_bn_relu',
            'up_conv', 'UpBlock', 'CNNDecoder', 'PatchEmbedding', 'PatchExpand', 'shuffle_to_blocks', 'shift_mask',
-           'WindowAttention', 'GeluLinear', 'gelu_linear', 'SwinBlock', 'swin_stage', 'row_blocks', 'NormLinear',
+           'WindowAttention', 'row_blocks', 'FusedMLP', 'fused_mlp', 'SwinBlock', 'swin_stage', 'NormLinear',
            'norm_linear', 'TransformerDecoder', 'set_drop_path', 'ProjectionHead', 'NetOutput', 'UCPCLNet',
            'build_model', 'part_sizes']
 
@@ -476,54 +476,83 @@ def forward(
     return x[:, :H, :W].contiguous()
 
 # %% ../nbs/06_models.ipynb #5e1a7b31
-class GeluLinear(torch.autograd.Function):
-    "`F.linear(F.gelu(h), W, b)` keeping h, not gelu(h), for the backward pass, which forms gelu(h) again."
+def row_blocks(
+    x: Tensor,  # (N, D)
+    rows: int = 16384,  # rows per block on the CPU
+) -> list[slice]:
+    "Slices of x's rows: blocks whose temporaries stay in the CPU's cache; all rows at once elsewhere."
+    if x.device.type != "cpu" or torch.compiler.is_compiling():  # one fused kernel there
+        return [slice(0, len(x))]
+    return [slice(i, i + rows) for i in range(0, len(x), rows)]
+
+
+def _affine(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    return x @ w.t() if b is None else torch.addmm(b, x, w.t())
+
+
+class FusedMLP(torch.autograd.Function):
+    "`F.linear(F.gelu(F.linear(x, W1, b1)), W2, b2)` a block of tokens at a time, keeping only x."
+
+    block_rows = 2048  # tokens per block on the CPU (`row_blocks`)
 
     @staticmethod
-    def forward(ctx, h, weight, bias):
-        ctx.save_for_backward(h, weight)
-        return F.linear(F.gelu(h), weight, bias)
+    def forward(ctx, x, w1, b1, w2, b2):
+        x2 = x.reshape(-1, x.shape[-1])  # (N, D)
+        y = x2.new_empty(len(x2), len(w2))
+        for b in row_blocks(x2, FusedMLP.block_rows):
+            y[b] = _affine(F.gelu(_affine(x2[b], w1, b1)), w2, b2)
+        ctx.save_for_backward(x2, w1, b1, w2)
+        ctx.shape, ctx.has_b2 = x.shape, b2 is not None
+        return y.view(*x.shape[:-1], -1)
 
     @staticmethod
     def backward(ctx, dy):
-        h, weight = ctx.saved_tensors
-        dh = dw = db = None
-        if ctx.needs_input_grad[1]:  # dW = dy^T gelu(h), gelu(h) formed again: one elementwise pass
-            dw = dy.reshape(-1, dy.shape[-1]).t() @ F.gelu(h).reshape(-1, h.shape[-1])
-        if ctx.needs_input_grad[2]:
-            db = dy.reshape(-1, dy.shape[-1]).sum(0)
-        if ctx.needs_input_grad[0]:  # dh = gelu'(h) * (dy W)
-            dh = torch.ops.aten.gelu_backward(dy @ weight, h)
-        return dh, dw, db
+        x2, w1, b1, w2 = ctx.saved_tensors
+        dy = dy.reshape(-1, dy.shape[-1])
+        dx = torch.empty_like(x2) if ctx.needs_input_grad[0] else None
+        dw1, dw2 = torch.zeros_like(w1), torch.zeros_like(w2)
+        db1 = None if b1 is None else torch.zeros_like(b1)
+        for b in row_blocks(x2, FusedMLP.block_rows):
+            h = _affine(x2[b], w1, b1)  # the block's hidden layer, formed again
+            dw2.addmm_(dy[b].t(), F.gelu(h))
+            dh = torch.ops.aten.gelu_backward(dy[b] @ w2, h)
+            dw1.addmm_(dh.t(), x2[b])
+            if db1 is not None:
+                db1 += dh.sum(0)
+            if dx is not None:
+                dx[b] = dh @ w1
+        db2 = dy.sum(0) if ctx.has_b2 else None
+        return None if dx is None else dx.view(ctx.shape), dw1, db1, dw2, db2
 
 
-def gelu_linear(
-    h: Tensor,  # (..., hidden) the MLP's hidden layer before its GELU
-    linear: nn.Linear,  # the MLP's second layer
-) -> Tensor:  # (..., out) linear(gelu(h))
-    "GELU and a linear layer as one autograd step (`GeluLinear`); under autocast in the linear layer's dtype."
-    dev = h.device.type
-    if torch.is_autocast_enabled(dev):  # as autocast runs them: GELU and the product in its dtype
+def fused_mlp(
+    x: Tensor,  # (..., D) tokens
+    fc1: nn.Linear,  # D -> hidden
+    fc2: nn.Linear,  # hidden -> out
+) -> Tensor:  # (..., out) fc2(gelu(fc1(x)))
+    "The two-layer GELU MLP as one autograd step (`FusedMLP`); under autocast in the linear layers' dtype."
+    params = (fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):  # as autocast runs the layers: in its dtype
         dtype = torch.get_autocast_dtype(dev)
         with torch.autocast(dev, enabled=False):
-            bias = None if linear.bias is None else linear.bias.to(dtype)
-            return GeluLinear.apply(h.to(dtype), linear.weight.to(dtype), bias)
-    return GeluLinear.apply(h, linear.weight, linear.bias)
+            return FusedMLP.apply(x.to(dtype), *(None if t is None else t.to(dtype) for t in params))
+    return FusedMLP.apply(x, *params)
 
 
 class SwinBlock(SwinTransformerBlock):
-    "torchvision's Swin block; its MLP keeps the hidden layer's input, not its GELU output (`gelu_linear`)."
+    "torchvision's Swin block; its MLP runs as `fused_mlp`, keeping no hidden-size tensor."
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) tokens in and out
         x = x + self.stochastic_depth(self.attn(self.norm1(x)))
         return x + self.stochastic_depth(self.mlp_out(self.norm2(x)))
 
     def mlp_out(self, x: Tensor) -> Tensor:
-        "The MLP's output: Linear, then `gelu_linear`; with dropout, torchvision's layers as they are."
+        "The MLP's output by `fused_mlp`; with dropout, by torchvision's layers as they are."
         fc1, _, _, fc2, _ = self.mlp
         if self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.mlp):
             return self.mlp(x)
-        return gelu_linear(fc1(x), fc2)
+        return fused_mlp(x, fc1, fc2)
 
 # %% ../nbs/06_models.ipynb #f30b682d
 def swin_stage(
@@ -540,16 +569,6 @@ def swin_stage(
     return nn.Sequential(*blocks)
 
 # %% ../nbs/06_models.ipynb #9c1e2f41
-def row_blocks(
-    x: Tensor,  # (N, D)
-    rows: int = 16384,  # rows per block on the CPU
-) -> list[slice]:
-    "Slices of x's rows: blocks whose temporaries stay in the CPU's cache; all rows at once elsewhere."
-    if x.device.type != "cpu" or torch.compiler.is_compiling():  # one fused kernel there
-        return [slice(0, len(x))]
-    return [slice(i, i + rows) for i in range(0, len(x), rows)]
-
-
 class NormLinear(torch.autograd.Function):
     "`F.linear(F.layer_norm(x), W, b)` over the last axis, without building or keeping the normalised tensor."
 
