@@ -311,12 +311,13 @@ class UpBlock(nn.Module):
     def __init__(self, cin: int, skip: int, cout: int):
         super().__init__()
         self.convs = nn.Sequential(conv_bn_relu(cin + skip, cout), conv_bn_relu(cout, cout))
+        self.phases = cin >= UP_CONV_MIN_CHANNELS  # x's channels by `up_conv`; else upsampled, then convolved
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
         conv, bn, relu = self.convs[0]
         # conv(cat([up(x), skip])): x's input channels by `up_conv` plus the skip's, neither built nor copied
         wx = conv.weight[:, : x.shape[1]]
-        if x.shape[1] >= UP_CONV_MIN_CHANNELS:
+        if self.phases:
             y = up_conv(x, wx)
         else:  # few channels: the interleaving would cost more than the products it saves
             y = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), wx, padding=1)
