@@ -60,3 +60,8 @@ def test_the_gpu_script_says_it_needs_a_gpu():
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
     assert r.returncode != 0 and "no CUDA device: bench/gpu.sh needs a GPU" in r.stderr
+
+
+def test_decoder_parts_races_each_part_against_its_layers(tmp_path):
+    out = _bench("decoder_parts.py", "--batch", "1", "--rounds", "1", tmp=tmp_path)
+    assert out.count("| up_conv |") == 5 and out.count("| fused_mlp |") == 3

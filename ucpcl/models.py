@@ -294,14 +294,17 @@ def up_conv(
     "A 3x3 convolution of x's nearest x2 upsampling, done on x with one 2x2 kernel per output phase."
     B, _, h, w = x.shape
     O = weight.shape[0]
-    taps = UP_TAPS.to(weight)
-    k = torch.einsum("aik,ockl,bjl->abocij", taps, weight, taps).reshape(4 * O, -1, 2, 2)
-    z = F.conv2d(x, k.contiguous(memory_format=torch.channels_last), padding=1)  # (B, 4 O, h + 1, w + 1)
-    z = z.permute(0, 2, 3, 1).reshape(B, h + 1, w + 1, 2, 2, O)  # phase (a, b) in z[..., a, b, :]
+    # (16, 9): tap (k, l) of the 3x3 kernel into tap (i, j) of phase (a, b)'s 2x2 kernel, rows (a, b, i, j)
+    mix = torch.einsum("aik,bjl->abijkl", UP_TAPS, UP_TAPS).reshape(16, 9).to(weight)
+    # (O, 16, C): a product over the taps only; with a channels_last weight, neither side is copied
+    k = mix @ weight.permute(0, 2, 3, 1).reshape(O, 9, -1)
+    k = k.view(4 * O, 2, 2, -1).permute(0, 3, 1, 2)  # (4 O, C, 2, 2) channels_last, channels (o, a, b)
+    z = F.conv2d(x, k, padding=1)  # (B, 4 O, h + 1, w + 1)
+    z = z.permute(0, 2, 3, 1).reshape(B, h + 1, w + 1, O, 2, 2)  # phase (a, b) in z[..., a, b]
     # phase (a, b) of output pixel (i, j) is z[i + a, j + b]: interleave into (B, h, 2, w, 2, O)
     y = z.new_empty(B, h, 2, w, 2, O)
     for a, b in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        y[:, :, a, :, b] = z[:, a : a + h, b : b + w, a, b]
+        y[:, :, a, :, b] = z[:, a : a + h, b : b + w, :, a, b]
     return y.view(B, 2 * h, 2 * w, O).permute(0, 3, 1, 2)
 
 # %% ../nbs/06_models.ipynb #36ef6d5f
