@@ -279,10 +279,11 @@ def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 # %% ../nbs/06_models.ipynb #7a3c5d11
-# UpBlock uses `up_conv` when its input has at least this many channels: on the 2-core CPU, forward and
-# backward at the paper's shapes took 0.7x the time of upsampling then convolving from 64 channels up,
-# and 1.7x at 32 (16 x 112^2 inputs), where interleaving the phases costs more than the products it saves
-UP_CONV_MIN_CHANNELS = 64
+# UpBlock uses `up_conv` when its input has at least this many channels. Forward and backward at the
+# paper's shapes on the 2-core CPU (bench/decoder_parts.py, idle, 2 threads) took 0.71x to 0.74x the time
+# of upsampling then convolving from 256 input channels up, 0.96x at 128, 1.42x at 64 and 2.21x at 32,
+# where interleaving the phases costs more than the products it saves
+UP_CONV_MIN_CHANNELS = 128
 # per output phase a (even, odd): the 2 input rows (or columns) it reads x the 3 taps of the kernel
 UP_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
 
