@@ -525,18 +525,21 @@ class FusedMLP(torch.autograd.Function):
         x2, w1, b1, w2 = ctx.saved_tensors
         dy = dy.reshape(-1, dy.shape[-1])
         dx = torch.empty_like(x2) if ctx.needs_input_grad[0] else None
-        dw1, dw2 = torch.zeros_like(w1), torch.zeros_like(w2)
-        db1 = None if b1 is None else torch.zeros_like(b1)
+        # the weights' gradients are sums over blocks: in float32 when the computation is in 16 bits
+        acc = torch.float32 if w1.element_size() < 4 else w1.dtype
+        dw1, dw2 = w1.new_zeros(w1.shape, dtype=acc), w2.new_zeros(w2.shape, dtype=acc)
+        db1 = None if b1 is None else b1.new_zeros(b1.shape, dtype=acc)
         for b in row_blocks(x2, FusedMLP.block_rows):
             h = _affine(x2[b], w1, b1)  # the block's hidden layer, formed again
-            dw2.addmm_(dy[b].t(), F.gelu(h))
+            dw2 += dy[b].t() @ F.gelu(h)
             dh = torch.ops.aten.gelu_backward(dy[b] @ w2, h)
-            dw1.addmm_(dh.t(), x2[b])
+            dw1 += dh.t() @ x2[b]
             if db1 is not None:
                 db1 += dh.sum(0)
             if dx is not None:
                 dx[b] = dh @ w1
         db2 = dy.sum(0) if ctx.has_b2 else None
+        dw1, dw2, db1 = (None if g is None else g.to(w1.dtype) for g in (dw1, dw2, db1))
         return None if dx is None else dx.view(ctx.shape), dw1, db1, dw2, db2
 
 
