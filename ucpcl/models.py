@@ -21,7 +21,7 @@ from .core import Config
 from .rotation import RotationHead
 
 # %% auto #0
-__all__ = ['ENCODER_CHANNELS', 'STRIDES', 'PRESETS', 'NO_WEIGHTS', 'PRESET_WEIGHTS', 'UP_CONV_MIN_CHANNELS', 'UP_TAPS',
+__all__ = ['ENCODER_CHANNELS', 'STRIDES', 'PRESETS', 'NO_WEIGHTS', 'PRESET_WEIGHTS', 'UP_CONV_MIN_CHANNELS', 'UP_TAPS', 'UP_MIX',
            'ModelConfig', 'get_preset', 'Encoder', 'weights_cache_path', 'weights_help', 'fetch_weights',
            'resolve_pretrained', 'conv_bn_relu', 'up_conv', 'UpBlock', 'CNNDecoder', 'PatchEmbedding', 'PatchExpand',
            'shuffle_to_blocks', 'shift_mask', 'WindowAttention', 'row_blocks', 'FusedMLP', 'fused_mlp', 'SwinBlock',
@@ -286,6 +286,8 @@ def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 UP_CONV_MIN_CHANNELS = 128
 # per output phase a (even, odd): the 2 input rows (or columns) it reads x the 3 taps of the kernel
 UP_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+# (16, 9): tap (k, l) of the 3x3 kernel into tap (i, j) of phase (a, b)'s 2x2 kernel, rows (a, b, i, j)
+UP_MIX = torch.einsum("aik,bjl->abijkl", UP_TAPS, UP_TAPS).reshape(16, 9)
 
 
 def up_conv(
@@ -295,10 +297,8 @@ def up_conv(
     "A 3x3 convolution of x's nearest x2 upsampling, done on x with one 2x2 kernel per output phase."
     B, _, h, w = x.shape
     O = weight.shape[0]
-    # (16, 9): tap (k, l) of the 3x3 kernel into tap (i, j) of phase (a, b)'s 2x2 kernel, rows (a, b, i, j)
-    mix = torch.einsum("aik,bjl->abijkl", UP_TAPS, UP_TAPS).reshape(16, 9).to(weight)
     # (O, 16, C): a product over the taps only; with a channels_last weight, neither side is copied
-    k = mix @ weight.permute(0, 2, 3, 1).reshape(O, 9, -1)
+    k = UP_MIX.to(weight) @ weight.permute(0, 2, 3, 1).reshape(O, 9, -1)
     k = k.view(4 * O, 2, 2, -1).permute(0, 3, 1, 2)  # (4 O, C, 2, 2) channels_last, channels (o, a, b)
     z = F.conv2d(x, k, padding=1)  # (B, 4 O, h + 1, w + 1)
     z = z.permute(0, 2, 3, 1).reshape(B, h + 1, w + 1, O, 2, 2)  # phase (a, b) in z[..., a, b]
