@@ -90,6 +90,10 @@ def measure(impl: str, batch: int, size: int, steps: int, warmup: int, threads: 
     "In this process: build `impl` and time `steps` steps after `warmup` untimed ones."
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if opts.get("reuse_memory", "none") in ("both", impl):
+        from ucpcl.core import reuse_freed_memory
+
+        reuse_freed_memory()  # as ucpcl's trainer does on the CPU
     if impl == "ucpcl":
         net, outputs = _ucpcl(batch, size, opts.get("channels_last", False), opts.get("compile", False))
     else:
@@ -124,6 +128,7 @@ def _child(impl: str, a) -> dict:
     cmd += ["--reference", a.reference] if a.reference else []
     cmd += ["--channels-last"] if a.channels_last else []
     cmd += ["--compile"] if a.compile else []
+    cmd += ["--reuse-memory", a.reuse_memory]
     pypath = [a.reference_path] if a.reference_path else []
     env = None
     if pypath:
@@ -172,11 +177,19 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--channels-last", action="store_true", help="ucpcl in channels_last memory format")
     ap.add_argument("--compile", action="store_true", help="ucpcl through torch.compile (in the warm-up)")
+    ap.add_argument(
+        "--reuse-memory",
+        choices=("none", "both", "ucpcl"),
+        default="none",
+        help="whose processes call ucpcl.core.reuse_freed_memory first: none (the system allocator), both "
+        "(equal allocators), ucpcl (as each trains out of the box: ucpcl's trainer calls it on the CPU)",
+    )
     ap.add_argument("--json", help="also write every measurement to this JSON file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:  # one measurement in this fresh process, printed as one JSON line
         opts = dict(reference=a.reference, channels_last=a.channels_last, compile=a.compile)
+        opts["reuse_memory"] = a.reuse_memory
         print(json.dumps(measure(a.child, a.batch, a.size, a.steps, a.warmup, a.threads, opts)))
         return
     if a.reference and not (Path(a.reference) / "codes" / "models" / "unet_tf.py").is_file():
@@ -191,6 +204,9 @@ def main(argv=None):
             r = rows[-1]
             print(f"round {k + 1} {impl}: {r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} s CPU", file=sys.stderr)
     cl = (", ucpcl channels_last" if a.channels_last else "") + (", ucpcl compiled" if a.compile else "")
+    cl += {"none": "", "both": ", both reuse freed memory", "ucpcl": ", ucpcl reuses freed memory"}[
+        a.reuse_memory
+    ]
     print(f"torch {torch.__version__}, batch {a.batch}, {a.size} px, float32, {a.threads} threads{cl}")
     print(table(rows))
     if a.json:

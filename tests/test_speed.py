@@ -1,6 +1,7 @@
 """The speed-ups of ucpcl.models compute the same network: the Transformer decoder against a plain version
 of it (pixel_shuffle expansion, torchvision's attention, the head as a convolution on the full grid), the
-channels_last network against the same weights in the default layout; and bench/versus_reference.py runs."""
+channels_last network against the same weights in the default layout; a trainer on the CPU reuses freed
+memory; and bench/versus_reference.py runs."""
 
 import os, subprocess, sys
 
@@ -92,3 +93,44 @@ def test_versus_reference_runs_ucpcl_alone_and_says_what_the_comparison_needs(tm
     assert "ucpcl only: the comparison with the reference implementation needs" in r.stderr
     bad = _versus("--reference", str(tmp_path), tmp=tmp_path)
     assert bad.returncode != 0 and "no codes/models/unet_tf.py there" in bad.stderr
+
+
+# in a child: a CPU trainer, then 20 rounds of a 64 MiB tensor made and freed; the last 10's page faults
+_TRAINER_FAULTS = """
+import resource, sys, torch
+from ucpcl.phantoms import write_phantom
+from ucpcl.train import TrainConfig, Trainer
+root = write_phantom("cardiac", sys.argv[1], seed=0, num_patients=(2, 1, 1))
+if sys.argv[2] == "trainer":
+    out = sys.argv[1] + "/run"
+    Trainer(TrainConfig(data_root=str(root), preset="small", img_size=32, labeled=1, device="cpu", out=out))
+for i in range(20):
+    if i == 10:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(16 * 2**20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reuse_freed_memory changes glibc's malloc only")
+def test_a_cpu_trainer_makes_freed_memory_reusable(tmp_path):
+    "After a Trainer on the CPU is built, a freed 64 MiB tensor's pages serve the next one (no page faults)."
+    faults = {}
+    for mode in ("plain", "trainer"):
+        cmd = [sys.executable, "-c", _TRAINER_FAULTS, str(tmp_path / mode), mode]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        faults[mode] = int(r.stdout.split()[-1])
+    assert faults["plain"] >= 10 * 16384 * 0.9, faults  # the system's defaults: each round faults 16384 pages
+    assert faults["trainer"] < 16384 // 10, faults
+
+
+@pytest.mark.slow
+def test_versus_reference_reuse_memory_option(tmp_path):
+    r = _versus(
+        *"--batch 1 --size 64 --rounds 1 --steps 1 --warmup 0 --reuse-memory both".split(), tmp=tmp_path
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "both reuse freed memory" in r.stdout and "| ucpcl | 41,819,142 | 1 |" in r.stdout
+    bad = _versus("--reuse-memory", "always", tmp=tmp_path)
+    assert bad.returncode != 0 and "invalid choice: 'always'" in bad.stderr

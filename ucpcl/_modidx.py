@@ -130,6 +130,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'ucpcl.core.get_device': ('core.html#get_device', 'ucpcl/core.py'),
                             'ucpcl.core.in_test': ('core.html#in_test', 'ucpcl/core.py'),
                             'ucpcl.core.quick': ('core.html#quick', 'ucpcl/core.py'),
+                            'ucpcl.core.reuse_freed_memory': ('core.html#reuse_freed_memory', 'ucpcl/core.py'),
                             'ucpcl.core.scratch': ('core.html#scratch', 'ucpcl/core.py'),
                             'ucpcl.core.seed_everything': ('core.html#seed_everything', 'ucpcl/core.py')},
             'ucpcl.cotraining': { 'ucpcl.cotraining.CCTConfig': ('cotraining.html#cctconfig', 'ucpcl/cotraining.py'),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #cfd72cd9
 from __future__ import annotations
-import json, os, random, tempfile
+import ctypes, json, os, random, sys, tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -13,7 +13,8 @@ import torch
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['in_test', 'quick', 'scratch', 'seed_everything', 'get_device', 'Config', 'describe']
+__all__ = ['M_TRIM_THRESHOLD', 'M_MMAP_MAX', 'in_test', 'quick', 'scratch', 'seed_everything', 'get_device', 'reuse_freed_memory',
+           'Config', 'describe']
 
 # %% ../nbs/00_core.ipynb #259c5caa
 def in_test() -> bool:
@@ -88,6 +89,21 @@ def get_device(
         missing = f"device {device!r} asked for, but CUDA is not available here"
         raise ValueError(f"{missing}: use --device cpu or auto")
     return dev
+
+# %% ../nbs/00_core.ipynb #b71c0a02
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (glibc's malloc.h)
+
+
+def reuse_freed_memory() -> bool:
+    "Make glibc's malloc keep freed memory for reuse (no mmap, no trimming); True where it applied."
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc's: other C libraries have no (or another) mallopt
+    except (OSError, AttributeError):
+        return False
+    return libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, -1) == 1
 
 # %% ../nbs/00_core.ipynb #56c51c29
 @dataclass(frozen=True)

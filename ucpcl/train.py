@@ -17,7 +17,7 @@ from torch.profiler import record_function
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import get_device, seed_everything
+from .core import get_device, reuse_freed_memory, seed_everything
 from .models import ModelConfig, UCPCLNet, get_preset, resolve_pretrained, set_drop_path
 from ucpcl.data import (
     CLASS_NAMES,
@@ -215,6 +215,7 @@ class Trainer:
         self.rank, self.world, self.device = setup(get_device(cfg.device))  # one process, or torchrun's
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormal floats make CPU batch norm many times slower
+            reuse_freed_memory()  # each step reuses the last one's pages instead of faulting new ones
         seed_everything(cfg.seed, deterministic=cfg.deterministic)
         self.data, self.model_cfg = self.load_data(data)
         self.method = self.build_method()
