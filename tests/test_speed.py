@@ -3,7 +3,7 @@ of it (pixel_shuffle expansion, torchvision's attention, the head as a convoluti
 channels_last network against the same weights in the default layout; a trainer on the CPU reuses freed
 memory; and bench/versus_reference.py runs."""
 
-import os, subprocess, sys
+import os, platform, subprocess, sys
 
 import pytest
 import torch
@@ -112,7 +112,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="reuse_freed_memory changes glibc's malloc only")
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="reuse_freed_memory changes glibc's malloc only"
+)
 def test_a_cpu_trainer_makes_freed_memory_reusable(tmp_path):
     "After a Trainer on the CPU is built, a freed 64 MiB tensor's pages serve the next one (no page faults)."
     faults = {}

@@ -13,8 +13,7 @@ import torch
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['M_TRIM_THRESHOLD', 'M_MMAP_MAX', 'in_test', 'quick', 'scratch', 'seed_everything', 'get_device', 'reuse_freed_memory',
-           'Config', 'describe']
+__all__ = ['in_test', 'quick', 'scratch', 'seed_everything', 'get_device', 'reuse_freed_memory', 'Config', 'describe']
 
 # %% ../nbs/00_core.ipynb #259c5caa
 def in_test() -> bool:
@@ -91,7 +90,7 @@ def get_device(
     return dev
 
 # %% ../nbs/00_core.ipynb #b71c0a02
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (glibc's malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (glibc's malloc.h)
 
 
 def reuse_freed_memory() -> bool:
@@ -103,7 +102,7 @@ def reuse_freed_memory() -> bool:
         libc.gnu_get_libc_version  # glibc's: other C libraries have no (or another) mallopt
     except (OSError, AttributeError):
         return False
-    return libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, -1) == 1
+    return libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
 
 # %% ../nbs/00_core.ipynb #56c51c29
 @dataclass(frozen=True)
