@@ -24,8 +24,8 @@ from .models import ModelConfig, NetOutput, build_model
 from .distributed import all_gather_rows, rank_share
 
 # %% auto #0
-__all__ = ['ROTATION_INPUTS', 'BatchFields', 'ObjectiveFields', 'ContrastFields', 'TeacherFields', 'MethodConfig', 'require',
-           'Method', 'Supervised', 'UCPCL', 'item_seed', 'mask_stats', 'enqueue_subset']
+__all__ = ['ROTATION_INPUTS', 'BATCH_NORMS', 'BatchFields', 'ObjectiveFields', 'ContrastFields', 'TeacherFields', 'MethodConfig',
+           'require', 'Method', 'Supervised', 'UCPCL', 'cat_outputs', 'item_seed', 'mask_stats', 'enqueue_subset']
 
 # %% ../nbs/10_method.ipynb #b0d58d9c
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class BatchFields:
     batch_size: int = 16  # images per batch: labeled_bs labeled ones, then unlabeled ones
     labeled_bs: int = 8  # labeled images per batch
     seed: int = 0  # seeds everything random in a run, the quarter turns of Eq. 12 among it
+    # "joint": the two-stream batch passes the network at once (reference); "per_stream": the labeled and the
+    # unlabeled images pass apart, so batch norm normalises each stream with its own statistics
+    batch_norm: str = "joint"
 
 # %% ../nbs/10_method.ipynb #381db90c
 @dataclass(frozen=True)
@@ -97,6 +100,9 @@ def require(cfg: Config, name: str, ok: bool, valid: str):
 # "copy": the batch upright, a turned copy through the encoder for l_e only (one more encoder pass)
 ROTATION_INPUTS = ("batch", "unlabeled", "copy")
 
+# how the two streams of a batch meet batch norm: "joint" (reference) or "per_stream" (`UCPCL.by_stream`)
+BATCH_NORMS = ("joint", "per_stream")
+
 # %% ../nbs/10_method.ipynb #b9641f95
 @patch
 def validate(self: MethodConfig):
@@ -109,6 +115,7 @@ def validate(self: MethodConfig):
     bs = f"use 1..{self.batch_size - 1} (the rest of the batch is unlabeled)"
     require(self, "labeled_bs", 0 < self.labeled_bs < self.batch_size, bs)
     require(self, "iterations", self.iterations >= 1, "use at least 1")
+    require(self, "batch_norm", self.batch_norm in BATCH_NORMS, f"use one of {list(BATCH_NORMS)}")
     require(self, "contrast_start", 0 <= self.contrast_start <= 1, "a fraction of the run in [0, 1]")
     require(self, "tau", self.tau > 0, "the temperature must be > 0")
     require(self, "dice_form", self.dice_form in DICE_FORMS, f"use one of {list(DICE_FORMS)}")
@@ -187,6 +194,22 @@ def contrast_on(self: UCPCL, iteration: int) -> bool:
     start = round(self.cfg.contrast_start * self.cfg.iterations)
     return self.cfg.contrast != "none" and iteration >= start
 
+# %% ../nbs/10_method.ipynb #7e8f9ce4
+def cat_outputs(a, b):
+    "Join two outputs along the batch: tensors, or `NetOutput`s field by field (None stays None)."
+    if isinstance(a, Tensor):
+        return torch.cat([a, b])
+    return type(a)(*(None if p is None else torch.cat([p, q]) for p, q in zip(a, b)))
+
+
+@patch
+def by_stream(self: UCPCL, fn, x: Tensor):
+    "fn(x) on the batch x at once, or (batch_norm='per_stream') on its two streams apart, joined."
+    if self.cfg.batch_norm == "joint":
+        return fn(x)
+    lb = self.cfg.labeled_bs
+    return cat_outputs(fn(x[:lb]), fn(x[lb:]))
+
 # %% ../nbs/10_method.ipynb #6f550b7b
 def item_seed(seed: int, iteration: int, slot: int) -> int:
     "The seed of the random draws for the `slot`-th image of iteration `iteration` of a run seeded `seed`."
@@ -222,11 +245,13 @@ def rotation_term(self: UCPCL, out: NetOutput, x: Tensor, k: Tensor | None) -> T
     if not self.cfg.use_rot:
         return x.new_zeros(())
     if k is not None and self.cfg.rotation_input == "copy":  # Eq. 12 on a turned copy of the batch
-        return rotation_loss(self.model.rotation_logits(self.model.encode(rot90_batch(x, k))), k)
+        turned = lambda z: self.model.rotation_logits(self.model.encode(z))
+        return rotation_loss(self.by_stream(turned, rot90_batch(x, k)), k)
     if k is not None:  # Eq. 12, random-k form, on the images that were turned
         rows = slice(self.cfg.labeled_bs if self.cfg.rotation_input == "unlabeled" else 0, None)
         return rotation_loss(out.rot_logits[rows], k[rows])
-    features = lambda z: self.model.encode(z)[-1]  # (B, C4, h, w), the deepest level
+    deepest = lambda w: self.model.encode(w)[-1]  # (B, C4, h, w), the deepest level
+    features = lambda z: self.by_stream(deepest, z)
     return rotation_loss_all(features, self.model.rot, x)  # Eq. 12, exact form
 
 # %% ../nbs/10_method.ipynb #87a9405b
@@ -302,7 +327,8 @@ def training_step(self: UCPCL, batch: dict, iteration: int) -> dict:
     cfg, labeled_bs = self.cfg, self.cfg.labeled_bs
     x, y, monitor, k = self.turn(batch, iteration)
     contrast, zero = self.contrast_on(iteration), x.new_zeros(())
-    out = self.model(x, transformer=True, embed=contrast, rotation=k is not None)
+    net = lambda z: self.model(z, transformer=True, embed=contrast, rotation=k is not None)
+    out = self.by_stream(net, x)  # one pass, or the two streams apart (batch_norm)
     c_l, t_l, y_l = out.logits_c[:labeled_bs], out.logits_t[:labeled_bs], y[:labeled_bs]
     l_sup = supervised_loss(c_l, t_l, y_l, alpha=cfg.alpha, dice_form=cfg.dice_form)  # Eq. 3, labeled images
     c_u, t_u = out.logits_c[labeled_bs:], out.logits_t[labeled_bs:]

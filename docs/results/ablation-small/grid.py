@@ -5,11 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-import torch
-
 from ucpcl.compare import Grid, RunSpec, run_grid
 from ucpcl.method import UCPCL
-from ucpcl.models import NetOutput, UCPCLNet
+from ucpcl.models import UCPCLNet
 from ucpcl.report import write_csv
 from ucpcl.train import METHODS
 
@@ -23,21 +21,7 @@ class UCPCLStopGrad(UCPCL):
         net.decode_transformer = lambda feats: UCPCLNet.decode_transformer(net, [f.detach() for f in feats])
 
 
-class UCPCLSplitBN(UCPCL):
-    "Research variant (round 9): labeled and unlabeled images pass the network apart (batch norm per stream)."
-
-    def __init__(self, cfg, model_cfg):
-        super().__init__(cfg, model_cfg)
-        net, lb, whole = self.model, cfg.labeled_bs, self.model.forward
-
-        def forward(x, **kw):
-            a, b = whole(x[:lb], **kw), whole(x[lb:], **kw)
-            return NetOutput(*(None if p is None else torch.cat([p, q]) for p, q in zip(a, b)))
-
-        net.forward = forward
-
-
-METHODS |= {"ucpcl-sg": UCPCLStopGrad, "ucpcl-splitbn": UCPCLSplitBN}
+METHODS |= {"ucpcl-sg": UCPCLStopGrad}
 
 # name -> (method, TrainConfig fields); "full" is the method with the TrainConfig in force
 ROWS = {
@@ -52,10 +36,10 @@ ROWS = {
     "copy": ("ucpcl", {"rotation_input": "copy"}),
     "unl": ("ucpcl", {"rotation_input": "unlabeled"}),
     "cpseudo": ("ucpcl", {"contrast": "pseudo"}),
-    "con-sg": ("ucpcl-sg", {"use_rot": False, "contrast": "none"}),  # round 9's research variants
-    "con-splitbn": ("ucpcl-splitbn", {"use_rot": False, "contrast": "none"}),
+    "con-sg": ("ucpcl-sg", {"use_rot": False, "contrast": "none"}),  # round 9: f_t on detached features
     "norot-sg": ("ucpcl-sg", {"use_rot": False}),
-    "norot-splitbn": ("ucpcl-splitbn", {"use_rot": False}),
+    "con-splitbn": ("ucpcl", {"use_rot": False, "contrast": "none", "batch_norm": "per_stream"}),
+    "norot-splitbn": ("ucpcl", {"use_rot": False, "batch_norm": "per_stream"}),
     "cps": ("cps", {}),  # baselines of Table 1: cross pseudo supervision, mean teacher
     "mt": ("mt", {}),
 }
