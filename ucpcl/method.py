@@ -252,7 +252,8 @@ def rotation_term(self: UCPCL, out: NetOutput, x: Tensor, k: Tensor | None) -> T
         return rotation_loss(out.rot_logits[rows], k[rows])
     deepest = lambda w: self.model.encode(w)[-1]  # (B, C4, h, w), the deepest level
     features = lambda z: self.by_stream(deepest, z)
-    return rotation_loss_all(features, self.model.rot, x)  # Eq. 12, exact form
+    # Eq. 12, exact form: the four turns in one call of 4B images, or (streams apart) four calls of the batch
+    return rotation_loss_all(features, self.model.rot, x, batched=self.cfg.batch_norm == "joint")
 
 # %% ../nbs/10_method.ipynb #87a9405b
 @patch
