@@ -38,6 +38,8 @@ def measure(
     workers: int,
     data: str,
     compiled: bool = False,
+    cudnn_benchmark: bool = False,
+    top: int = 0,
 ) -> dict:
     "Run in this process: time `steps` training steps of `preset` and their parts."
     import torch
@@ -62,6 +64,7 @@ def measure(
     )
     t = Trainer(cfg)
     cuda = t.device.type == "cuda"
+    torch.backends.cudnn.benchmark = cudnn_benchmark  # after Trainer, which may ask for deterministic kernels
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     it = iter(t.loader(0))
     for i in range(warmup):
@@ -80,6 +83,11 @@ def measure(
             t.step(b, i)
             sync()
             step_s.append(time.perf_counter() - t0)
+    if top:  # the operators that take the most device time (CPU time on the CPU), to stderr
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
+        print(
+            prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60), file=sys.stderr
+        )
     parts = {}
     for e in prof.key_averages():
         if e.key in ("forward", "contrast", "backward", "optimizer"):
@@ -91,6 +99,7 @@ def measure(
         "device": str(t.device),
         "amp": t.amp,
         "compiled": compiled,
+        "cudnn_benchmark": cudnn_benchmark,
         "batch": batch,
         "workers": workers,
         "threads": torch.get_num_threads(),
@@ -112,6 +121,12 @@ def main():
     ap.add_argument("--amp", default="auto", help="auto (bf16 on CUDA), bf16 or off")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="compile the network (in the warm-up steps)")
+    ap.add_argument(
+        "--cudnn-benchmark", action="store_true", help="let cuDNN time its convolution algorithms"
+    )
+    ap.add_argument(
+        "--top", type=int, default=0, help="print the profiler's table of the TOP costliest operators"
+    )
     ap.add_argument("--project", type=int, default=6000, help="iterations to project the run time for")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data-root", help=argparse.SUPPRESS)
@@ -120,6 +135,7 @@ def main():
         sys.exit("--compile needs --warmup 1 or more: the first step compiles the network")
     if a.child:  # one measurement, in a fresh process
         args = (a.child, a.device, a.batch, a.steps, a.warmup, a.amp, a.workers, a.data_root, a.compile)
+        args += (a.cudnn_benchmark, a.top)
         print(json.dumps(measure(*args)))
         return
     from ucpcl.phantoms import write_phantom
@@ -127,33 +143,51 @@ def main():
     data = str(write_phantom("cardiac", Path(tempfile.gettempdir()) / "ucpcl-bench-phantom", seed=0))
     rows = []
     for p in a.presets:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--child",
-            p,
-            "--device",
-            a.device,
-            "--batch",
-            str(a.batch),
-            "--steps",
-            str(a.steps),
-            "--warmup",
-            str(a.warmup),
-            "--amp",
-            a.amp,
-            "--workers",
-            str(a.workers),
-            "--data-root",
-            data,
-        ] + (["--compile"] if a.compile else [])
+        cmd = (
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                p,
+                "--device",
+                a.device,
+                "--batch",
+                str(a.batch),
+                "--steps",
+                str(a.steps),
+                "--warmup",
+                str(a.warmup),
+                "--amp",
+                a.amp,
+                "--workers",
+                str(a.workers),
+                "--data-root",
+                data,
+            ]
+            + (["--compile"] if a.compile else [])
+            + (["--cudnn-benchmark"] if a.cudnn_benchmark else [])
+        )
+        cmd += ["--top", str(a.top)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             sys.exit(f"{p}: failed\n{r.stderr[-3000:]}")
+        if a.top:
+            print(r.stderr)
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
     labeled = f"batch {a.batch} ({a.batch // 2} labeled)"
     print(f"train step of the full method, {labeled}, {a.steps} timed steps after {a.warmup}; seconds")
-    cols = ["preset", "device", "amp", "s/iter", "forward", "contrast", "backward", "optimizer", "data/batch"]
+    cols = [
+        "preset",
+        "device",
+        "amp",
+        "s/iter",
+        "it/s",
+        "forward",
+        "contrast",
+        "backward",
+        "optimizer",
+        "data/batch",
+    ]
     cols += ["contrast share", "peak MiB", "projected"]
     print("| " + " | ".join(cols) + " |")
     print("|---" * len(cols) + "|")
@@ -164,7 +198,8 @@ def main():
         device = f"{r['device']}{' ' + r['gpu'] if r['gpu'] else ''}"
         parts = [r.get(k, 0) for k in ("contrast", "backward", "optimizer")]
         amp = ("bf16" if r["amp"] else "fp32") + (", compiled" if r["compiled"] else "")
-        cells = [r["preset"], device, amp, f"{r['step']:.3f}", f"{fwd:.3f}"]
+        amp += ", cudnn.benchmark" if r.get("cudnn_benchmark") else ""
+        cells = [r["preset"], device, amp, f"{r['step']:.3f}", f"{1 / r['step']:.2f}", f"{fwd:.3f}"]
         cells += [f"{t:.3f}" for t in parts] + [f"{r['data']:.3f}", f"{share:.1%}", f"{r['peak_mib']:.0f}"]
         cells.append(f"{proj:.1f} min / {a.project} it")
         print("| " + " | ".join(cells) + " |")

@@ -183,8 +183,9 @@ def _slot_similarities(anchors: Tensor, queue: MemoryQueue, tau: float) -> Tenso
     "s = cos(v_i, v) / tau of every anchor with every slot; unfilled slots get the lowest float (e^s = 0)."
     C, S, D = queue.vectors.shape
     keys = queue.vectors.to(anchors.dtype).reshape(C * S, D)
-    s = ((F.normalize(anchors, dim=1) / tau) @ keys.T).view(-1, C, S)
-    return s.masked_fill(~queue.filled(), torch.finfo(anchors.dtype).min)
+    with torch.autocast(anchors.device.type, enabled=False):  # in the anchors' dtype, also under autocast
+        s = ((F.normalize(anchors, dim=1) / tau) @ keys.T).view(-1, C, S)
+    return s.masked_fill(~queue.filled(), torch.finfo(s.dtype).min)
 
 # %% ../nbs/03_contrast.ipynb #e6934439
 def _negative_lse(s: Tensor, anchor_labels: Tensor) -> Tensor:  # (N, 1)
