@@ -10,12 +10,16 @@ contrast switched on from the first step) on the embedded cardiac phantom, in a 
 and, under PyTorch's profiler, the time inside the step's `record_function` labels: `forward` (both decoders,
 heads and losses; it contains the contrast branch), `contrast` (Eq. 6-9: uncertainty, pseudo labels, anchor
 sampling, InfoNCE, and the queue update after the step), `backward` and `optimizer`. "forward" in the table
-excludes the contrast branch. Data loading is timed separately, as the time the DataLoader takes to deliver a
-batch with `--workers` workers. Peak memory: on the CPU the peak resident set size of the measuring process
-(`ru_maxrss`: PyTorch itself, model, optimiser state, data and the warm-up and timed steps' activations),
-which is what decides whether a run fits in RAM; on CUDA `torch.cuda.max_memory_allocated()` over the timed
-steps. With `--compile` the run has `compile=True` (`ucpcl.train.compile_networks`): the compiling happens in
-the warm-up steps, which must be at least 1. A script, not a timed test; the figures depend on the machine.
+excludes the contrast branch. On CUDA a label's time is its span on the GPU's timeline (idle gaps included),
+and the backward pass's kernels are launched from autograd's own thread, outside its label, so that column
+reads n/a; "GPU busy" is the kernels' own time per step, summed, so that s/iter - GPU busy is the time the GPU
+waits for the CPU to hand it work. Data loading is timed separately, as the time the DataLoader takes to
+deliver a batch with `--workers` workers. Peak memory: on the CPU the peak resident set size of the measuring
+process (`ru_maxrss`: PyTorch itself, model, optimiser state, data and the warm-up and timed steps'
+activations), which is what decides whether a run fits in RAM; on CUDA `torch.cuda.max_memory_allocated()`
+over the timed steps. With `--compile` the run has `compile=True` (`ucpcl.train.compile_networks`): the
+compiling happens in the warm-up steps, which must be at least 1. A script, not a timed test; the figures
+depend on the machine.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def measure(
 ) -> dict:
     "Run in this process: time `steps` training steps of `preset` and their parts."
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     from ucpcl.core import scratch
     from ucpcl.train import TrainConfig, Trainer
@@ -93,6 +98,10 @@ def measure(
         if e.key in ("forward", "contrast", "backward", "optimizer"):
             us = e.device_time_total if cuda and e.device_time_total > 0 else e.cpu_time_total
             parts[e.key] = us / 1e6 / steps
+    if cuda:  # the kernels' own time, as the profiler's table sums it (user annotations left out)
+        kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+        busy = sum(e.self_device_time_total for e in kernels if not getattr(e, "is_user_annotation", False))
+        parts["gpu_busy"] = busy / 1e6 / steps
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _maxrss_mib()
     return {
         "preset": preset,
@@ -186,6 +195,7 @@ def main():
         "contrast",
         "backward",
         "optimizer",
+        "GPU busy",
         "data/batch",
     ]
     cols += ["contrast share", "peak MiB", "projected"]
@@ -196,11 +206,14 @@ def main():
         share = r.get("contrast", 0.0) / r["step"]
         proj = a.project * (r["step"] + (r["data"] if r["workers"] == 0 else 0)) / 60
         device = f"{r['device']}{' ' + r['gpu'] if r['gpu'] else ''}"
-        parts = [r.get(k, 0) for k in ("contrast", "backward", "optimizer")]
+        parts = [f"{r.get(k, 0):.3f}" for k in ("contrast", "backward", "optimizer")]
+        if r["gpu"]:  # no backward label on the GPU's timeline (see the docstring)
+            parts[1] = "n/a"
+        parts.append(f"{r['gpu_busy']:.3f}" if "gpu_busy" in r else "n/a")
         amp = ("bf16" if r["amp"] else "fp32") + (", compiled" if r["compiled"] else "")
         amp += ", cudnn.benchmark" if r.get("cudnn_benchmark") else ""
         cells = [r["preset"], device, amp, f"{r['step']:.3f}", f"{1 / r['step']:.2f}", f"{fwd:.3f}"]
-        cells += [f"{t:.3f}" for t in parts] + [f"{r['data']:.3f}", f"{share:.1%}", f"{r['peak_mib']:.0f}"]
+        cells += parts + [f"{r['data']:.3f}", f"{share:.1%}", f"{r['peak_mib']:.0f}"]
         cells.append(f"{proj:.1f} min / {a.project} it")
         print("| " + " | ".join(cells) + " |")
     overlap = f"'projected' = {a.project} x (step + data when loading is not overlapped)"

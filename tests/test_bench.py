@@ -29,10 +29,24 @@ def _bench(script: str, *args: str, tmp) -> str:
 
 def test_train_step_splits_a_step_into_its_parts(tmp_path):
     out = _bench(
-        "train_step.py", "--presets", "small", "--batch", "4", "--steps", "1", "--warmup", "0", tmp=tmp_path
+        "train_step.py",
+        "--presets",
+        "small",
+        "--batch",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--top",
+        "5",
+        tmp=tmp_path,
     )
-    assert "| forward | contrast | backward | optimizer | data/batch | contrast share |" in out
+    assert "| forward | contrast | backward | optimizer | GPU busy | data/batch | contrast share |" in out
     assert "| small | cpu | fp32 |" in out and "min / 6000 it" in out
+    row = next(line for line in out.splitlines() if line.startswith("| small | cpu"))
+    assert row.split(" | ")[9] == "n/a"  # no GPU: no GPU busy time
+    assert "Self CPU time total" in out  # --top: the profiler's table of the costliest operators
 
 
 def test_model_step_counts_parameters_and_times_a_step(tmp_path):
