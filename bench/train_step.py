@@ -72,9 +72,11 @@ def measure(
     torch.backends.cudnn.benchmark = cudnn_benchmark  # after Trainer, which may ask for deterministic kernels
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     it = iter(t.loader(0))
+    t0 = time.perf_counter()
     for i in range(warmup):
         t.step(next(it), i)
     sync()
+    warmup_s = time.perf_counter() - t0  # with --compile, the compiling is in here
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     data_s, step_s = [], []
@@ -112,6 +114,7 @@ def measure(
         "batch": batch,
         "workers": workers,
         "threads": torch.get_num_threads(),
+        "warmup_s": warmup_s,
         "step": statistics.median(step_s),
         "data": statistics.median(data_s),
         **parts,
@@ -218,6 +221,8 @@ def main():
         print("| " + " | ".join(cells) + " |")
     overlap = f"'projected' = {a.project} x (step + data when loading is not overlapped)"
     print(f"({platform.node()}, {rows[0]['threads']} threads; {overlap})")
+    warm = ", ".join(f"{r['preset']} {r['warmup_s']:.1f} s" for r in rows)
+    print(f"the {a.warmup} warm-up steps took {warm}" + (" (compiling included)" if a.compile else ""))
 
 
 if __name__ == "__main__":
