@@ -41,6 +41,12 @@ side): with the system's allocator on both sides ucpcl took 0.77x the reference'
 23.93 s) and 0.74x its peak memory; with `reuse_freed_memory` on both sides 1.01x the CPU time (17.93 against
 17.84 s) and 0.71x the memory. The reference's step loses a quarter of its time to page faults of freshly
 mapped memory, ucpcl's a few per cent: that, more than arithmetic, was the time ucpcl saved.
+
+`--profile` profiles one more step per process and sums its operators' own time by kind (convolutions, matrix
+products, batch norm, other). 2026-12-04, idle machine, de44165 plus this option: with the system's allocator
+(5 processes a side) ucpcl took 0.70x the reference's CPU time, 0.67x its wall time, 0.75x its peak memory;
+with reuse on both sides (2 a side) 0.90x, 0.93x and 0.67x, and ucpcl's convolutions, products and batch norm
+alone came to 0.84x the reference's whole profiled step, a bound that no other change can pass.
 """
 
 from __future__ import annotations
@@ -125,7 +131,35 @@ def measure(impl: str, batch: int, size: int, steps: int, warmup: int, threads: 
         cpu.append(time.process_time() - c)
     params = sum(p.numel() for p in net.parameters())
     wall_s, cpu_s = statistics.median(times), statistics.median(cpu)
-    return dict(impl=impl, wall_s=wall_s, cpu_s=cpu_s, peak_mib=_maxrss_mib() - rss0, params=params)
+    r = dict(impl=impl, wall_s=wall_s, cpu_s=cpu_s, peak_mib=_maxrss_mib() - rss0, params=params)
+    return r | (profile_step(step) if opts.get("profile") else {})
+
+
+KINDS = {  # operator kinds of a step's arithmetic, by a part of the operator's name
+    "conv_s": ("convolution", "conv2d"),
+    "matmul_s": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::addmv"),
+    "batchnorm_s": ("batch_norm",),
+}
+
+
+def kind(name: str) -> str:
+    "The KINDS key of an operator's name (matrix products by the whole name), or 'other_s'."
+    for k, parts in KINDS.items():
+        if any(name == p if k == "matmul_s" else p in name for p in parts):
+            return k
+    return "other_s"
+
+
+def profile_step(step) -> dict:
+    "One more step under torch.profiler: its operators' self time (s) summed by `kind`, and their total."
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    out = dict.fromkeys([*KINDS, "other_s"], 0.0)
+    for e in prof.key_averages():
+        out[kind(e.key)] += e.self_cpu_time_total / 1e6
+    return out | {"profiled_s": sum(out.values())}
 
 
 def _child(impl: str, a) -> dict:
@@ -134,7 +168,7 @@ def _child(impl: str, a) -> dict:
     cmd += ["--reference", a.reference] if a.reference else []
     cmd += ["--channels-last"] if a.channels_last else []
     cmd += ["--compile"] if a.compile else []
-    cmd += ["--reuse-memory", a.reuse_memory]
+    cmd += ["--reuse-memory", a.reuse_memory] + (["--profile"] if a.profile else [])
     pypath = [a.reference_path] if a.reference_path else []
     env = None
     if pypath:
@@ -162,12 +196,33 @@ def table(rows: list[dict]) -> str:
             cells = [_spread([r[k] for r in rs], f) for k, f in (("wall_s", ".2f"), ("cpu_s", ".2f"))]
             cells.append(_spread([r["peak_mib"] for r in rs], ".0f"))
             lines.append(f"| {impl} | {rs[0]['params']:,} | {len(rs)} | " + " | ".join(cells) + " |")
+    if all("profiled_s" in r for r in rows):
+        lines += ["", profile_table(by)]
     if by["reference"]:
         med = {i: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "cpu_s", "peak_mib")}
                for i, rs in by.items()}  # fmt: skip
         q = {k: med["ucpcl"][k] / med["reference"][k] for k in med["ucpcl"]}
         ratio = f"{q['wall_s']:.2f}x wall, {q['cpu_s']:.2f}x CPU time, {q['peak_mib']:.2f}x peak memory"
         lines.append(f"\nucpcl / reference (medians): {ratio}")
+    return "\n".join(lines)
+
+
+def profile_table(by: dict) -> str:
+    "Medians over rounds of the profiled step's self time by kind, and the share of the shared arithmetic."
+    cols = [*KINDS, "other_s", "profiled_s"]
+    names = ("convolutions", "matrix products", "batch norm", "other", "profiled step")
+    lines = ["| implementation | " + " | ".join(f"{n} (s)" for n in names) + " |", "|---|" + "---:|" * 5]
+    med = {i: {k: statistics.median(r[k] for r in rs) for k in cols} for i, rs in by.items() if rs}
+    for impl, m in med.items():
+        lines.append(f"| {impl} | " + " | ".join(f"{m[k]:.3f}" for k in cols) + " |")
+    arith = {i: m["profiled_s"] - m["other_s"] for i, m in med.items()}  # convolutions, products, batch norm
+    lines.append("")
+    for impl, m in med.items():
+        share = 100 * arith[impl] / m["profiled_s"]
+        lines.append(f"{impl}: convolutions, matrix products and batch norm {share:.0f} % of its step")
+    if len(med) == 2:  # what ucpcl's step would take with every other operator free, against the reference's
+        floor = arith["ucpcl"] / med["reference"]["profiled_s"]
+        lines.append(f"ucpcl's arithmetic alone / the reference's whole step: {floor:.2f}x (a lower bound)")
     return "\n".join(lines)
 
 
@@ -190,12 +245,17 @@ def main(argv=None):
         help="whose processes call ucpcl.core.reuse_freed_memory first: none (the system allocator), both "
         "(equal allocators), ucpcl (as each trains out of the box: ucpcl's trainer calls it on the CPU)",
     )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed steps, profile one more and sum its operators' self time by kind",
+    )
     ap.add_argument("--json", help="also write every measurement to this JSON file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:  # one measurement in this fresh process, printed as one JSON line
         opts = dict(reference=a.reference, channels_last=a.channels_last, compile=a.compile)
-        opts["reuse_memory"] = a.reuse_memory
+        opts |= dict(reuse_memory=a.reuse_memory, profile=a.profile)
         print(json.dumps(measure(a.child, a.batch, a.size, a.steps, a.warmup, a.threads, opts)))
         return
     if a.reference and not (Path(a.reference) / "codes" / "models" / "unet_tf.py").is_file():

@@ -95,6 +95,18 @@ def test_versus_reference_runs_ucpcl_alone_and_says_what_the_comparison_needs(tm
     assert bad.returncode != 0 and "no codes/models/unet_tf.py there" in bad.stderr
 
 
+def test_versus_reference_sorts_operators_by_kind():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from versus_reference import kind
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    assert [kind(n) for n in ("aten::convolution_backward", "aten::mkldnn_convolution")] == ["conv_s"] * 2
+    assert [kind(n) for n in ("aten::mm", "aten::addmm", "aten::bmm")] == ["matmul_s"] * 3
+    assert kind("aten::native_batch_norm_backward") == "batchnorm_s"
+    assert [kind(n) for n in ("aten::mmm", "aten::copy_", "aten::matmul")] == ["other_s"] * 3
+
+
 # in a child: a CPU trainer, then 20 rounds of a 64 MiB tensor made and freed; the last 10's page faults
 _TRAINER_FAULTS = """
 import resource, sys, torch
@@ -130,9 +142,16 @@ def test_a_cpu_trainer_makes_freed_memory_reusable(tmp_path):
 @pytest.mark.slow
 def test_versus_reference_reuse_memory_option(tmp_path):
     r = _versus(
-        *"--batch 1 --size 64 --rounds 1 --steps 1 --warmup 0 --reuse-memory both".split(), tmp=tmp_path
+        *"--batch 1 --size 64 --rounds 1 --steps 1 --warmup 0 --reuse-memory both --profile".split(),
+        tmp=tmp_path,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "both reuse freed memory" in r.stdout and "| ucpcl | 41,819,142 | 1 |" in r.stdout
+    # --profile: the profiled step's self time by kind, the kinds summing to the whole
+    profiled = r.stdout.split("| convolutions (s) |")[1].splitlines()
+    row = next(x for x in profiled if x.startswith("| ucpcl |"))
+    conv, mm, bn, other, whole = (float(c) for c in row.strip("| ").split(" | ")[1:])
+    assert min(conv, mm, bn) > 0 and abs(conv + mm + bn + other - whole) < 0.005, row
+    assert "ucpcl: convolutions, matrix products and batch norm" in r.stdout
     bad = _versus("--reuse-memory", "always", tmp=tmp_path)
     assert bad.returncode != 0 and "invalid choice: 'always'" in bad.stderr
