@@ -148,10 +148,13 @@ def test_versus_reference_reuse_memory_option(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "both reuse freed memory" in r.stdout and "| ucpcl | 41,819,142 | 1 |" in r.stdout
     # --profile: the profiled step's self time by kind, the kinds summing to the whole
+    # --profile: each kind of operator found, and their own times summed once (the operators' totals, which
+    # nest, add up to about four steps here): the profiled step is near the timed one
+    wall = float(next(x for x in r.stdout.splitlines() if x.startswith("| ucpcl |")).split(" | ")[3])
     profiled = r.stdout.split("| convolutions (s) |")[1].splitlines()
     row = next(x for x in profiled if x.startswith("| ucpcl |"))
     conv, mm, bn, other, whole = (float(c) for c in row.strip("| ").split(" | ")[1:])
-    assert min(conv, mm, bn) > 0 and abs(conv + mm + bn + other - whole) < 0.005, row
+    assert min(conv, mm, bn, other) > 0 and wall / 4 < whole < 2.5 * wall, (row, wall)
     assert "ucpcl: convolutions, matrix products and batch norm" in r.stdout
     bad = _versus("--reuse-memory", "always", tmp=tmp_path)
     assert bad.returncode != 0 and "invalid choice: 'always'" in bad.stderr
