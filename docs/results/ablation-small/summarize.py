@@ -55,7 +55,7 @@ def table(rows: list[dict], order: list[str], base: str = "sup", metric: str = "
     "Markdown: per row the mean ± std over seeds, the seeds, and the paired difference to `base`."
     by = {(r["tag"], r["seed"]): r for r in rows}
     seeds = sorted({r["seed"] for r in rows})
-    cols = ["row", "Dice mean ± std", "per seed", "Δ vs sup mean ± std (per seed)", *LOGGED, "min"]
+    cols = ["row", "Dice mean ± std", "per seed", f"Δ vs {base} mean ± std (per seed)", *LOGGED, "min"]
     head = "| " + " | ".join(cols) + " |"
     lines = [head, "|" + "---|" * len(cols)]
     for tag in order:
@@ -83,13 +83,17 @@ def main(argv=None):
     p.add_argument(
         "--metric", default="best_dice", help="best_dice (validation-best checkpoint) or last_dice"
     )
+    p.add_argument("--base", default="sup", help="the row that the paired differences are taken against")
+    p.add_argument(
+        "--seeds", type=int, nargs="*", default=None, help="only these seeds (default: every seed found)"
+    )
     p.add_argument(
         "--csv", default=None, help="also write one row per run (Dice, per-class Dice, log terms) here"
     )
     a = p.parse_args(argv)
-    rows = [r for root in a.roots for r in collect(Path(root))]
+    rows = [r for root in a.roots for r in collect(Path(root)) if a.seeds is None or r["seed"] in a.seeds]
     order = a.order or list(dict.fromkeys(r["tag"] for r in rows))
-    print(table(rows, order, metric=a.metric))
+    print(table(rows, order, base=a.base, metric=a.metric))
     if a.csv:
         keys = list(dict.fromkeys(k for r in rows for k in r))
         with open(a.csv, "w", newline="") as f:
