@@ -147,7 +147,6 @@ def test_versus_reference_reuse_memory_option(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "both reuse freed memory" in r.stdout and "| ucpcl | 41,819,142 | 1 |" in r.stdout
-    # --profile: the profiled step's self time by kind, the kinds summing to the whole
     # --profile: each kind of operator found, and their own times summed once (the operators' totals, which
     # nest, add up to about four steps here): the profiled step is near the timed one
     wall = float(next(x for x in r.stdout.splitlines() if x.startswith("| ucpcl |")).split(" | ")[3])
