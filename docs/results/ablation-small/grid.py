@@ -1,10 +1,11 @@
 "Train (resumably) a grid of method variants x seeds on one phantom and print a table of test Dice."
 
-import argparse, json, math, sys
+import argparse, functools, json, math, sys
 from pathlib import Path
 
 import numpy as np
 
+import ucpcl.data
 from ucpcl.compare import Grid, RunSpec, run_grid
 from ucpcl.method import UCPCL
 from ucpcl.models import UCPCLNet
@@ -70,7 +71,16 @@ def main(argv=None):
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--batch", type=int, nargs=2, default=[8, 4], metavar=("BATCH", "LABELED"))
     p.add_argument("--eval-every", type=int, default=None, help="default: iterations // 4, as the demo")
+    p.add_argument(
+        "--jitter",
+        type=float,
+        default=None,
+        help="round 13: brightness and contrast jitter of the training augmentation for every row "
+        "(default: the library's, 0.2); a research switch, not a TrainConfig field",
+    )
     a = p.parse_args(argv)
+    if a.jitter is not None:  # the training sets are built in this process, from ucpcl.data's global
+        ucpcl.data.train_transform = functools.partial(ucpcl.data.train_transform, jitter=a.jitter)
     specs = [RunSpec(tag, m, f) for tag, m, f in map(parse_row, a.rows)]
     ev = a.eval_every or max(a.iterations // 4, 1)
     kw = dict(batch_size=a.batch[0], labeled_bs=a.batch[1], eval_every=ev, save_every=a.iterations)
