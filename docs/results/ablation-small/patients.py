@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from ucpcl.data import ACDCVolumes, acdc_labeled_names
+from ucpcl.data import ACDCVolumes, acdc_labeled_names, acdc_patient
 from ucpcl.evaluate import evaluate
 from ucpcl.predict import load_run
 
@@ -39,15 +39,11 @@ def appearance_distance(means: dict[str, np.ndarray], labeled: list[str]) -> dic
     return {n: min(gap(m, means[k]) for k in labeled) for n, m in means.items()}
 
 
-def patient(name: str) -> str:
-    return name.split("_")[0]
-
-
 def run_row(run: Path) -> dict:
     loaded = load_run(run)
     net, cfg = loaded.net, loaded.cfg
     logits = lambda z: net.decode_cnn(net.encode(z))
-    labeled = {patient(n) for n in acdc_labeled_names(cfg.data_root, labeled_patients=int(cfg.labeled))}
+    labeled = {acdc_patient(n) for n in acdc_labeled_names(cfg.data_root, labeled_patients=int(cfg.labeled))}
     dice, group, means = {}, {}, {}
     with torch.no_grad():
         for split in ("train", "test"):
@@ -57,7 +53,7 @@ def run_row(run: Path) -> dict:
                 n, item = case["name"], ds[i]
                 dice[n] = 100 * float(np.mean(case["dice"]))
                 group[n] = (
-                    "test" if split == "test" else ("labeled" if patient(n) in labeled else "unlabeled")
+                    "test" if split == "test" else ("labeled" if acdc_patient(n) in labeled else "unlabeled")
                 )
                 means[n] = class_means(item["label"], item["image"], ds.num_classes)
     dist = appearance_distance(means, [n for n in group if group[n] == "labeled"])
