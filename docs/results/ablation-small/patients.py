@@ -11,10 +11,13 @@ volume. It needs the labels, so it measures the data, not the network: how far a
 lie from what the labeled patients showed. Test volumes are split at the median distance into "near" and "far"
 halves, and Spearman's rho relates the distance to the Dice over all test volumes.
 
+On a phantom composed by more_unlabeled.py (round 14), `unlabeled_base` and `unlabeled_added` split the
+unlabeled patients into the base phantom's and the added ones (empty on other data).
+
 Usage: python patients.py OUT.csv RUN_DIR [RUN_DIR ...]  (one row per run; OUT.csv is rewritten)
 """
 
-import csv, sys
+import csv, json, sys
 from pathlib import Path
 
 import numpy as np
@@ -61,17 +64,25 @@ def run_row(run: Path) -> dict:
     d, s = np.array([dist[n] for n in test]), np.array([dice[n] for n in test])
     near = d <= np.median(d)
     mean = lambda g: float(np.mean([dice[n] for n in group if group[n] == g]))
+    stamp = Path(cfg.data_root) / "PHANTOM.json"
+    added = set(json.loads(stamp.read_text()).get("composed", {}).get("extra", []) if stamp.is_file() else [])
+    for n in group:
+        if added and group[n] == "unlabeled":
+            group[n] = "unlabeled_added" if acdc_patient(n) in added else "unlabeled_base"
+    unlabeled = [dice[n] for n in group if group[n].startswith("unlabeled")]
     return dict(
         run=run.name,
         data=Path(cfg.data_root).name,
         iteration=loaded.iteration,
         labeled=mean("labeled"),
-        unlabeled=mean("unlabeled"),
+        unlabeled=float(np.mean(unlabeled)),
         test=mean("test"),
         test_near=float(s[near].mean()),
         test_far=float(s[~near].mean()),
         rho=float(spearmanr(d, s)[0]),
         n_test=len(test),
+        unlabeled_base=mean("unlabeled_base") if added else "",
+        unlabeled_added=mean("unlabeled_added") if added else "",
     )
 
 
