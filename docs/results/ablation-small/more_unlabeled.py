@@ -9,18 +9,10 @@ labeled patients, the first in list order, stay BASE's), and links to the files 
     python more_unlabeled.py data/cardiac-big data/cardiac-130 data/cardiac-u68 --extra 50
 """
 
-import argparse, hashlib, json
+import argparse, json
 from pathlib import Path
 
-from ucpcl.data import acdc_patient
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().split()
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from ucpcl.data import acdc_patient, read_list as lines, sha256_file as digest
 
 
 def main(argv=None):
