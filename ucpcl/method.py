@@ -52,6 +52,9 @@ class ObjectiveFields:
     # random form: "batch" turns the batch for every term (reference), "unlabeled" its unlabeled images only,
     # "copy" keeps the batch upright and feeds a turned copy to l_e alone
     rotation_input: str = "batch"
+    # random form, "batch": the chance that a labeled image takes its drawn turn; the others stay upright
+    # (1 = reference; the unlabeled images always take theirs)
+    labeled_turns: float = 1.0
     alpha: float = 0.4  # weight of the transformer branch in l_sup, Eq. 3
     consistency: float = 0.01  # final lambda_t, Eq. 1
     lambda_1: float = 0.1  # weight of l_c
@@ -111,6 +114,12 @@ def validate(self: MethodConfig):
     require(self, "rotation_form", self.rotation_form in ("random", "all"), "use 'random' or 'all'")
     inputs = f"use one of {list(ROTATION_INPUTS)}"
     require(self, "rotation_input", self.rotation_input in ROTATION_INPUTS, inputs)
+    require(self, "labeled_turns", 0 <= self.labeled_turns <= 1, "a probability in [0, 1]")
+    batch_form = self.rotation_form == "random" and self.rotation_input == "batch"
+    only = (
+        "below 1 only with rotation_form='random' and rotation_input='batch'; the other forms fix the turns"
+    )
+    require(self, "labeled_turns", self.labeled_turns == 1 or batch_form, only)
     require(self, "contrast_level", self.contrast_level in (1, 2, 3, 4), "use 1..4 (Conv1..Conv4)")
     bs = f"use 1..{self.batch_size - 1} (the rest of the batch is unlabeled)"
     require(self, "labeled_bs", 0 < self.labeled_bs < self.batch_size, bs)
@@ -220,8 +229,11 @@ def item_seed(seed: int, iteration: int, slot: int) -> int:
 def rotation_ks(self: UCPCL, iteration: int, device) -> Tensor:
     "k in {0, 1, 2, 3} for each image of this process's share of the batch at `iteration`."
     W, g = self.world_size, torch.Generator().manual_seed(item_seed(self.cfg.seed, iteration, 1 << 20))
-    k = torch.randint(0, 4, (self.cfg.batch_size * W,), generator=g).tolist()
-    return torch.tensor(rank_share(k, self.cfg.labeled_bs * W, self.rank, W), device=device)
+    k = torch.randint(0, 4, (self.cfg.batch_size * W,), generator=g)
+    L = self.cfg.labeled_bs * W  # the labeled images come first in the batch of all processes
+    if self.cfg.labeled_turns < 1:  # each labeled image keeps its turn with this chance, else stays upright
+        k[:L] *= torch.rand(L, generator=g) < self.cfg.labeled_turns
+    return torch.tensor(rank_share(k.tolist(), L, self.rank, W), device=device)
 
 # %% ../nbs/10_method.ipynb #5d181a44
 @patch
