@@ -42,9 +42,9 @@ def main(out: str, *runs: str):
         share = c / c.sum(1, keepdims=True)  # each true class's pixels, by predicted class
         row = {"run": str(run)}
         row |= {f"true{t}_pred{p}": float(share[t, p]) for t in range(len(c)) for p in range(len(c))}
-        rows.append(row)
         dice = [2 * c[k, k] / (c[k].sum() + c[:, k].sum()) for k in range(1, len(c))]  # pooled over volumes
         row |= {f"pooled_dice{k + 1}": float(d) for k, d in enumerate(dice)}
+        rows.append(row)
         print(
             run.name,
             " | ".join(f"{t}: " + " ".join(f"{100 * v:4.1f}" for v in share[t]) for t in range(1, len(c))),
