@@ -245,3 +245,84 @@ def test_compiled_networks_train_as_the_eager_ones(phantom, tmp_path, monkeypatc
     # evaluation rebuilds the run eagerly
     back = Trainer.from_run(tmp_path / "compiled", "last")
     assert back.method.model._compiled_call_impl is None and back.cfg.compile is False
+
+
+def _model_state(t: Trainer):
+    return {k: v.detach().clone() for k, v in t.method.model.state_dict().items()}
+
+
+def test_weight_average_is_validated_and_kept_as_best_pt(phantom, tmp_path, monkeypatch):
+    "weight_average: validation and best.pt see the moving average, training and last.pt the trained weights."
+    seen = {"trained": [], "validated": {}}
+    update, validate = Trainer.update_average, Trainer.validate
+
+    def recording_update(self):
+        seen["trained"].append(_model_state(self))  # theta_n, before it enters the average
+        update(self)
+
+    def recording_validate(self, it):
+        self.swap_average()
+        seen["validated"][it] = _model_state(self)  # the average: what validation must see
+        self.swap_average()
+        return validate(self, it)
+
+    monkeypatch.setattr(Trainer, "update_average", recording_update)
+    monkeypatch.setattr(Trainer, "validate", recording_validate)
+    beta = 0.5  # below (1 + n) / (10 + n) from n = 9: both sides of the min within a short run
+    t = Trainer(cfg(phantom, tmp_path / "avg", iterations=12, eval_every=6, weight_average=beta)).fit(
+        progress=False
+    )
+    thetas = seen["trained"]
+    assert len(thetas) == 12 and sorted(seen["validated"]) == [6, 12]
+    expect = {k: v.clone() for k, v in thetas[0].items()}
+    for n, theta in enumerate(thetas[1:], start=2):
+        d = min(beta, (1 + n) / (10 + n))
+        for k, v in theta.items():
+            expect[k] = d * expect[k] + (1 - d) * v if v.is_floating_point() else v.clone()
+        if n in seen["validated"]:
+            got = seen["validated"][n]
+            for k in expect:
+                assert torch.allclose(got[k].float(), expect[k].float(), atol=1e-6), f"{k} at {n}"
+    monkeypatch.undo()
+    # training never reads the average: the trained weights are those of the same run without it
+    plain = Trainer(cfg(phantom, tmp_path / "plain", iterations=12, eval_every=6)).fit(progress=False)
+    t.test(), plain.test()
+    assert all(torch.equal(v, _state(plain)[k]) for k, v in _state(t).items())
+    best, last = (torch.load(tmp_path / "avg" / n, weights_only=True) for n in ("best.pt", "last.pt"))
+    model = {k.removeprefix("model."): v for k, v in best["method"].items() if k.startswith("model.")}
+    assert all(torch.equal(model[k], v) for k, v in seen["validated"][best["best"]["iteration"]].items())
+    assert all(torch.equal(v, last["method"][f"model.{k}"]) for k, v in thetas[-1].items())
+    assert "average" in last and "average" not in best
+    metrics = json.loads((tmp_path / "avg" / "metrics.json").read_text())
+    assert "moving average of the weights (decay 0.5" in metrics["selection"]
+    assert "moving average" not in json.loads((tmp_path / "plain" / "metrics.json").read_text())["selection"]
+
+
+def test_a_resumed_run_continues_the_same_weight_average(phantom, tmp_path):
+    c = lambda out, **kw: cfg(phantom, out, iterations=6, weight_average=0.9, **kw)
+    full = Trainer(c(tmp_path / "full")).fit(progress=False)
+    Trainer(c(tmp_path / "part")).fit(progress=False, stop_after=4)
+    resumed = Trainer(c(tmp_path / "part")).fit(resume=True, progress=False)
+    assert resumed.average.keys() == full.average.keys()
+    assert all(torch.equal(v, resumed.average[k]) for k, v in full.average.items())
+    for name in ("best.pt", "last.pt"):
+        a, b = (
+            torch.load(p / name, weights_only=True)["method"] for p in (tmp_path / "full", tmp_path / "part")
+        )
+        assert all(torch.equal(v, b[k]) for k, v in a.items()), name
+    with pytest.raises(ValueError, match="different run: weight_average: 0.9 there, 0.0 here"):
+        Trainer(cfg(phantom, tmp_path / "part", iterations=6)).load(tmp_path / "part" / "last.pt")
+    with pytest.raises(ValueError, match="weight_average.*a decay in \\[0, 1\\)"):
+        TrainConfig(weight_average=1.0)
+
+
+def test_a_checkpoint_older_than_a_field_has_that_fields_default(phantom, tmp_path):
+    "A last.pt written before `weight_average` existed resumes as a run without the average, as it was."
+    Trainer(cfg(phantom, tmp_path, iterations=6)).fit(progress=False, stop_after=3)
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    del ck["config"]["weight_average"]
+    torch.save(ck, tmp_path / "last.pt")
+    t = Trainer(cfg(phantom, tmp_path, iterations=6)).fit(resume=True, progress=False)
+    assert t.iteration == 6 and t.average is None
+    with pytest.raises(ValueError, match="weight_average: 0.0 there, 0.99 here"):
+        Trainer(cfg(phantom, tmp_path, iterations=6, weight_average=0.99)).load(tmp_path / "last.pt")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_train.ipynb #b3c467b7
 from __future__ import annotations
-import csv, errno, json, os, pickle, platform, random, shutil, sys, time
+import csv, dataclasses, errno, json, os, pickle, platform, random, shutil, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,7 +38,7 @@ from .cotraining import CrossConsistencyTraining, CrossPseudoSupervision, DeepCo
 __all__ = ['METHODS', 'LOG_FIELDS', 'CHECKPOINT_FORMAT', 'RUN_IDENTITY', 'RUN_FILES', 'SELECTION', 'get_method', 'DataFields',
            'OptimizerFields', 'RunFields', 'TrainConfig', 'poly_lr', 'SeededItems', 'IterationBatches', 'NonFiniteLoss',
            'Trainer', 'compile_networks', 'LabeledOnly', 'collate', 'atomic_save', 'read_checkpoint', 'check_same_run',
-           'environment', 'check_run_folder', 'tensorboard_writer', 'train']
+           'environment', 'check_run_folder', 'tensorboard_writer', 'selection', 'train']
 
 # %% ../nbs/10_train.ipynb #03b61451
 METHODS: dict[str, type[Method]] = {  # the name in TrainConfig.method -> the class
@@ -89,6 +89,9 @@ class OptimizerFields:
     lr_power: float = 0.9  # the power of the polynomial schedule
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # SGD weight decay
+    # validate, and keep as best.pt, a moving average of the predicting network's weights with this decay
+    # (e.g. 0.99; `Trainer.update_average`); 0 = off, the paper's protocol
+    weight_average: float = 0.0
 
 # %% ../nbs/10_train.ipynb #881ca76b
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ def validate(self: TrainConfig):
     weights = "'preset', 'none', a torchvision weights name such as 'IMAGENET1K_V1', or a state_dict file"
     require(self, "pretrained", self.pretrained is None or isinstance(self.pretrained, str), weights)
     require(self, "drop_path", 0 <= self.drop_path < 1, "a probability in [0, 1), e.g. 0.1 (the reference)")
+    decay = "a decay in [0, 1), e.g. 0.99; 0 = off (the paper's protocol)"
+    require(self, "weight_average", 0 <= self.weight_average < 1, decay)
 
 # %% ../nbs/10_train.ipynb #c9faf55f
 def poly_lr(
@@ -225,6 +230,7 @@ class Trainer:
         self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
         self.iteration, self.best = 0, {"iteration": None, "dice": -1.0}
+        self.average: dict | None = None  # weight_average > 0: the averaged weights (rank 0)
 
 # %% ../nbs/10_train.ipynb #1a8e159c
 @patch
@@ -472,6 +478,8 @@ def save(
     ck["config"], ck["format"] = self.cfg.to_dict(), CHECKPOINT_FORMAT
     if full:
         ck.update(optimizer=self.opt.state_dict(), rng=_rng_state())
+        if self.average is not None:  # weight_average: resuming continues the same average
+            ck["average"] = self.average
     atomic_save(ck, self.out / name)
 
 # %% ../nbs/10_train.ipynb #038b621d
@@ -513,13 +521,16 @@ def read_checkpoint(path: str | Path, device: torch.device) -> dict:
 # %% ../nbs/10_train.ipynb #e7d77bc8
 # the fields a checkpoint must share with the run that loads it, in the order an error lists them
 RUN_IDENTITY = "dataset method preset iterations batch_size labeled_bs labeled".split()
-RUN_IDENTITY += "contrast contrast_level use_con use_rot seed".split()
+RUN_IDENTITY += "contrast contrast_level use_con use_rot seed weight_average".split()
 
 
 def check_same_run(path: Path, saved: dict, cfg: TrainConfig):
     "Raise a `ValueError` listing the fields of `RUN_IDENTITY` in which `saved` differs from `cfg`."
     mine = cfg.to_dict()
-    diff = {k: (saved.get(k), mine[k]) for k in RUN_IDENTITY if saved.get(k) != mine[k]}
+    # a field that a checkpoint lacks is older than it: that run had the field's default
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    there = {k: saved.get(k, default[k]) for k in RUN_IDENTITY}
+    diff = {k: (there[k], mine[k]) for k in RUN_IDENTITY if there[k] != mine[k]}
     if diff:
         fields = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items())
         raise ValueError(f"checkpoint {path} was written by a different run: {fields}")
@@ -541,6 +552,7 @@ def load(self: Trainer, path: str | Path, weights_only: bool = False) -> dict:
         raise ValueError(msg)
     self.opt.load_state_dict(ck["optimizer"])
     self.iteration, self.best, self.validated = ck["iteration"], ck["best"], ck.get("validated")
+    self.average = ck.get("average") if self.rank == 0 else None  # weight_average: the same field there
     _set_rng_state(ck["rng"])
     return ck
 
@@ -614,18 +626,52 @@ def check_run_folder(
 # %% ../nbs/10_train.ipynb #de7a96e7
 @patch
 def validate(self: Trainer, it: int):
-    "Validate, append to val.csv, and save best.pt when the mean foreground Dice improved."
-    r = self.evaluate_split("val", hd95=False).summary
-    with (self.out / "val.csv").open("a", newline="") as f:
-        w = csv.writer(f)
-        if f.tell() == 0:
-            w.writerow(["iteration", "dice", "jaccard"])
-        w.writerow([it, r["dice"], r["jaccard"]])
-    self.log_scalars("val", {"dice": r["dice"], "jaccard": r["jaccard"]}, it)
-    if r["dice"] > self.best["dice"]:
-        self.best = {"iteration": it, "dice": r["dice"], "jaccard": r["jaccard"]}
-        self.save("best.pt", full=False)
+    "Validate, append to val.csv, and save best.pt when the mean foreground Dice improved (the average's)."
+    averaged = self.average is not None
+    if averaged:
+        self.swap_average()  # the averaged weights are the ones validated and kept as best.pt
+    try:
+        r = self.evaluate_split("val", hd95=False).summary
+        with (self.out / "val.csv").open("a", newline="") as f:
+            w = csv.writer(f)
+            if f.tell() == 0:
+                w.writerow(["iteration", "dice", "jaccard"])
+            w.writerow([it, r["dice"], r["jaccard"]])
+        self.log_scalars("val", {"dice": r["dice"], "jaccard": r["jaccard"]}, it)
+        if r["dice"] > self.best["dice"]:
+            self.best = {"iteration": it, "dice": r["dice"], "jaccard": r["jaccard"]}
+            self.save("best.pt", full=False)
+    finally:
+        if averaged:
+            self.swap_average()  # the trained weights back, for the next step and last.pt
     return r
+
+# %% ../nbs/10_train.ipynb #687d94b7
+@patch
+def update_average(self: Trainer):
+    "weight_average > 0, rank 0: after each step, move the averaged weights toward the trained ones."
+    beta = self.cfg.weight_average
+    if not beta or self.rank != 0:
+        return
+    live = self.method.model.state_dict()
+    if self.average is None:  # theta_1
+        self.average = {k: v.detach().clone() for k, v in live.items()}
+        return
+    n = self.iteration  # the steps taken
+    d = min(beta, (1 + n) / (10 + n))
+    with torch.no_grad():
+        for k, v in live.items():
+            a = self.average[k]
+            a.lerp_(v, 1 - d) if a.is_floating_point() else a.copy_(v)  # batch norm's step count: copied
+
+# %% ../nbs/10_train.ipynb #9268b0cb
+@patch
+def swap_average(self: Trainer):
+    "Exchange the predicting network's weights with the averaged ones; a second call swaps them back."
+    model = self.method.model
+    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(self.average)
+    self.average = live
 
 # %% ../nbs/10_train.ipynb #cbb6f80e
 @patch
@@ -690,10 +736,11 @@ def log_scalars(self: Trainer, group: str, values: dict, it: int):
 # %% ../nbs/10_train.ipynb #c9f597d4
 @patch
 def iterate(self: Trainer, batch: dict, bar: tqdm):
-    "One iteration: the step, then the log row and the progress bar's figures every log_every iterations."
+    "One iteration: the step, the weights' average, and every log_every iterations the log row and the bar."
     cfg, it = self.cfg, self.iteration
     terms = self.step(batch, it)
     self.iteration = it + 1
+    self.update_average()  # weight_average > 0 only
     if it % cfg.log_every == 0 or self.iteration == cfg.iterations:
         terms = reduce_mean(terms, self.device)  # the mean over processes
         if self.rank == 0:
@@ -805,6 +852,15 @@ SELECTION = (  # how metrics.json describes the choice of best.pt
     "best.pt = highest mean foreground Dice on the validation split; the test split was evaluated only here"
 )
 
+
+def selection(weight_average: float = 0.0) -> str:
+    "How metrics.json describes the choice of best.pt: `SELECTION`, naming the average when there is one."
+    if not weight_average:
+        return SELECTION
+    head, tail = SELECTION.split("; ", 1)
+    avg = f"best.pt = the moving average of the weights (decay {weight_average}, `weight_average`) with the "
+    return f"{head.replace('best.pt = ', avg)} (last.pt: the trained weights); {tail}"
+
 # %% ../nbs/10_train.ipynb #161d1a01
 @patch
 def test(self: Trainer) -> dict:
@@ -815,7 +871,13 @@ def test(self: Trainer) -> dict:
     res, cases = self.evaluate_checkpoints()
     with (self.out / "val.csv").open() as f:
         val = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    metrics = {**head, "selection": SELECTION, "best_val": self.best, "test": res, "val_history": val}
+    metrics = {
+        **head,
+        "selection": selection(self.cfg.weight_average),
+        "best_val": self.best,
+        "test": res,
+        "val_history": val,
+    }
     (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (self.out / "test_cases.json").write_text(json.dumps(cases, indent=1) + "\n")
     return metrics

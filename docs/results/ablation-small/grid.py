@@ -4,7 +4,6 @@ import argparse, functools, json, math, sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import ucpcl.data
 import ucpcl.train
@@ -63,34 +62,6 @@ def parse_row(text: str) -> tuple[str, str, dict]:
     return tag or text.replace(":", "+").replace(",", "+").replace("=", ""), method, fields
 
 
-def average_weights(decay: float):
-    """Round 16: validate an exponential moving average of the network's weights (its batch-norm statistics
-    too), so that best.pt holds the average; last.pt keeps the trained weights. A research switch for every
-    row of a grid, patched into `ucpcl.train.Trainer` in this process, not a TrainConfig field."""
-    T = ucpcl.train.Trainer
-    iterate, validate = T.iterate, T.validate
-
-    def averaging_iterate(self, batch, bar):
-        iterate(self, batch, bar)
-        live = self.method.model.state_dict()
-        if not hasattr(self, "_average"):
-            self._average = {k: v.detach().clone() for k, v in live.items()}
-        d = min(decay, (1 + self.iteration) / (10 + self.iteration))  # a short memory while it starts
-        with torch.no_grad():
-            for k, v in live.items():
-                self._average[k].lerp_(v, 1 - d) if v.is_floating_point() else self._average[k].copy_(v)
-
-    def averaged_validate(self, it):
-        live = {k: v.clone() for k, v in self.method.model.state_dict().items()}
-        self.method.model.load_state_dict(self._average)
-        try:
-            return validate(self, it)  # best.pt is written here, from the average
-        finally:
-            self.method.model.load_state_dict(live)
-
-    T.iterate, T.validate = averaging_iterate, averaged_validate
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data-root", required=True)
@@ -113,16 +84,16 @@ def main(argv=None):
         type=float,
         default=None,
         help="round 16: validate (and keep as best.pt) a moving average of the weights with this decay, "
-        "for every row; a research switch, not a TrainConfig field",
+        "for every row: TrainConfig's weight_average (rounds 16 and 17 ran it as a patch of the trainer "
+        "with the same arithmetic)",
     )
     a = p.parse_args(argv)
-    if a.average is not None:
-        average_weights(a.average)
     if a.jitter is not None:  # the training sets are built in this process, from ucpcl.data's global
         ucpcl.data.train_transform = functools.partial(ucpcl.data.train_transform, jitter=a.jitter)
     specs = [RunSpec(tag, m, f) for tag, m, f in map(parse_row, a.rows)]
     ev = a.eval_every or max(a.iterations // 4, 1)
     kw = dict(batch_size=a.batch[0], labeled_bs=a.batch[1], eval_every=ev, save_every=a.iterations)
+    kw |= {} if a.average is None else {"weight_average": a.average}
     grid = Grid([a.labeled], a.seeds, "acdc", a.data_root, a.out, "small", a.iterations, "cpu", overrides=kw)
     rows = run_grid(specs, grid)
     write_csv(rows, Path(a.out) / "runs.csv")
