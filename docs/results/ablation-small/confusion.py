@@ -18,6 +18,8 @@ import torch
 from ucpcl.data import ACDCVolumes
 from ucpcl.predict import load_run, segment
 
+import grid  # noqa: F401  (registers grid.py's research variants, so their runs load)
+
 
 def confusion(run: Path) -> np.ndarray:
     "(C, C) pixel counts over the test split: rows the true class, columns the predicted one."

@@ -1,14 +1,21 @@
 "Train (resumably) a grid of method variants x seeds on one phantom and print a table of test Dice."
 
 import argparse, functools, json, math, sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
 
 import ucpcl.data
 import ucpcl.train
 from ucpcl.compare import Grid, RunSpec, run_grid
-from ucpcl.method import UCPCL
+from ucpcl.losses import consistency_weight, seg_loss
+from ucpcl.method import UCPCL, cat_outputs, item_seed
+from ucpcl.uncertainty import certain_pseudo_label
 from ucpcl.models import UCPCLNet
 from ucpcl.report import write_csv
 from ucpcl.train import METHODS
@@ -23,7 +30,82 @@ class UCPCLStopGrad(UCPCL):
         net.decode_transformer = lambda feats: UCPCLNet.decode_transformer(net, [f.detach() for f in feats])
 
 
-METHODS |= {"ucpcl-sg": UCPCLStopGrad}
+def appearance(x: Tensor, seed: int) -> Tensor:
+    "Round 19: a random gamma, contrast, brightness and noise per image of x (B, C, H, W) in [0, 1]."
+    g = torch.Generator().manual_seed(seed)
+    B = len(x)
+    u = lambda lo, hi: (lo + (hi - lo) * torch.rand(B, 1, 1, 1, generator=g)).to(x)
+    gamma, contrast, bright, sigma = torch.exp(u(-0.7, 0.7)), u(0.6, 1.4), u(-0.2, 0.2), u(0.0, 0.05)
+    y = x.clamp(0, 1) ** gamma
+    m = y.mean((1, 2, 3), keepdim=True)
+    noise = torch.randn(x.shape, generator=g).to(x)
+    return ((y - m) * contrast + m + bright + sigma * noise).clamp(0, 1)
+
+
+@contextmanager
+def frozen_running_stats(net: nn.Module):
+    "Batch norm normalises with the batch's statistics but leaves its running statistics as they are."
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, v in zip(bns, saved):
+            m.momentum = v
+
+
+class UCPCLPerturbed(UCPCL):
+    """Research variant (round 19): the method plus l_p, the CNN decoder on an appearance-perturbed copy of
+    the unlabeled images, trained toward the certain pseudo labels of Eq. 7 (from the unperturbed pass,
+    detached): cross-entropy over the certain pixels, or (`dice`) l_sup's cross-entropy + Dice with the
+    uncertain pixels left out. Weighted by `weight` * the ramp of lambda_t; one more pass of the unlabeled
+    images (encoder, CNN decoder), with batch norm's running statistics left as they are. log.csv's loss
+    column includes w * l_p; the share of certain pixels is its `certain` column (same H, same p_c, p_t)."""
+
+    weight, dice = 1.0, False
+
+    def training_step(self, batch, iteration):
+        out = {}
+        keep = self.model.forward
+
+        def spy(z, **kw):  # the method's own pass, recorded for the pseudo labels
+            o = keep(z, **kw)
+            out.setdefault("o", []).append(o)
+            out.setdefault("x", []).append(z)
+            return o
+
+        self.model.forward = spy
+        try:
+            logs = UCPCL.training_step(self, batch, iteration)
+        finally:
+            del self.model.forward
+        lb = self.cfg.labeled_bs
+        o = out["o"][0] if len(out["o"]) == 1 else cat_outputs(*out["o"])
+        x = torch.cat(out["x"])[lb:]  # the unlabeled images as the pass saw them (turned, if turned)
+        p_c, p_t = (t[lb:].detach().float().softmax(1) for t in (o.logits_c, o.logits_t))
+        H = self.threshold(iteration, self.cfg.iterations)
+        target = certain_pseudo_label(p_c, p_t, H)  # (B_u, H, W), -1 = uncertain
+        xp = appearance(x, item_seed(self.cfg.seed, iteration, 1 << 22))
+        with frozen_running_stats(self.model):
+            logits = self.model.decode_cnn(self.model.encode(xp))
+        if not (target >= 0).any():  # nothing certain yet
+            l_p = logits.sum() * 0
+        elif self.dice:
+            l_p = seg_loss(logits.float(), target, ignore_index=-1, dice_form=self.cfg.dice_form)
+        else:
+            l_p = F.cross_entropy(logits.float(), target, ignore_index=-1)
+        w = consistency_weight(iteration, self.cfg.iterations, self.weight)
+        logs["loss"] = logs["loss"] + w * l_p
+        return logs
+
+
+def perturbed(weight: float, dice: bool = False) -> type:
+    return type(f"UCPCLPerturbed{weight:g}", (UCPCLPerturbed,), {"weight": weight, "dice": dice})
+
+
+METHODS |= {"ucpcl-sg": UCPCLStopGrad, "ucpcl-p1": perturbed(1.0), "ucpcl-pd1": perturbed(1.0, dice=True)}
 
 # name -> (method, TrainConfig fields); "full" is the method with the TrainConfig in force
 ROWS = {
@@ -44,6 +126,8 @@ ROWS = {
     "norot-splitbn": ("ucpcl", {"use_rot": False, "batch_norm": "per_stream"}),
     "cps": ("cps", {}),  # baselines of Table 1: cross pseudo supervision, mean teacher
     "mt": ("mt", {}),
+    "pert": ("ucpcl-p1", {}),  # round 19: the full method + l_p on appearance-perturbed unlabeled images
+    "pertd": ("ucpcl-pd1", {}),  # l_p as cross-entropy + Dice over the certain pixels
 }
 
 
