@@ -1,12 +1,10 @@
 "Train (resumably) a grid of method variants x seeds on one phantom and print a table of test Dice."
 
 import argparse, functools, json, math, sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -14,7 +12,8 @@ import ucpcl.data
 import ucpcl.train
 from ucpcl.compare import Grid, RunSpec, run_grid
 from ucpcl.losses import consistency_weight, seg_loss
-from ucpcl.method import UCPCL, cat_outputs, item_seed
+from ucpcl.baselines import batch_statistics
+from ucpcl.method import UCPCL, item_seed
 from ucpcl.uncertainty import certain_pseudo_label
 from ucpcl.models import UCPCLNet
 from ucpcl.report import write_csv
@@ -42,20 +41,6 @@ def appearance(x: Tensor, seed: int) -> Tensor:
     return ((y - m) * contrast + m + bright + sigma * noise).clamp(0, 1)
 
 
-@contextmanager
-def frozen_running_stats(net: nn.Module):
-    "Batch norm normalises with the batch's statistics but leaves its running statistics as they are."
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, v in zip(bns, saved):
-            m.momentum = v
-
-
 class UCPCLPerturbed(UCPCL):
     """Research variant (round 19): the method plus l_p, the CNN decoder on an appearance-perturbed copy of
     the unlabeled images, trained toward the certain pseudo labels of Eq. 7 (from the unperturbed pass,
@@ -64,31 +49,25 @@ class UCPCLPerturbed(UCPCL):
     images (encoder, CNN decoder), with batch norm's running statistics left as they are. log.csv's loss
     column includes w * l_p; the share of certain pixels is its `certain` column (same H, same p_c, p_t)."""
 
-    weight, dice = 1.0, False
+    weight, dice, _pass = 1.0, False, None
+
+    def by_stream(self, fn, x):
+        "The method's `by_stream`; the step's first call (the batch through the network) is kept for l_p."
+        out = UCPCL.by_stream(self, fn, x)
+        if self._pass is None:
+            self._pass = (x, out)
+        return out
 
     def training_step(self, batch, iteration):
-        out = {}
-        keep = self.model.forward
-
-        def spy(z, **kw):  # the method's own pass, recorded for the pseudo labels
-            o = keep(z, **kw)
-            out.setdefault("o", []).append(o)
-            out.setdefault("x", []).append(z)
-            return o
-
-        self.model.forward = spy
-        try:
-            logs = UCPCL.training_step(self, batch, iteration)
-        finally:
-            del self.model.forward
-        lb = self.cfg.labeled_bs
-        o = out["o"][0] if len(out["o"]) == 1 else cat_outputs(*out["o"])
-        x = torch.cat(out["x"])[lb:]  # the unlabeled images as the pass saw them (turned, if turned)
+        self._pass = None
+        logs = UCPCL.training_step(self, batch, iteration)
+        (x, o), self._pass, lb = self._pass, None, self.cfg.labeled_bs
+        x = x[lb:]  # the unlabeled images as the pass saw them (turned, if turned)
         p_c, p_t = (t[lb:].detach().float().softmax(1) for t in (o.logits_c, o.logits_t))
         H = self.threshold(iteration, self.cfg.iterations)
         target = certain_pseudo_label(p_c, p_t, H)  # (B_u, H, W), -1 = uncertain
         xp = appearance(x, item_seed(self.cfg.seed, iteration, 1 << 22))
-        with frozen_running_stats(self.model):
+        with batch_statistics(self.model):
             logits = self.model.decode_cnn(self.model.encode(xp))
         if not (target >= 0).any():  # nothing certain yet
             l_p = logits.sum() * 0
