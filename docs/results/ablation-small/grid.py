@@ -81,6 +81,7 @@ class UCPCLPerturbed(UCPCL):
 
 
 def perturbed(weight: float, dice: bool = False) -> type:
+    "`UCPCLPerturbed` with l_p's final weight and form fixed, so that a METHODS name can hold it."
     return type(f"UCPCLPerturbed{weight:g}", (UCPCLPerturbed,), {"weight": weight, "dice": dice})
 
 
