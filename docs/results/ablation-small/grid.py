@@ -50,6 +50,9 @@ class UCPCLPerturbed(UCPCL):
     column includes w * l_p; the share of certain pixels is its `certain` column (same H, same p_c, p_t)."""
 
     weight, dice, _pass = 1.0, False, None
+    balance = False  # round 20: each class's certain pixels weigh alike in l_p (the mean over classes)
+    align = False  # round 20: align the pseudo labels' class shares with the labeled images' (see `aligned`)
+    _prior = None  # (labeled, unlabeled) running class shares, for `align`
 
     def by_stream(self, fn, x):
         "The method's `by_stream`; the step's first call (the batch through the network) is kept for l_p."
@@ -65,6 +68,8 @@ class UCPCLPerturbed(UCPCL):
         x = x[lb:]  # the unlabeled images as the pass saw them (turned, if turned)
         p_c, p_t = (t[lb:].detach().float().softmax(1) for t in (o.logits_c, o.logits_t))
         H = self.threshold(iteration, self.cfg.iterations)
+        if self.align:
+            p_c = p_t = self.aligned((p_c + p_t) / 2, batch["label"][:lb])
         target = certain_pseudo_label(p_c, p_t, H)  # (B_u, H, W), -1 = uncertain
         xp = appearance(x, item_seed(self.cfg.seed, iteration, 1 << 22))
         with batch_statistics(self.model):
@@ -73,19 +78,40 @@ class UCPCLPerturbed(UCPCL):
             l_p = logits.sum() * 0
         elif self.dice:
             l_p = seg_loss(logits.float(), target, ignore_index=-1, dice_form=self.cfg.dice_form)
+        elif self.balance:
+            ce = F.cross_entropy(logits.float(), target, ignore_index=-1, reduction="none")
+            l_p = torch.stack([ce[target == c].mean() for c in target[target >= 0].unique()]).mean()
         else:
             l_p = F.cross_entropy(logits.float(), target, ignore_index=-1)
         w = consistency_weight(iteration, self.cfg.iterations, self.weight)
         logs["loss"] = logs["loss"] + w * l_p
         return logs
 
+    def aligned(self, p: Tensor, y: Tensor, momentum: float = 0.99) -> Tensor:
+        """Distribution alignment (round 20): p (B_u, C, H, W) times the ratio of the labeled images' class
+        shares (y, the labeled batch's labels) to the unlabeled predictions' mean class shares, renormalised;
+        both shares are running means over steps (`momentum`), so that a class that the network finds too
+        rarely on the unlabeled images gets its probability raised before Eq. 7 takes the certain argmax."""
+        C = p.shape[1]
+        shares = torch.bincount(y[y >= 0].flatten(), minlength=C).float().to(p), p.mean((0, 2, 3))
+        shares = tuple(s / s.sum().clamp_min(1e-12) for s in shares)
+        if self._prior is None:
+            self._prior = shares
+        else:
+            self._prior = tuple(momentum * a + (1 - momentum) * b for a, b in zip(self._prior, shares))
+        ratio = (self._prior[0] / self._prior[1].clamp_min(1e-6)).view(1, C, 1, 1)
+        q = p * ratio
+        return q / q.sum(1, keepdim=True)
 
-def perturbed(weight: float, dice: bool = False) -> type:
+
+def perturbed(weight: float, dice: bool = False, balance: bool = False, align: bool = False) -> type:
     "`UCPCLPerturbed` with l_p's final weight and form fixed, so that a METHODS name can hold it."
-    return type(f"UCPCLPerturbed{weight:g}", (UCPCLPerturbed,), {"weight": weight, "dice": dice})
+    fields = {"weight": weight, "dice": dice, "balance": balance, "align": align}
+    return type(f"UCPCLPerturbed{weight:g}", (UCPCLPerturbed,), fields)
 
 
 METHODS |= {"ucpcl-sg": UCPCLStopGrad, "ucpcl-p1": perturbed(1.0), "ucpcl-pd1": perturbed(1.0, dice=True)}
+METHODS |= {"ucpcl-pb1": perturbed(1.0, balance=True), "ucpcl-pa1": perturbed(1.0, align=True)}
 
 # name -> (method, TrainConfig fields); "full" is the method with the TrainConfig in force
 ROWS = {
@@ -108,6 +134,8 @@ ROWS = {
     "mt": ("mt", {}),
     "pert": ("ucpcl-p1", {}),  # round 19: the full method + l_p on appearance-perturbed unlabeled images
     "pertd": ("ucpcl-pd1", {}),  # l_p as cross-entropy + Dice over the certain pixels
+    "pertb": ("ucpcl-pb1", {}),  # round 20: l_p's cross-entropy as the mean over the classes
+    "perta": ("ucpcl-pa1", {}),  # round 20: pseudo labels after distribution alignment
 }
 
 
