@@ -13,8 +13,8 @@ import ucpcl.train
 from ucpcl.compare import Grid, RunSpec, run_grid
 from ucpcl.losses import consistency_weight, seg_loss
 from ucpcl.baselines import batch_statistics
-from ucpcl.method import UCPCL, item_seed
-from ucpcl.uncertainty import certain_pseudo_label
+from ucpcl.method import UCPCL, Supervised, item_seed
+from ucpcl.uncertainty import ThresholdSchedule, certain_pseudo_label
 from ucpcl.models import UCPCLNet
 from ucpcl.report import write_csv
 from ucpcl.train import METHODS
@@ -39,6 +39,23 @@ def appearance(x: Tensor, seed: int) -> Tensor:
     m = y.mean((1, 2, 3), keepdim=True)
     noise = torch.randn(x.shape, generator=g).to(x)
     return ((y - m) * contrast + m + bright + sigma * noise).clamp(0, 1)
+
+
+def pseudo_label_loss(
+    logits: Tensor, target: Tensor, dice=False, balance=False, dice_form="linear"
+) -> Tensor:
+    """l_p of rounds 19 and 20: logits (B, C, H, W) toward the certain pseudo labels target (B, H, W; -1 =
+    uncertain, left out): cross-entropy over the certain pixels, its mean over the classes present
+    (`balance`), or l_sup's cross-entropy + Dice (`dice`); zero (with a gradient) while no pixel is
+    certain."""
+    if not (target >= 0).any():
+        return logits.sum() * 0
+    if dice:
+        return seg_loss(logits, target, ignore_index=-1, dice_form=dice_form)
+    if balance:
+        ce = F.cross_entropy(logits, target, ignore_index=-1, reduction="none")
+        return torch.stack([ce[target == c].mean() for c in target[target >= 0].unique()]).mean()
+    return F.cross_entropy(logits, target, ignore_index=-1)
 
 
 class UCPCLPerturbed(UCPCL):
@@ -74,15 +91,7 @@ class UCPCLPerturbed(UCPCL):
         xp = appearance(x, item_seed(self.cfg.seed, iteration, 1 << 22))
         with batch_statistics(self.model):
             logits = self.model.decode_cnn(self.model.encode(xp))
-        if not (target >= 0).any():  # nothing certain yet
-            l_p = logits.sum() * 0
-        elif self.dice:
-            l_p = seg_loss(logits.float(), target, ignore_index=-1, dice_form=self.cfg.dice_form)
-        elif self.balance:
-            ce = F.cross_entropy(logits.float(), target, ignore_index=-1, reduction="none")
-            l_p = torch.stack([ce[target == c].mean() for c in target[target >= 0].unique()]).mean()
-        else:
-            l_p = F.cross_entropy(logits.float(), target, ignore_index=-1)
+        l_p = pseudo_label_loss(logits.float(), target, self.dice, self.balance, self.cfg.dice_form)
         w = consistency_weight(iteration, self.cfg.iterations, self.weight)
         logs["loss"] = logs["loss"] + w * l_p
         return logs
@@ -104,6 +113,33 @@ class UCPCLPerturbed(UCPCL):
         return q / q.sum(1, keepdim=True)
 
 
+class SupPerturbed(Supervised):
+    """Research variant (round 20): `sup` (its network, l_sup on the labeled images alone, batch norm's
+    running statistics from them alone) plus l_p on the unlabeled images: their pseudo labels from the CNN
+    decoder alone (Eq. 7 with p_c = p_t, no gradient), the same perturbation and weight as `UCPCLPerturbed`;
+    both unlabeled passes use batch statistics and leave the running ones as `sup` has them."""
+
+    uses_unlabeled = True
+    weight, balance = 1.0, False
+
+    def __init__(self, cfg, model_cfg):
+        super().__init__(cfg, model_cfg)
+        self.threshold = ThresholdSchedule(cfg.threshold_mode, cfg.threshold)
+
+    def training_step(self, batch, iteration):
+        (x, y), lb = (batch["image"], batch["label"]), self.cfg.labeled_bs
+        logs = Supervised.training_step(self, {"image": x[:lb], "label": y[:lb]}, iteration)
+        with torch.no_grad(), batch_statistics(self.model):
+            p = self.predict_logits(x[lb:]).float().softmax(1)
+        target = certain_pseudo_label(p, p, self.threshold(iteration, self.cfg.iterations))
+        xp = appearance(x[lb:], item_seed(self.cfg.seed, iteration, 1 << 22))
+        with batch_statistics(self.model):
+            logits = self.predict_logits(xp)
+        l_p = pseudo_label_loss(logits.float(), target, balance=self.balance, dice_form=self.cfg.dice_form)
+        logs["loss"] = logs["loss"] + consistency_weight(iteration, self.cfg.iterations, self.weight) * l_p
+        return logs
+
+
 def perturbed(weight: float, dice: bool = False, balance: bool = False, align: bool = False) -> type:
     "`UCPCLPerturbed` with l_p's final weight and form fixed, so that a METHODS name can hold it."
     fields = {"weight": weight, "dice": dice, "balance": balance, "align": align}
@@ -112,6 +148,7 @@ def perturbed(weight: float, dice: bool = False, balance: bool = False, align: b
 
 METHODS |= {"ucpcl-sg": UCPCLStopGrad, "ucpcl-p1": perturbed(1.0), "ucpcl-pd1": perturbed(1.0, dice=True)}
 METHODS |= {"ucpcl-pb1": perturbed(1.0, balance=True), "ucpcl-pa1": perturbed(1.0, align=True)}
+METHODS |= {"sup-p1": SupPerturbed, "sup-pb1": type("SupPerturbedB", (SupPerturbed,), {"balance": True})}
 
 # name -> (method, TrainConfig fields); "full" is the method with the TrainConfig in force
 ROWS = {
@@ -136,6 +173,8 @@ ROWS = {
     "pertd": ("ucpcl-pd1", {}),  # l_p as cross-entropy + Dice over the certain pixels
     "pertb": ("ucpcl-pb1", {}),  # round 20: l_p's cross-entropy as the mean over the classes
     "perta": ("ucpcl-pa1", {}),  # round 20: pseudo labels after distribution alignment
+    "supp": ("sup-p1", {}),  # round 20: `sup` + l_p (pseudo labels of its own CNN decoder)
+    "suppb": ("sup-pb1", {}),  # the same, l_p's cross-entropy as the mean over the classes
 }
 
 
