@@ -134,8 +134,10 @@ def validate(self: TrainConfig):
     for k, v in self.to_dict().items():
         require(self, k, not isinstance(v, float) or bool(np.isfinite(v)), "use a finite number")
     get_method(self.method)  # raises with the valid names
-    ours = "'joint' for the baselines: 'per_stream' is a setting of method='ucpcl'"
-    require(self, "batch_norm", self.batch_norm == "joint" or self.method == "ucpcl", ours)
+    ours = "'joint' for the baselines: 'per_stream' is a setting of method='ucpcl' (and of its subclasses)"
+    require(
+        self, "batch_norm", self.batch_norm == "joint" or issubclass(get_method(self.method), UCPCL), ours
+    )
     get_preset(self.preset)  # raises with the valid presets
     weights = "'preset', 'none', a torchvision weights name such as 'IMAGENET1K_V1', or a state_dict file"
     require(self, "pretrained", self.pretrained is None or isinstance(self.pretrained, str), weights)
