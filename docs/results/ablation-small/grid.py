@@ -140,6 +140,26 @@ class SupPerturbed(Supervised):
         return logs
 
 
+class SupAugmented(Supervised):
+    """Research control (round 20): `SupPerturbed` with the labeled images in place of the unlabeled ones and
+    their labels in place of the pseudo labels: l_sup + the weight's ramp x the cross-entropy of a perturbed
+    copy of the labeled images (batch statistics, running ones untouched). The same batches as `supp` (the
+    unlabeled images are drawn and not used), so that `supp` - `supaug` is what the unlabeled images add."""
+
+    uses_unlabeled = True
+    weight = 1.0
+
+    def training_step(self, batch, iteration):
+        (x, y), lb = (batch["image"], batch["label"]), self.cfg.labeled_bs
+        logs = Supervised.training_step(self, {"image": x[:lb], "label": y[:lb]}, iteration)
+        xp = appearance(x[:lb], item_seed(self.cfg.seed, iteration, 1 << 22))
+        with batch_statistics(self.model):
+            logits = self.predict_logits(xp)
+        l_a = F.cross_entropy(logits.float(), y[:lb])
+        logs["loss"] = logs["loss"] + consistency_weight(iteration, self.cfg.iterations, self.weight) * l_a
+        return logs
+
+
 def perturbed(weight: float, dice: bool = False, balance: bool = False, align: bool = False) -> type:
     "`UCPCLPerturbed` with l_p's final weight and form fixed, so that a METHODS name can hold it."
     fields = {"weight": weight, "dice": dice, "balance": balance, "align": align}
@@ -148,7 +168,11 @@ def perturbed(weight: float, dice: bool = False, balance: bool = False, align: b
 
 METHODS |= {"ucpcl-sg": UCPCLStopGrad, "ucpcl-p1": perturbed(1.0), "ucpcl-pd1": perturbed(1.0, dice=True)}
 METHODS |= {"ucpcl-pb1": perturbed(1.0, balance=True), "ucpcl-pa1": perturbed(1.0, align=True)}
-METHODS |= {"sup-p1": SupPerturbed, "sup-pb1": type("SupPerturbedB", (SupPerturbed,), {"balance": True})}
+METHODS |= {
+    "sup-a1": SupAugmented,
+    "sup-p1": SupPerturbed,
+    "sup-pb1": type("SupPerturbedB", (SupPerturbed,), {"balance": True}),
+}
 
 # name -> (method, TrainConfig fields); "full" is the method with the TrainConfig in force
 ROWS = {
@@ -175,6 +199,7 @@ ROWS = {
     "perta": ("ucpcl-pa1", {}),  # round 20: pseudo labels after distribution alignment
     "supp": ("sup-p1", {}),  # round 20: `sup` + l_p (pseudo labels of its own CNN decoder)
     "suppb": ("sup-pb1", {}),  # the same, l_p's cross-entropy as the mean over the classes
+    "supaug": ("sup-a1", {}),  # round 20: supp's control, a perturbed copy of the labeled images instead
 }
 
 
