@@ -41,6 +41,14 @@ def appearance(x: Tensor, seed: int) -> Tensor:
     return ((y - m) * contrast + m + bright + sigma * noise).clamp(0, 1)
 
 
+def perturbed_logits(method, x: Tensor, iteration: int) -> Tensor:
+    """The CNN decoder's logits of `appearance`'s copy of x (seeded by the run's seed and the iteration),
+    batch norm on batch statistics with its running ones untouched: the perturbed pass of rounds 19 and 20."""
+    xp = appearance(x, item_seed(method.cfg.seed, iteration, 1 << 22))
+    with batch_statistics(method.model):
+        return method.model.decode_cnn(method.model.encode(xp))
+
+
 def pseudo_label_loss(
     logits: Tensor, target: Tensor, dice=False, balance=False, dice_form="linear"
 ) -> Tensor:
@@ -88,9 +96,7 @@ class UCPCLPerturbed(UCPCL):
         if self.align:
             p_c = p_t = self.aligned((p_c + p_t) / 2, batch["label"][:lb])
         target = certain_pseudo_label(p_c, p_t, H)  # (B_u, H, W), -1 = uncertain
-        xp = appearance(x, item_seed(self.cfg.seed, iteration, 1 << 22))
-        with batch_statistics(self.model):
-            logits = self.model.decode_cnn(self.model.encode(xp))
+        logits = perturbed_logits(self, x, iteration)
         l_p = pseudo_label_loss(logits.float(), target, self.dice, self.balance, self.cfg.dice_form)
         w = consistency_weight(iteration, self.cfg.iterations, self.weight)
         logs["loss"] = logs["loss"] + w * l_p
@@ -100,7 +106,8 @@ class UCPCLPerturbed(UCPCL):
         """Distribution alignment (round 20): p (B_u, C, H, W) times the ratio of the labeled images' class
         shares (y, the labeled batch's labels) to the unlabeled predictions' mean class shares, renormalised;
         both shares are running means over steps (`momentum`), so that a class that the network finds too
-        rarely on the unlabeled images gets its probability raised before Eq. 7 takes the certain argmax."""
+        rarely on the unlabeled images gets its probability raised before Eq. 7 takes the certain argmax.
+        The running shares live in this object only: a resumed run starts them again from its first step."""
         C = p.shape[1]
         shares = torch.bincount(y[y >= 0].flatten(), minlength=C).float().to(p), p.mean((0, 2, 3))
         shares = tuple(s / s.sum().clamp_min(1e-12) for s in shares)
@@ -132,9 +139,7 @@ class SupPerturbed(Supervised):
         with torch.no_grad(), batch_statistics(self.model):
             p = self.predict_logits(x[lb:]).float().softmax(1)
         target = certain_pseudo_label(p, p, self.threshold(iteration, self.cfg.iterations))
-        xp = appearance(x[lb:], item_seed(self.cfg.seed, iteration, 1 << 22))
-        with batch_statistics(self.model):
-            logits = self.predict_logits(xp)
+        logits = perturbed_logits(self, x[lb:], iteration)
         l_p = pseudo_label_loss(logits.float(), target, balance=self.balance, dice_form=self.cfg.dice_form)
         logs["loss"] = logs["loss"] + consistency_weight(iteration, self.cfg.iterations, self.weight) * l_p
         return logs
@@ -152,9 +157,7 @@ class SupAugmented(Supervised):
     def training_step(self, batch, iteration):
         (x, y), lb = (batch["image"], batch["label"]), self.cfg.labeled_bs
         logs = Supervised.training_step(self, {"image": x[:lb], "label": y[:lb]}, iteration)
-        xp = appearance(x[:lb], item_seed(self.cfg.seed, iteration, 1 << 22))
-        with batch_statistics(self.model):
-            logits = self.predict_logits(xp)
+        logits = perturbed_logits(self, x[:lb], iteration)
         l_a = F.cross_entropy(logits.float(), y[:lb])
         logs["loss"] = logs["loss"] + consistency_weight(iteration, self.cfg.iterations, self.weight) * l_a
         return logs
