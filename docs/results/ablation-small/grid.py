@@ -77,6 +77,7 @@ class UCPCLPerturbed(UCPCL):
     weight, dice, _pass = 1.0, False, None
     balance = False  # round 20: each class's certain pixels weigh alike in l_p (the mean over classes)
     align = False  # round 20: align the pseudo labels' class shares with the labeled images' (see `aligned`)
+    source = "mean"  # round 21: "cnn" labels by the CNN decoder alone (Eq. 7 with p_t = p_c), as `supp` does
     _prior = None  # (labeled, unlabeled) running class shares, for `align`
 
     def by_stream(self, fn, x):
@@ -92,6 +93,8 @@ class UCPCLPerturbed(UCPCL):
         (x, o), self._pass, lb = self._pass, None, self.cfg.labeled_bs
         x = x[lb:]  # the unlabeled images as the pass saw them (turned, if turned)
         p_c, p_t = (t[lb:].detach().float().softmax(1) for t in (o.logits_c, o.logits_t))
+        if self.source == "cnn":
+            p_t = p_c
         H = self.threshold(iteration, self.cfg.iterations)
         if self.align:
             p_c = p_t = self.aligned((p_c + p_t) / 2, batch["label"][:lb])
@@ -163,14 +166,17 @@ class SupAugmented(Supervised):
         return logs
 
 
-def perturbed(weight: float, dice: bool = False, balance: bool = False, align: bool = False) -> type:
+def perturbed(
+    weight: float, dice: bool = False, balance: bool = False, align: bool = False, source: str = "mean"
+) -> type:
     "`UCPCLPerturbed` with l_p's final weight and form fixed, so that a METHODS name can hold it."
-    fields = {"weight": weight, "dice": dice, "balance": balance, "align": align}
+    fields = {"weight": weight, "dice": dice, "balance": balance, "align": align, "source": source}
     return type(f"UCPCLPerturbed{weight:g}", (UCPCLPerturbed,), fields)
 
 
 METHODS |= {"ucpcl-sg": UCPCLStopGrad, "ucpcl-p1": perturbed(1.0), "ucpcl-pd1": perturbed(1.0, dice=True)}
 METHODS |= {"ucpcl-pb1": perturbed(1.0, balance=True), "ucpcl-pa1": perturbed(1.0, align=True)}
+METHODS |= {"ucpcl-pc1": perturbed(1.0, source="cnn")}
 METHODS |= {
     "sup-a1": SupAugmented,
     "sup-p1": SupPerturbed,
@@ -203,6 +209,11 @@ ROWS = {
     "supp": ("sup-p1", {}),  # round 20: `sup` + l_p (pseudo labels of its own CNN decoder)
     "suppb": ("sup-pb1", {}),  # the same, l_p's cross-entropy as the mean over the classes
     "supaug": ("sup-a1", {}),  # round 20: supp's control, a perturbed copy of the labeled images instead
+    # round 21: l_p on the method without turns, batch norm per stream, one part of the method added at a time
+    "ptd": ("ucpcl-p1", {"use_rot": False, "batch_norm": "per_stream", "use_con": False, "contrast": "none"}),
+    "ptc": ("ucpcl-p1", {"use_rot": False, "batch_norm": "per_stream", "contrast": "none"}),
+    "pertsep": ("ucpcl-p1", {"use_rot": False, "batch_norm": "per_stream"}),
+    "pcsep": ("ucpcl-pc1", {"use_rot": False, "batch_norm": "per_stream"}),  # pertsep, CNN decoder's labels
 }
 
 
