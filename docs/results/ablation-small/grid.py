@@ -131,6 +131,9 @@ class SupPerturbed(Supervised):
 
     uses_unlabeled = True
     weight, balance = 1.0, False
+    running = (
+        False  # round 21: the clean pass of the unlabeled images updates batch norm's running statistics
+    )
 
     def __init__(self, cfg, model_cfg):
         super().__init__(cfg, model_cfg)
@@ -139,7 +142,7 @@ class SupPerturbed(Supervised):
     def training_step(self, batch, iteration):
         (x, y), lb = (batch["image"], batch["label"]), self.cfg.labeled_bs
         logs = Supervised.training_step(self, {"image": x[:lb], "label": y[:lb]}, iteration)
-        with torch.no_grad(), batch_statistics(self.model):
+        with torch.no_grad(), batch_statistics(self.model, enabled=not self.running):
             p = self.predict_logits(x[lb:]).float().softmax(1)
         target = certain_pseudo_label(p, p, self.threshold(iteration, self.cfg.iterations))
         logits = perturbed_logits(self, x[lb:], iteration)
@@ -181,6 +184,7 @@ METHODS |= {
     "sup-a1": SupAugmented,
     "sup-p1": SupPerturbed,
     "sup-pb1": type("SupPerturbedB", (SupPerturbed,), {"balance": True}),
+    "sup-pr1": type("SupPerturbedR", (SupPerturbed,), {"running": True}),
 }
 
 # name -> (method, TrainConfig fields); "full" is the method with the TrainConfig in force
@@ -214,6 +218,11 @@ ROWS = {
     "ptc": ("ucpcl-p1", {"use_rot": False, "batch_norm": "per_stream", "contrast": "none"}),
     "pertsep": ("ucpcl-p1", {"use_rot": False, "batch_norm": "per_stream"}),
     "pcsep": ("ucpcl-pc1", {"use_rot": False, "batch_norm": "per_stream"}),  # pertsep, CNN decoder's labels
+    "ptdc": (
+        "ucpcl-pc1",
+        {"use_rot": False, "batch_norm": "per_stream", "use_con": False, "contrast": "none"},
+    ),
+    "suppr": ("sup-pr1", {}),  # supp, the unlabeled images' clean pass in batch norm's running statistics
 }
 
 
