@@ -6,9 +6,9 @@ unlabeled training volume (the training patients after the first LABELED, whose 
 by slice at the network's size, and compare with the true labels:
 
 - each decoder's argmax and their mean's: foreground Dice pooled over the volumes, per class;
-- Eq. 7 at H (default ln 2, the schedule's end) with p_hat the mean (the method) or the CNN decoder alone
-  (p_t = p_c, `supp`'s and `ptdc`'s labels): the share of pixels kept, their accuracy, and per foreground class
-  the share of its true pixels that get a certain, correct pseudo label.
+- Eq. 7 at H (default ln 2, the schedule's end) with p_hat the mean (the method) or the CNN decoder
+  alone (p_t = p_c, `supp`'s and `ptdc`'s labels): the share of pixels kept, their accuracy, and per
+  foreground class the share of its true pixels that get a certain, correct pseudo label.
 
 Usage: python plcheck.py OUT.csv RUN_DIR [RUN_DIR ...] [--labeled 2] [--threshold H]  (OUT.csv is rewritten)
 """
