@@ -1,9 +1,9 @@
-"""Round 21: how good the pseudo labels of Eq. 7 are at the end of a run, from each decoder and from their mean.
+"""Round 21: how good Eq. 7's pseudo labels are at the end of a run, from each decoder and from their mean.
 
 For each run folder of a two-decoder method: load last.pt (the weights that labelled the last batches; batch
 norm on its running statistics, so the check is close to, not the same as, the training passes), predict every
-unlabeled training volume (the training patients after the first LABELED, whose labels the run never read) slice
-by slice at the network's size, and compare with the true labels:
+unlabeled training volume (the training patients after the first LABELED, whose labels the run never read)
+slice by slice at the network's size, and compare with the true labels:
 
 - each decoder's argmax and their mean's: foreground Dice pooled over the volumes, per class;
 - Eq. 7 at H (default ln 2, the schedule's end) with p_hat the mean (the method) or the CNN decoder
