@@ -131,9 +131,8 @@ class SupPerturbed(Supervised):
 
     uses_unlabeled = True
     weight, balance = 1.0, False
-    running = (
-        False  # round 21: the clean pass of the unlabeled images updates batch norm's running statistics
-    )
+    # round 21: the clean pass of the unlabeled images updates batch norm's running statistics
+    running = False
 
     def __init__(self, cfg, model_cfg):
         super().__init__(cfg, model_cfg)

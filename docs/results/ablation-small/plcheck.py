@@ -21,13 +21,9 @@ import torch
 import torch.nn.functional as F
 
 import grid  # noqa: F401  (registers grid.py's research variants, so their runs load)
-from ucpcl.data import ACDCVolumes, acdc_labeled_names
+from ucpcl.data import ACDCVolumes, acdc_labeled_names, acdc_patient
 from ucpcl.predict import load_run
 from ucpcl.uncertainty import certain_pseudo_label
-
-
-def patient(name: str) -> str:
-    return name.split("_")[0]
 
 
 def check(run: Path, labeled: int, H: float) -> dict:
@@ -36,15 +32,14 @@ def check(run: Path, labeled: int, H: float) -> dict:
     if net.transformer is None:
         raise ValueError(f"{run}: a single-decoder run; plcheck compares the two decoders of the method")
     ds = ACDCVolumes(loaded.cfg.data_root, "train", verify=False)
-    first = set(map(patient, acdc_labeled_names(loaded.cfg.data_root, labeled_patients=labeled)))
+    first = set(map(acdc_patient, acdc_labeled_names(loaded.cfg.data_root, labeled_patients=labeled)))
     C = ds.num_classes
     conf = {k: np.zeros((C, C), np.int64) for k in ("cnn", "transformer", "mean")}
-    kept = {
-        k: np.zeros((C, 2), np.int64) for k in ("mean", "cnn")
-    }  # per true class: certain, certain & right
+    # per true class: pixels with a certain pseudo label, and those of them labeled right
+    kept = {k: np.zeros((C, 2), np.int64) for k in ("mean", "cnn")}
     with torch.no_grad():
         for i, name in enumerate(ds.names):
-            if patient(name) in first:
+            if acdc_patient(name) in first:
                 continue
             item = ds[i]
             x = F.interpolate(
@@ -69,8 +64,7 @@ def check(run: Path, labeled: int, H: float) -> dict:
         for c in range(1, C):
             row[f"dice_{k}{c}"] = 2 * m[c, c] / max(m[c].sum() + m[:, c].sum(), 1)
     for k, m in kept.items():
-        total = sum(conf["cnn"][c].sum() for c in range(C))
-        row[f"kept_{k}"] = m[:, 0].sum() / total
+        row[f"kept_{k}"] = m[:, 0].sum() / conf["cnn"].sum()
         row[f"acc_{k}"] = m[:, 1].sum() / max(m[:, 0].sum(), 1)
         for c in range(1, C):
             row[f"found_{k}{c}"] = m[c, 1] / max(conf["cnn"][c].sum(), 1)  # certain and right, of the class
