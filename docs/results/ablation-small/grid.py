@@ -195,6 +195,8 @@ METHODS |= {"ucpcl-pc1": perturbed(1.0, source="cnn")}
 METHODS |= {
     f"ucpcl-t{k}": type(f"UCPCLFastTransformer{k}", (UCPCLFastTransformer,), {"scale": k}) for k in (3, 10)
 }
+# the same with l_p (round 19's term, the decoders' mean labels): the scale's __init__, UCPCLPerturbed's step
+METHODS |= {"ucpcl-p1t10": type("UCPCLPerturbedFast", (UCPCLFastTransformer, perturbed(1.0)), {"scale": 10})}
 METHODS |= {
     "sup-a1": SupAugmented,
     "sup-p1": SupPerturbed,
@@ -240,6 +242,8 @@ ROWS = {
     "suppr": ("sup-pr1", {}),  # supp, the unlabeled images' clean pass in batch norm's running statistics
     "t3": ("ucpcl-t3", {}),  # round 22: the full method, f_t's learning rate x 3
     "t10": ("ucpcl-t10", {}),  # ... x 10
+    "pt10": ("ucpcl-p1t10", {}),  # pert (the full method + l_p) with f_t's learning rate x 10
+    "pst10": ("ucpcl-p1t10", {"use_rot": False, "batch_norm": "per_stream"}),  # pertsep, likewise
 }
 
 
