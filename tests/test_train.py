@@ -326,3 +326,43 @@ def test_a_checkpoint_older_than_a_field_has_that_fields_default(phantom, tmp_pa
     assert t.iteration == 6 and t.average is None
     with pytest.raises(ValueError, match="weight_average: 0.0 there, 0.99 here"):
         Trainer(cfg(phantom, tmp_path, iterations=6, weight_average=0.99)).load(tmp_path / "last.pt")
+
+
+def test_transformer_lr_gives_the_transformer_decoder_its_own_learning_rate(phantom, tmp_path):
+    "transformer_lr = k: f_t's first SGD step is k times as long, every other parameter's is unchanged."
+    starts, steps = {}, {}
+    for k in (1.0, 10.0):
+        t = Trainer(cfg(phantom, tmp_path / f"k{k}", iterations=8, transformer_lr=k))
+        starts[k] = {n: p.detach().clone() for n, p in t.method.named_parameters()}
+        t.fit(progress=False, stop_after=1)  # momentum has no history at the first step: lr * (grad + wd * p)
+        steps[k] = {n: p.detach() - starts[k][n] for n, p in t.method.named_parameters()}
+        base = t.set_lr(5)
+        lrs = [g["lr"] for g in t.opt.param_groups]
+        assert lrs == ([base] if k == 1 else [base, pytest.approx(k * base)])
+    assert all(
+        torch.equal(v, starts[10.0][n]) for n, v in starts[1.0].items()
+    )  # the same network at the start
+    in_f_t = [n for n in steps[1.0] if ".transformer." in f".{n}"]
+    assert in_f_t and len(in_f_t) < len(steps[1.0])
+    for n, d in steps[1.0].items():
+        if d.abs().max() == 0:
+            continue  # a parameter that this step's loss did not reach
+        k = 10.0 if n in in_f_t else 1.0
+        ulp = torch.finfo(d.dtype).eps * float(starts[1.0][n].abs().max())  # p_after - p_before's rounding
+        torch.testing.assert_close(steps[10.0][n], k * d, rtol=1e-3, atol=(k + 1) * ulp, msg=n)
+
+
+def test_transformer_lr_needs_a_transformer_decoder_and_a_resume_needs_the_same(phantom, tmp_path):
+    with pytest.raises(ValueError, match="transformer_lr=10.0: method 'sup' trains no Transformer decoder"):
+        Trainer(cfg(phantom, tmp_path / "sup", method="sup", transformer_lr=10.0))
+    with pytest.raises(ValueError, match="transformer_lr.*a factor > 0"):
+        TrainConfig(transformer_lr=0.0)
+    Trainer(cfg(phantom, tmp_path / "run", iterations=6, transformer_lr=10.0)).fit(
+        progress=False, stop_after=3
+    )
+    with pytest.raises(ValueError, match="different run: transformer_lr: 10.0 there, 1.0 here"):
+        Trainer(cfg(phantom, tmp_path / "run", iterations=6)).load(tmp_path / "run" / "last.pt")
+    t = Trainer(cfg(phantom, tmp_path / "run", iterations=6, transformer_lr=10.0)).fit(
+        resume=True, progress=False
+    )
+    assert t.iteration == 6 and [g["lr_scale"] for g in t.opt.param_groups] == [1.0, 10.0]

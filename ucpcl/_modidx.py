@@ -648,6 +648,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'ucpcl.train.Trainer.loader': ('train.html#trainer.loader', 'ucpcl/train.py'),
                              'ucpcl.train.Trainer.local_config': ('train.html#trainer.local_config', 'ucpcl/train.py'),
                              'ucpcl.train.Trainer.log_scalars': ('train.html#trainer.log_scalars', 'ucpcl/train.py'),
+                             'ucpcl.train.Trainer.param_groups': ('train.html#trainer.param_groups', 'ucpcl/train.py'),
                              'ucpcl.train.Trainer.save': ('train.html#trainer.save', 'ucpcl/train.py'),
                              'ucpcl.train.Trainer.set_lr': ('train.html#trainer.set_lr', 'ucpcl/train.py'),
                              'ucpcl.train.Trainer.step': ('train.html#trainer.step', 'ucpcl/train.py'),

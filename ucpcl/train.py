@@ -18,7 +18,14 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import get_device, reuse_freed_memory, seed_everything
-from .models import ModelConfig, UCPCLNet, get_preset, resolve_pretrained, set_drop_path
+from ucpcl.models import (
+    ModelConfig,
+    TransformerDecoder,
+    UCPCLNet,
+    get_preset,
+    resolve_pretrained,
+    set_drop_path,
+)
 from ucpcl.data import (
     CLASS_NAMES,
     DATASETS,
@@ -92,6 +99,9 @@ class OptimizerFields:
     # validate, and keep as best.pt, a moving average of the predicting network's weights with this decay
     # (e.g. 0.99; `Trainer.update_average`); 0 = off, the paper's protocol
     weight_average: float = 0.0
+    # the Transformer decoder's learning rate as a multiple of the schedule's (its parameters get an SGD group
+    # of their own; `Trainer.param_groups`); 1 = one learning rate for the whole network, the paper's protocol
+    transformer_lr: float = 1.0
 
 # %% ../nbs/10_train.ipynb #881ca76b
 @dataclass(frozen=True)
@@ -144,6 +154,8 @@ def validate(self: TrainConfig):
     require(self, "drop_path", 0 <= self.drop_path < 1, "a probability in [0, 1), e.g. 0.1 (the reference)")
     decay = "a decay in [0, 1), e.g. 0.99; 0 = off (the paper's protocol)"
     require(self, "weight_average", 0 <= self.weight_average < 1, decay)
+    factor = "a factor > 0, e.g. 10; 1 = the paper's single learning rate"
+    require(self, "transformer_lr", self.transformer_lr > 0, factor)
 
 # %% ../nbs/10_train.ipynb #c9faf55f
 def poly_lr(
@@ -228,8 +240,8 @@ class Trainer:
         seed_everything(cfg.seed, deterministic=cfg.deterministic)
         self.data, self.model_cfg = self.load_data(data)
         self.method = self.build_method()
-        params = [p for p in self.method.parameters() if p.requires_grad]
-        self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        groups = self.param_groups()
+        self.opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
         self.iteration, self.best = 0, {"iteration": None, "dice": -1.0}
         self.average: dict | None = None  # weight_average > 0: the averaged weights (rank 0)
@@ -382,12 +394,30 @@ def step(self: Trainer, batch: dict, it: int) -> dict:
 # %% ../nbs/10_train.ipynb #feb4b94e
 @patch
 def set_lr(self: Trainer, it: int) -> float:
-    "Set and return the learning rate of iteration `it` (`poly_lr`)."
+    "Set the learning rate of iteration `it` (`poly_lr`; times a group's `lr_scale`) and return it."
     cfg = self.cfg
     lr = poly_lr(it, cfg.iterations, cfg.lr, cfg.min_lr, cfg.lr_power)
     for g in self.opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     return lr
+
+# %% ../nbs/10_train.ipynb #b3e9d5a4
+@patch
+def param_groups(self: Trainer) -> list[dict]:
+    "The optimiser's parameter groups: one, or with transformer_lr != 1 the Transformer decoder's apart."
+    params = [p for p in self.method.parameters() if p.requires_grad]
+    k = self.cfg.transformer_lr
+    if k == 1:
+        return [{"params": params}]
+    f_t = {id(p) for m in self.method.modules() if isinstance(m, TransformerDecoder) for p in m.parameters()}
+    mine = [p for p in params if id(p) in f_t]
+    if not mine:
+        fix = "use a method with one (ucpcl), or transformer_lr=1"
+        raise ValueError(
+            f"transformer_lr={k!r}: method {self.cfg.method!r} trains no Transformer decoder: {fix}"
+        )
+    rest = [p for p in params if id(p) not in f_t]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": mine, "lr_scale": float(k)}]
 
 # %% ../nbs/10_train.ipynb #60d320ac
 @patch
@@ -523,7 +553,7 @@ def read_checkpoint(path: str | Path, device: torch.device) -> dict:
 # %% ../nbs/10_train.ipynb #e7d77bc8
 # the fields a checkpoint must share with the run that loads it, in the order an error lists them
 RUN_IDENTITY = "dataset method preset iterations batch_size labeled_bs labeled".split()
-RUN_IDENTITY += "contrast contrast_level use_con use_rot seed weight_average".split()
+RUN_IDENTITY += "contrast contrast_level use_con use_rot seed weight_average transformer_lr".split()
 
 
 def check_same_run(path: Path, saved: dict, cfg: TrainConfig):
