@@ -339,9 +339,8 @@ def test_transformer_lr_gives_the_transformer_decoder_its_own_learning_rate(phan
         base = t.set_lr(5)
         lrs = [g["lr"] for g in t.opt.param_groups]
         assert lrs == ([base] if k == 1 else [base, pytest.approx(k * base)])
-    assert all(
-        torch.equal(v, starts[10.0][n]) for n, v in starts[1.0].items()
-    )  # the same network at the start
+    # the same network at the start
+    assert all(torch.equal(v, starts[10.0][n]) for n, v in starts[1.0].items())
     in_f_t = [n for n in steps[1.0] if ".transformer." in f".{n}"]
     assert in_f_t and len(in_f_t) < len(steps[1.0])
     for n, d in steps[1.0].items():
