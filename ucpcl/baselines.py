@@ -5,7 +5,6 @@
 # %% ../nbs/13_baselines.ipynb #372c9d70
 from __future__ import annotations
 import copy, math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,12 +16,12 @@ from torch import Tensor
 from .core import Config
 from .losses import consistency_weight, seg_loss
 from .models import ModelConfig, UCPCLNet, build_model
-from .method import Method, MethodConfig, mask_stats
+from .method import Method, MethodConfig, batch_statistics, mask_stats
 from .uncertainty import ThresholdSchedule, entropy_map
 
 # %% auto #0
 __all__ = ['plain_unet', 'unet_logits', 'BaselineConfig', 'Baseline', 'make_teacher', 'paired_tensors', 'ema_update',
-           'batch_statistics', 'input_noise', 'MTConfig', 'MeanTeacher', 'UAMTConfig', 'UAMT', 'EntropyMinimization']
+           'input_noise', 'MTConfig', 'MeanTeacher', 'UAMTConfig', 'UAMT', 'EntropyMinimization']
 
 # %% ../nbs/13_baselines.ipynb #4a1f664e
 def plain_unet(model_cfg: ModelConfig) -> UCPCLNet:
@@ -115,28 +114,6 @@ def ema_update(
         elif alpha < 1:
             t.copy_(s)  # num_batches_tracked
     return alpha
-
-# %% ../nbs/13_baselines.ipynb #4800bb34
-@contextmanager
-def batch_statistics(net: nn.Module, enabled: bool = True):
-    "Run `net` in training mode (BatchNorm on batch statistics) with its running statistics left untouched."
-    if not enabled:
-        yield net
-        return
-    bns = [
-        m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
-    saved, was_training = [(m.momentum, m.num_batches_tracked.clone()) for m in bns], net.training
-    net.train()
-    for m in bns:
-        m.momentum = 0.0  # running = (1 - 0) running + 0 batch
-    try:
-        yield net
-    finally:
-        for m, (momentum, count) in zip(bns, saved):
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(count)
-        net.train(was_training)
 
 # %% ../nbs/13_baselines.ipynb #01c3c5a1
 def input_noise(

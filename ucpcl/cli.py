@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastcore.docments import docments
 
-from .train import METHODS, TrainConfig, Trainer, train
+from .train import METHODS, TrainConfig, Trainer, preset_config, train
 
 # %% auto #0
 __all__ = ['DEFAULT_OUT', 'parse_field', 'parse_set', 'field_groups', 'field_help', 'add_config_options', 'config_overrides',
@@ -136,7 +136,7 @@ def _train_args(p: argparse.ArgumentParser):
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     "TrainConfig from the `train` subcommand's arguments; the run folder defaults to `DEFAULT_OUT`."
     given = config_overrides(a)
-    cfg = TrainConfig(**given)
+    cfg = preset_config(**given)  # the preset's method settings under the given fields
     labeled = int(cfg.labeled) if float(cfg.labeled).is_integer() else cfg.labeled
     out = given.get("out", f"runs/{cfg.dataset}-{cfg.method}-{labeled}-seed{cfg.seed}")
     return cfg.replace(labeled=labeled, out=out)

@@ -5,16 +5,18 @@
 # %% ../nbs/10_method.ipynb #073d79bb
 from __future__ import annotations
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 from fastcore.basics import patch
 
 from .core import Config
-from .uncertainty import CONTRAST_MODES, ThresholdSchedule, contrast_labels
+from .uncertainty import CONTRAST_MODES, ThresholdSchedule, certain_pseudo_label, contrast_labels
 from .anchors import downsample_labels, sample_anchors
 from .contrast import MemoryQueue, pixel_info_nce
 from .rotation import rot90_batch, rotation_loss, rotation_loss_all
@@ -25,7 +27,8 @@ from .distributed import all_gather_rows, rank_share
 
 # %% auto #0
 __all__ = ['ROTATION_INPUTS', 'BATCH_NORMS', 'BatchFields', 'ObjectiveFields', 'ContrastFields', 'TeacherFields', 'MethodConfig',
-           'require', 'Method', 'Supervised', 'UCPCL', 'cat_outputs', 'item_seed', 'mask_stats', 'enqueue_subset']
+           'require', 'Method', 'Supervised', 'UCPCL', 'cat_outputs', 'item_seed', 'mask_stats', 'enqueue_subset',
+           'appearance_perturbation', 'batch_statistics', 'pseudo_label_loss']
 
 # %% ../nbs/10_method.ipynb #b0d58d9c
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class ObjectiveFields:
     lambda_1: float = 0.1  # weight of l_c
     lambda_2: float = 0.1  # weight of l_e
     dice_form: str = "linear"  # Dice term of Eq. 4: "linear" (ucpcl) or "reference" (ucpcl.losses)
+    # final weight of l_p, ramped as lambda_t: the CNN decoder on an appearance-perturbed copy of the unlabeled
+    # images toward Eq. 7's certain pseudo labels (`UCPCL.pseudo_term`); not in the paper, 0 = off (the paper)
+    pseudo_weight: float = 0.0
 
 # %% ../nbs/10_method.ipynb #34cd365c
 @dataclass(frozen=True)
@@ -127,6 +133,7 @@ def validate(self: MethodConfig):
     require(self, "batch_norm", self.batch_norm in BATCH_NORMS, f"use one of {list(BATCH_NORMS)}")
     require(self, "contrast_start", 0 <= self.contrast_start <= 1, "a fraction of the run in [0, 1]")
     require(self, "tau", self.tau > 0, "the temperature must be > 0")
+    require(self, "pseudo_weight", self.pseudo_weight >= 0, "a weight >= 0; 0 = off (the paper), e.g. 1")
     require(self, "dice_form", self.dice_form in DICE_FORMS, f"use one of {list(DICE_FORMS)}")
     enq = "an int >= 0: anchors of each class enqueued per step, 0 = all"
     ok = isinstance(self.enqueue_per_class, int) and self.enqueue_per_class >= 0
@@ -333,6 +340,64 @@ def after_step(self: UCPCL, iteration: int):
             self.queue.push(all_gather_rows(anchors), labels)
         self._to_enqueue = None
 
+# %% ../nbs/10_method.ipynb #61a5ba0a
+def appearance_perturbation(
+    x: Tensor,  # (B, C, H, W) images in [0, 1]
+    seed: int,  # seeds the draws: a gamma, a contrast, a brightness shift and a noise level per image
+) -> Tensor:  # (B, C, H, W) in [0, 1]
+    "The strong view of l_p: x ** gamma, its contrast about the image's mean scaled, shifted, Gaussian noise added."
+    g = torch.Generator().manual_seed(seed)
+    u = lambda lo, hi: (lo + (hi - lo) * torch.rand(len(x), 1, 1, 1, generator=g)).to(x)
+    gamma, contrast, shift, sigma = torch.exp(u(-0.7, 0.7)), u(0.6, 1.4), u(-0.2, 0.2), u(0.0, 0.05)
+    y = x.clamp(0, 1) ** gamma
+    m = y.mean((1, 2, 3), keepdim=True)
+    noise = torch.randn(x.shape, generator=g).to(x)
+    return ((y - m) * contrast + m + shift + sigma * noise).clamp(0, 1)
+
+# %% ../nbs/10_method.ipynb #f154d05a
+@contextmanager
+def batch_statistics(net: nn.Module, enabled: bool = True):
+    "Run `net` in training mode (BatchNorm on batch statistics) with its running statistics left untouched."
+    if not enabled:
+        yield net
+        return
+    bns = [
+        m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    saved, was_training = [(m.momentum, m.num_batches_tracked.clone()) for m in bns], net.training
+    net.train()
+    for m in bns:
+        m.momentum = 0.0  # running = (1 - 0) running + 0 batch
+    try:
+        yield net
+    finally:
+        for m, (momentum, count) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+        net.train(was_training)
+
+
+def pseudo_label_loss(
+    logits: Tensor,  # (B, C, H, W) the CNN decoder's logits of the perturbed images
+    target: Tensor,  # (B, H, W) certain pseudo labels of Eq. 7, -1 where uncertain (left out)
+) -> Tensor:
+    "l_p: the cross-entropy over the certain pixels; 0, with a gradient, while none is certain."
+    if not (target >= 0).any():
+        return logits.sum() * 0
+    return F.cross_entropy(logits.float(), target, ignore_index=-1)
+
+# %% ../nbs/10_method.ipynb #c332576a
+@patch
+def pseudo_term(self: UCPCL, out: NetOutput, x: Tensor, iteration: int) -> dict:
+    "l_p on the unlabeled images of x (as the step's pass saw them) toward Eq. 7's labels from that pass, out."
+    lb, H = self.cfg.labeled_bs, self.threshold(iteration, self.cfg.iterations)
+    p_c, p_t = (t[lb:].detach().float().softmax(1) for t in (out.logits_c, out.logits_t))
+    target = certain_pseudo_label(p_c, p_t, H)  # Eq. 7 on the decoders' mean, (B_u, H, W), -1 = uncertain
+    xp = appearance_perturbation(x[lb:], item_seed(self.cfg.seed, iteration, 1 << 22))
+    with batch_statistics(self.model):  # batch statistics; the running ones stay the clean pass's
+        logits = self.model.decode_cnn(self.model.encode(xp))
+    return {"l_p": pseudo_label_loss(logits, target), "l_p_share": (target >= 0).float().mean()}
+
 # %% ../nbs/10_method.ipynb #11761ba1
 @patch
 def training_step(self: UCPCL, batch: dict, iteration: int) -> dict:
@@ -351,6 +416,9 @@ def training_step(self: UCPCL, batch: dict, iteration: int) -> dict:
     logs = self.contrast_term(out, y, iteration, monitor) if contrast else {}
     l_c = logs.pop("l_c", zero)  # Eq. 9
     loss = total_loss(l_sup, l_con, l_c, l_e, lambda_t, cfg.lambda_1, cfg.lambda_2)  # Eq. 1
+    if cfg.pseudo_weight > 0:  # + lambda_p l_p, ucpcl's addition (0 = the paper's Eq. 1)
+        logs |= self.pseudo_term(out, x, iteration)
+        loss = loss + consistency_weight(iteration, cfg.iterations, cfg.pseudo_weight) * logs["l_p"]
     return dict(loss=loss, l_sup=l_sup, l_con=l_con, l_c=l_c, l_e=l_e, lambda_t=lambda_t, **logs)
 
 # %% ../nbs/10_method.ipynb #09efd0b0

@@ -19,7 +19,7 @@ from .anchors import downsample_labels
 from .core import quick
 from .evaluate import plot_predictions, plot_tsne, predict_case
 from .phantoms import write_phantom
-from .train import TrainConfig, Trainer, train
+from .train import TrainConfig, Trainer, preset_config, train
 
 # %% auto #0
 __all__ = ['RUN_KEYS', 'DEMO', 'load_run', 'summarize_runs', 'markdown_table', 'write_csv', 'plot_curves', 'plot_run_predictions',
@@ -223,14 +223,14 @@ def config_with_overrides(
     overrides: dict,  # more TrainConfig fields, by name
     **fields,  # the fields set by the caller's own parameters
 ) -> TrainConfig:
-    "A `TrainConfig` of `fields` and `overrides`; an unknown key, or one given twice, is a clear error."
+    "`preset_config` of `fields` and `overrides`; an unknown key, or one given twice, is a clear error."
     known = [f.name for f in dataclasses.fields(TrainConfig)]
     if unknown := sorted(set(overrides) - set(known)):
         raise ValueError(f"overrides: {unknown} not fields of TrainConfig; the fields are {', '.join(known)}")
     if twice := sorted(set(overrides) & set(fields)):
         own = "are parameters of their own here: set them there, not in overrides"
         raise ValueError(f"overrides: {twice} {own}")
-    return TrainConfig(**fields, **overrides)
+    return preset_config(**fields, **overrides)
 
 # %% ../nbs/11_report.ipynb #8b334d3b
 # half the paper's batch: the demo's budget is 10 minutes on 2 cores
@@ -239,7 +239,7 @@ DEMO = dict(iterations=700, batch_size=8, labeled_bs=4)
 # %% ../nbs/11_report.ipynb #b80d374b
 def _demo_run(out: Path, root: Path, method: str, seed: int, iterations: int, progress: bool, **kw) -> dict:
     "Train one run of the demo and return its row of results, with its wall time."
-    cfg = TrainConfig(
+    cfg = preset_config(
         dataset="acdc",
         data_root=str(root),
         method=method,

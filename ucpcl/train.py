@@ -42,10 +42,11 @@ from .baselines import UAMT, EntropyMinimization, MeanTeacher
 from .cotraining import CrossConsistencyTraining, CrossPseudoSupervision, DeepCoTraining
 
 # %% auto #0
-__all__ = ['METHODS', 'LOG_FIELDS', 'CHECKPOINT_FORMAT', 'RUN_IDENTITY', 'RUN_FILES', 'SELECTION', 'get_method', 'DataFields',
-           'OptimizerFields', 'RunFields', 'TrainConfig', 'poly_lr', 'SeededItems', 'IterationBatches', 'NonFiniteLoss',
-           'Trainer', 'compile_networks', 'LabeledOnly', 'collate', 'atomic_save', 'read_checkpoint', 'check_same_run',
-           'environment', 'check_run_folder', 'tensorboard_writer', 'selection', 'train']
+__all__ = ['METHODS', 'PRESET_METHOD', 'LOG_FIELDS', 'CHECKPOINT_FORMAT', 'RUN_IDENTITY', 'RUN_FILES', 'SELECTION', 'get_method',
+           'DataFields', 'OptimizerFields', 'RunFields', 'TrainConfig', 'preset_config', 'poly_lr', 'SeededItems',
+           'IterationBatches', 'NonFiniteLoss', 'Trainer', 'compile_networks', 'LabeledOnly', 'collate', 'atomic_save',
+           'read_checkpoint', 'check_same_run', 'environment', 'check_run_folder', 'tensorboard_writer', 'selection',
+           'train']
 
 # %% ../nbs/10_train.ipynb #03b61451
 METHODS: dict[str, type[Method]] = {  # the name in TrainConfig.method -> the class
@@ -148,6 +149,8 @@ def validate(self: TrainConfig):
     require(
         self, "batch_norm", self.batch_norm == "joint" or issubclass(get_method(self.method), UCPCL), ours
     )
+    lp = "0 for the baselines: l_p is a setting of method='ucpcl' (and of its subclasses)"
+    require(self, "pseudo_weight", self.pseudo_weight == 0 or issubclass(get_method(self.method), UCPCL), lp)
     get_preset(self.preset)  # raises with the valid presets
     weights = "'preset', 'none', a torchvision weights name such as 'IMAGENET1K_V1', or a state_dict file"
     require(self, "pretrained", self.pretrained is None or isinstance(self.pretrained, str), weights)
@@ -156,6 +159,22 @@ def validate(self: TrainConfig):
     require(self, "weight_average", 0 <= self.weight_average < 1, decay)
     factor = "a factor > 0, e.g. 10; 1 = the paper's single learning rate"
     require(self, "transformer_lr", self.transformer_lr > 0, factor)
+
+# %% ../nbs/10_train.ipynb #cd2e3cb6
+# the method's settings that a model preset changes from TrainConfig's (the paper's) defaults, for method='ucpcl'
+# and its subclasses: measured in docs/results/ablation-small/README.md (rounds 15-23)
+PRESET_METHOD: dict[str, dict] = {
+    "paper": {},
+    "small": dict(use_rot=False, batch_norm="per_stream", transformer_lr=10.0, pseudo_weight=1.0),
+}
+
+
+def preset_config(**fields) -> TrainConfig:
+    "`TrainConfig(**fields)` over its preset's `PRESET_METHOD` settings (ucpcl and its subclasses only)."
+    cfg = TrainConfig(**fields)
+    if not issubclass(get_method(cfg.method), UCPCL):
+        return cfg
+    return cfg.replace(**{k: v for k, v in PRESET_METHOD[cfg.preset].items() if k not in fields})
 
 # %% ../nbs/10_train.ipynb #c9faf55f
 def poly_lr(
@@ -220,8 +239,8 @@ def __iter__(self: IterationBatches):
             it += 1
 
 # %% ../nbs/10_train.ipynb #63b7e15f
-# the columns of log.csv: the step's learning rate, the terms of Eq. 1, the mask's statistics, the time
-LOG_FIELDS = "iteration lr loss l_sup l_con l_c l_e lambda_t H certain pl_acc anchors seconds".split()
+# the columns of log.csv: the step's learning rate, the terms of Eq. 1 (and l_p), the mask's statistics, the time
+LOG_FIELDS = "iteration lr loss l_sup l_con l_c l_e l_p lambda_t H certain pl_acc anchors seconds".split()
 
 
 class NonFiniteLoss(RuntimeError):
@@ -554,6 +573,7 @@ def read_checkpoint(path: str | Path, device: torch.device) -> dict:
 # the fields a checkpoint must share with the run that loads it, in the order an error lists them
 RUN_IDENTITY = "dataset method preset iterations batch_size labeled_bs labeled".split()
 RUN_IDENTITY += "contrast contrast_level use_con use_rot seed weight_average transformer_lr".split()
+RUN_IDENTITY += ["pseudo_weight"]
 
 
 def check_same_run(path: Path, saved: dict, cfg: TrainConfig):

@@ -17,7 +17,7 @@ from ucpcl.method import UCPCL, Supervised, item_seed
 from ucpcl.uncertainty import ThresholdSchedule, certain_pseudo_label
 from ucpcl.models import UCPCLNet
 from ucpcl.report import write_csv
-from ucpcl.train import METHODS
+from ucpcl.train import METHODS, PRESET_METHOD, TrainConfig
 
 
 class UCPCLStopGrad(UCPCL):
@@ -244,7 +244,13 @@ ROWS = {
     "t10": ("ucpcl-t10", {}),  # ... x 10
     "pt10": ("ucpcl-p1t10", {}),  # pert (the full method + l_p) with f_t's learning rate x 10
     "pst10": ("ucpcl-p1t10", {"use_rot": False, "batch_norm": "per_stream"}),  # pertsep, likewise
+    # round 23: the library's small preset (PRESET_METHOD["small"]: pst10's settings, l_p as `pseudo_weight`)
+    "small": ("ucpcl", PRESET_METHOD["small"]),
 }
+
+# the rows above are variants of the paper's method: `preset_config` would put the small preset's settings
+# under them (round 23 on), so the ucpcl rows get the paper's settings explicitly, as rounds 1-22 ran them
+PAPER_METHOD = {k: getattr(TrainConfig(), k) for k in PRESET_METHOD["small"]}
 
 
 def parse_row(text: str) -> tuple[str, str, dict]:
@@ -252,7 +258,7 @@ def parse_row(text: str) -> tuple[str, str, dict]:
     tag, _, text = text.rpartition("@")
     name, _, extra = text.partition(":")
     method, fields = ROWS[name]
-    fields = dict(fields)
+    fields = {**(PAPER_METHOD if issubclass(METHODS[method], UCPCL) else {}), **fields}
     for kv in filter(None, extra.split(",")):
         k, v = kv.split("=")
         try:
