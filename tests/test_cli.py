@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from ucpcl.cli import main
+from ucpcl.train import PRESET_METHOD
 
 BIN = Path(sys.executable).parent
 TINY = [
@@ -54,6 +55,33 @@ def test_train_then_evaluate(phantom, tmp_path, capsys):
     assert (
         main(["train", "--data-root", str(phantom), "--out", str(out), "--resume", *TINY]) == 0
     )  # finished: nothing to do
+    saved = json.loads((out / "config.json").read_text())  # --preset small: the preset's method settings
+    assert {k: saved[k] for k in PRESET_METHOD["small"]} == PRESET_METHOD["small"]
+
+
+def test_train_puts_the_presets_method_settings_under_the_given_ones(phantom):
+    from ucpcl.cli import build_parser, config_from_args
+
+    parse = lambda *args: config_from_args(
+        build_parser().parse_args(["train", "--data-root", str(phantom), *args])
+    )
+    small = parse("--preset", "small")
+    assert (small.use_rot, small.batch_norm, small.transformer_lr, small.pseudo_weight) == (
+        False,
+        "per_stream",
+        10.0,
+        1.0,
+    )
+    mine = parse("--preset", "small", "--use-rot", "--set", "pseudo_weight=0")
+    assert (mine.use_rot, mine.pseudo_weight, mine.transformer_lr) == (True, 0.0, 10.0)  # given fields win
+    assert parse("--preset", "small", "--method", "sup").pseudo_weight == 0.0  # the baselines as they are
+    paper = parse()  # the paper preset: the paper's method
+    assert (paper.use_rot, paper.batch_norm, paper.transformer_lr, paper.pseudo_weight) == (
+        True,
+        "joint",
+        1.0,
+        0.0,
+    )
 
 
 def test_python_dash_m_entry_point(tmp_path):

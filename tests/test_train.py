@@ -8,7 +8,7 @@ import torch
 
 from ucpcl.core import seed_everything
 from ucpcl.phantoms import write_phantom
-from ucpcl.train import NonFiniteLoss, TrainConfig, Trainer, get_method, train
+from ucpcl.train import PRESET_METHOD, NonFiniteLoss, TrainConfig, Trainer, get_method, train
 
 TINY = dict(
     preset="small",
@@ -52,6 +52,7 @@ ROWS = {  # the rows of Table 2, then Table 3's feature levels and the exact for
     "conv4": dict(contrast_level=4, img_size=64),
     "fixed-H": dict(threshold_mode="fixed", threshold=0.3),
     "rotation-all": dict(rotation_form="all"),
+    "small-preset-method": PRESET_METHOD["small"],  # + l_p, no turns, batch norm per stream, f_t's lr x 10
 }
 
 
@@ -73,19 +74,24 @@ def test_each_switch_combination_trains(phantom, tmp_path, row):
     assert (max(l_e) > 0) == c.use_rot and (max(l_con) > 0) == c.use_con
     if c.contrast == "uncertainty":
         assert 0 <= float(rows[-1]["certain"]) <= 1 and float(rows[-1]["H"]) > 0
+    l_p = [r["l_p"] for r in rows]  # log.csv's l_p column: filled when the term is on, empty when off
+    assert all(v == "" for v in l_p) if c.pseudo_weight == 0 else all(float(v) >= 0 for v in l_p)
 
 
 def _state(t: Trainer):
     return {k: v.clone() for k, v in t.method.state_dict().items()}
 
 
-def test_resumed_run_equals_uninterrupted_run(phantom, tmp_path):
-    full = Trainer(cfg(phantom, tmp_path / "full", iterations=6)).fit(progress=False)
-    part = Trainer(cfg(phantom, tmp_path / "part", iterations=6)).fit(progress=False, stop_after=4)
+@pytest.mark.parametrize("method", ["paper", "small"])
+def test_resumed_run_equals_uninterrupted_run(phantom, tmp_path, method):
+    "Bit for bit, the paper's method and the small preset's (l_p's perturbations are drawn again alike)."
+    kw = dict(iterations=6, **PRESET_METHOD[method])
+    full = Trainer(cfg(phantom, tmp_path / "full", **kw)).fit(progress=False)
+    part = Trainer(cfg(phantom, tmp_path / "part", **kw)).fit(progress=False, stop_after=4)
     assert part.iteration == 4
     seed_everything(12345)
     torch.rand(100)  # a fresh process would have other random state
-    resumed = Trainer(cfg(phantom, tmp_path / "part", iterations=6)).fit(resume=True, progress=False)
+    resumed = Trainer(cfg(phantom, tmp_path / "part", **kw)).fit(resume=True, progress=False)
     assert resumed.iteration == 6
     a, b = _state(full), _state(resumed)
     assert a.keys() == b.keys() and any("queue" in k for k in a)
@@ -365,3 +371,13 @@ def test_transformer_lr_needs_a_transformer_decoder_and_a_resume_needs_the_same(
         resume=True, progress=False
     )
     assert t.iteration == 6 and [g["lr_scale"] for g in t.opt.param_groups] == [1.0, 10.0]
+
+
+def test_pseudo_weight_is_part_of_the_run_and_a_setting_of_ucpcl(phantom, tmp_path):
+    Trainer(cfg(phantom, tmp_path / "run", iterations=6, pseudo_weight=1.0)).fit(progress=False, stop_after=3)
+    with pytest.raises(ValueError, match="different run: pseudo_weight: 1.0 there, 0.0 here"):
+        Trainer(cfg(phantom, tmp_path / "run", iterations=6)).load(tmp_path / "run" / "last.pt")
+    with pytest.raises(ValueError, match="l_p is a setting of method='ucpcl'"):
+        TrainConfig(method="mt", pseudo_weight=1.0)
+    with pytest.raises(ValueError, match="pseudo_weight=-0.5 is invalid: a weight >= 0"):
+        TrainConfig(pseudo_weight=-0.5)

@@ -15,7 +15,7 @@ import seaborn as sns
 from .data import acdc_labeled_names
 from .models import STRIDES, get_preset, resolve_pretrained
 from .report import load_run, markdown_table, summarize_runs, write_csv
-from .train import TrainConfig, get_method, preset_config, train
+from .train import TrainConfig, get_method, train
 
 # %% auto #0
 __all__ = ['TABLE1_METHODS', 'METHOD_NAMES', 'PAPER_COLUMNS', 'PAPER_ROWS', 'PAPER_TABLE1', 'METRICS', 'ABLATION_ROWS',
@@ -94,14 +94,14 @@ class Grid:
 
 # %% ../nbs/14_compare.ipynb #82e36ac4
 def run_config(spec: RunSpec, labeled: float, seed: int, grid: Grid) -> TrainConfig:
-    "The TrainConfig of one run: grid settings, the grid's overrides, the variant's switches (`preset_config`)."
+    "The TrainConfig of one run: grid settings, then the grid's overrides, then the variant's switches."
     every = max(grid.iterations // 5, 1)
     root = str(Path(grid.data_root).expanduser().resolve())
     base = dict(dataset=grid.dataset, data_root=root, labeled=labeled, method=spec.method, seed=seed)
     base |= dict(preset=grid.preset, iterations=grid.iterations, device=grid.device)
     base |= dict(eval_every=every, save_every=every)
     out = Path(grid.out) / "runs" / run_name(grid.dataset, spec.tag, labeled, seed)
-    return preset_config(**{**base, **grid.overrides, **spec.overrides, "out": str(out)})
+    return TrainConfig(**{**base, **grid.overrides, **spec.overrides, "out": str(out)})
 
 # %% ../nbs/14_compare.ipynb #9c264d4c
 def _same_config(path: Path, cfg: TrainConfig) -> bool:

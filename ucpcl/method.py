@@ -63,8 +63,8 @@ class ObjectiveFields:
     lambda_1: float = 0.1  # weight of l_c
     lambda_2: float = 0.1  # weight of l_e
     dice_form: str = "linear"  # Dice term of Eq. 4: "linear" (ucpcl) or "reference" (ucpcl.losses)
-    # final weight of l_p, ramped as lambda_t: the CNN decoder on an appearance-perturbed copy of the unlabeled
-    # images toward Eq. 7's certain pseudo labels (`UCPCL.pseudo_term`); not in the paper, 0 = off (the paper)
+    # final weight of l_p, ramped as lambda_t: the CNN decoder on an appearance-perturbed copy of the
+    # unlabeled images toward Eq. 7's certain pseudo labels (`UCPCL.pseudo_term`); not in the paper, 0 = off
     pseudo_weight: float = 0.0
 
 # %% ../nbs/10_method.ipynb #34cd365c
@@ -345,7 +345,7 @@ def appearance_perturbation(
     x: Tensor,  # (B, C, H, W) images in [0, 1]
     seed: int,  # seeds the draws: a gamma, a contrast, a brightness shift and a noise level per image
 ) -> Tensor:  # (B, C, H, W) in [0, 1]
-    "The strong view of l_p: x ** gamma, its contrast about the image's mean scaled, shifted, Gaussian noise added."
+    "The strong view of l_p: x ** gamma, its contrast about its mean scaled, shifted, Gaussian noise added."
     g = torch.Generator().manual_seed(seed)
     u = lambda lo, hi: (lo + (hi - lo) * torch.rand(len(x), 1, 1, 1, generator=g)).to(x)
     gamma, contrast, shift, sigma = torch.exp(u(-0.7, 0.7)), u(0.6, 1.4), u(-0.2, 0.2), u(0.0, 0.05)
@@ -389,7 +389,7 @@ def pseudo_label_loss(
 # %% ../nbs/10_method.ipynb #c332576a
 @patch
 def pseudo_term(self: UCPCL, out: NetOutput, x: Tensor, iteration: int) -> dict:
-    "l_p on the unlabeled images of x (as the step's pass saw them) toward Eq. 7's labels from that pass, out."
+    "l_p on the unlabeled images of x (as the step's pass saw them) toward Eq. 7's labels from that pass."
     lb, H = self.cfg.labeled_bs, self.threshold(iteration, self.cfg.iterations)
     p_c, p_t = (t[lb:].detach().float().softmax(1) for t in (out.logits_c, out.logits_t))
     target = certain_pseudo_label(p_c, p_t, H)  # Eq. 7 on the decoders' mean, (B_u, H, W), -1 = uncertain

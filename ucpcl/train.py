@@ -161,8 +161,8 @@ def validate(self: TrainConfig):
     require(self, "transformer_lr", self.transformer_lr > 0, factor)
 
 # %% ../nbs/10_train.ipynb #cd2e3cb6
-# the method's settings that a model preset changes from TrainConfig's (the paper's) defaults, for method='ucpcl'
-# and its subclasses: measured in docs/results/ablation-small/README.md (rounds 15-23)
+# the method's settings that a model preset changes from TrainConfig's (the paper's) defaults, for
+# method='ucpcl' and its subclasses: measured in docs/results/ablation-small/README.md (rounds 15-23)
 PRESET_METHOD: dict[str, dict] = {
     "paper": {},
     "small": dict(use_rot=False, batch_norm="per_stream", transformer_lr=10.0, pseudo_weight=1.0),
@@ -239,7 +239,7 @@ def __iter__(self: IterationBatches):
             it += 1
 
 # %% ../nbs/10_train.ipynb #63b7e15f
-# the columns of log.csv: the step's learning rate, the terms of Eq. 1 (and l_p), the mask's statistics, the time
+# the columns of log.csv: the step's learning rate, the terms of Eq. 1 and l_p, the mask's statistics, time
 LOG_FIELDS = "iteration lr loss l_sup l_con l_c l_e l_p lambda_t H certain pl_acc anchors seconds".split()
 
 
