@@ -111,24 +111,6 @@ def test_the_demo_runs_again_into_its_own_folder(tmp_path):
     assert (tmp_path / "runs" / "sup-seed0" / "metrics.json").is_file()
 
 
-def test_the_demos_runs_at_once_give_what_they_give_one_after_the_other(tmp_path):
-    "jobs=2 (a process per run, one thread each) against jobs=1 in this process at one thread: the same rows."
-    from ucpcl.report import demo
-
-    kw = dict(preset="small", img_size=32, batch_size=4, labeled_bs=2, iterations=3, progress=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        demo(tmp_path / "one", jobs=1, **kw)
-    finally:
-        torch.set_num_threads(threads)
-    demo(tmp_path / "two", jobs=2, data=tmp_path / "one" / "phantom-cardiac", **kw)
-    rows = {k: json.loads((tmp_path / k / "metrics.json").read_text())["runs"] for k in ("one", "two")}
-    keys = ("method", "seed", "best_dice", "last_dice", "best_iteration")
-    assert [[r[k] for k in keys] for r in rows["one"]] == [[r[k] for k in keys] for r in rows["two"]]
-    assert [r["method"] for r in rows["two"]] == ["sup", "ucpcl"]
-
-
 def test_a_folder_that_is_not_a_run_loses_nothing(phantom, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -574,8 +574,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'ucpcl.predict.write_uncertainty_png': ('predict.html#write_uncertainty_png', 'ucpcl/predict.py')},
             'ucpcl.report': { 'ucpcl.report._case_input': ('report.html#_case_input', 'ucpcl/report.py'),
                               'ucpcl.report._demo_run': ('report.html#_demo_run', 'ucpcl/report.py'),
-                              'ucpcl.report._demo_runs_at_once': ('report.html#_demo_runs_at_once', 'ucpcl/report.py'),
-                              'ucpcl.report._demo_worker': ('report.html#_demo_worker', 'ucpcl/report.py'),
                               'ucpcl.report._mean_std': ('report.html#_mean_std', 'ucpcl/report.py'),
                               'ucpcl.report._predict_slices': ('report.html#_predict_slices', 'ucpcl/report.py'),
                               'ucpcl.report._read_csv': ('report.html#_read_csv', 'ucpcl/report.py'),

@@ -179,7 +179,6 @@ def _demo_args(p: argparse.ArgumentParser):
     p.add_argument("--methods", nargs="+", default=["sup", "ucpcl"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--jobs", type=int, default=None, help="runs trained at once (default: one per CPU core)")
     p.set_defaults(handler=_run_demo)
 
 # %% ../nbs/12_cli.ipynb #fd64b60e
@@ -195,7 +194,6 @@ def _run_demo(a: argparse.Namespace):
         methods=a.methods,
         device=a.device,
         progress=not a.quiet,
-        jobs=a.jobs,
     )
 
 # %% ../nbs/12_cli.ipynb #7e489dde

@@ -4,8 +4,7 @@
 
 # %% ../nbs/11_report.ipynb #6591f9dd
 from __future__ import annotations
-import csv, dataclasses, json, math, multiprocessing, os, time
-from concurrent.futures import ProcessPoolExecutor
+import csv, dataclasses, json, math, time
 from pathlib import Path
 from typing import Sequence
 
@@ -269,8 +268,6 @@ def demo(
     device: str = "cpu",
     data: str | Path | None = None,  # phantom folder (default: OUT/phantom-cardiac)
     progress: bool = True,
-    jobs: int
-    | None = None,  # runs trained at once, in processes of their own; None: one per CPU core on the CPU
     **overrides,  # more fields of `TrainConfig`
 ) -> str:
     "Train each method on the cardiac phantom for each seed, test once, write a report; return its table."
@@ -281,34 +278,8 @@ def demo(
         labeled=labeled, preset=preset, device=device, **{k: v for k, v in DEMO.items() if k != "iterations"}
     )
     kw |= overrides
-    runs = [(m, seed) for seed in seeds for m in methods]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    jobs = min(len(runs), cores if device == "cpu" else 1) if jobs is None else max(min(jobs, len(runs)), 1)
-    if jobs == 1:
-        rows = [_demo_run(out, root, m, seed, iterations, progress, **kw) for m, seed in runs]
-    else:
-        rows = _demo_runs_at_once(out, root, runs, iterations, jobs, max(cores // jobs, 1), **kw)
+    rows = [_demo_run(out, root, m, seed, iterations, progress, **kw) for seed in seeds for m in methods]
     return _write_report(out, rows, methods, seeds, labeled, time.time() - t0)
-
-# %% ../nbs/11_report.ipynb #9dd601c0
-def _demo_worker(threads: int, *args, **kw) -> dict:
-    "`_demo_run` without a progress bar, in a process of its own with `threads` CPU threads."
-    torch.set_num_threads(threads)
-    return _demo_run(*args, False, **kw)
-
-
-def _demo_runs_at_once(
-    out: Path, root: Path, runs: list, iterations: int, jobs: int, threads: int, **kw
-) -> list:
-    "The demo's (method, seed) runs in `jobs` processes of `threads` threads, `sup` last; rows in order."
-    print(f"training {len(runs)} runs, {jobs} at once with {threads} thread(s) each", flush=True)
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no state of this one's threads or CUDA
-    from ucpcl.report import _demo_worker as worker  # by its module's name, which a fresh interpreter imports
-
-    with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-        order = sorted(runs, key=lambda r: r[0] == "sup")  # the longest first
-        todo = {r: pool.submit(worker, threads, out, root, r[0], r[1], iterations, **kw) for r in order}
-        return [todo[r].result() for r in runs]
 
 # %% ../nbs/11_report.ipynb #3b65b147
 def _write_report(out: Path, rows: list[dict], methods, seeds, labeled: int, seconds: float) -> str:
