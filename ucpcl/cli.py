@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _train_args(sub.add_parser("train", help="train one run and test it"))
     _evaluate_args(sub.add_parser("evaluate", help="evaluate a finished run's checkpoint on a split"))
-    demo = "supervised-only vs the full method on the cardiac phantom (CPU, minutes)"
+    demo = "supervised-only vs the method (small preset) on the cardiac phantom (CPU, minutes)"
     _demo_args(sub.add_parser("demo", help=demo))
     phantom = "write the embedded phantom in the ACDC (cardiac) or ISIC (lesion) layout"
     _phantom_args(sub.add_parser("phantom", help=phantom))
