@@ -78,7 +78,9 @@ class DataFields:
     # ACDC: labeled patients (3 -> 68 slices, 7 -> 136); ISIC: images (int) or fraction (< 1)
     labeled: float = 7
     method: str = "ucpcl"  # a name in `METHODS`: "ucpcl", "sup", "mt", "uamt", "em", "dct", "cct", "cps"
-    preset: str = "paper"  # model preset of `ucpcl.models`: "paper" or "small"
+    # model preset of `ucpcl.models`: "paper" or "small"; `preset_config` (ucpcl train, the demo, the final
+    # notebook) also gives "small" its method settings, PRESET_METHOD (no turns, l_p, ...), under given fields
+    preset: str = "paper"
     # encoder weights: "preset" = the preset's (paper: ImageNet IMAGENET1K_V1, small: none), a torchvision
     # weights name (read from torch's hub cache, never downloaded), a state_dict file, or "none" = random init
     pretrained: str | None = "preset"
