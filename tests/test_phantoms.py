@@ -234,6 +234,7 @@ def test_abdomen_loads_as_acdc(abdomen):
 
     data = build_data("acdc", abdomen, size=48, labeled=1)
     assert data.num_classes == 4 and len(data.labeled_idx) > 0 and len(data.unlabeled_idx) > 0
+    assert data.class_names == ["background", "liver", "kidneys", "spleen"]  # its PHANTOM.json's
     item = data.train[data.labeled_idx[0]]
     assert item["image"].shape == (1, 48, 48) and set(item["label"].unique().tolist()) <= {0, 1, 2, 3}
     assert data.test[0]["label"].max() == 3

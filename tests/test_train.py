@@ -210,6 +210,21 @@ def test_test_split_is_used_once_and_metrics_say_which_checkpoint(phantom, tmp_p
     assert {"hd95", "missed", "spurious"} <= set(saved["test"]["best"])
 
 
+def test_per_class_metrics_carry_the_folders_class_names(phantom, tmp_path):
+    abdomen = write_phantom("abdomen", tmp_path / "abdomen", seed=0, num_patients=(3, 1, 1), size=48)
+    m = train(cfg(abdomen, tmp_path / "run", method="sup", iterations=2, eval_every=2), progress=False)
+    organs = ["liver", "kidneys", "spleen"]
+    for split in ("best", "last"):
+        assert list(m["test"][split]["dice_per_class"]) == organs
+        assert list(m["test"][split]["dice_2d_per_class"]) == organs
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(saved["test"]["best"]["dice_3d_per_class"]) == organs
+    cardiac = train(
+        cfg(phantom, tmp_path / "cardiac", method="sup", iterations=2, eval_every=2), progress=False
+    )
+    assert list(cardiac["test"]["best"]["dice_per_class"]) == ["RV", "Myo", "LV"]  # ACDC's names
+
+
 def test_bf16_autocast_steps_on_cpu(phantom, tmp_path):
     # the queue fills at the first step, so the pixel contrast runs against it from the second. On a GPU the
     # anchors came float32 and autocast's product bf16 (the CPU autocast keeps bf16): 03_contrast checks that

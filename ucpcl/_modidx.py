@@ -223,6 +223,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'ucpcl.data.check_no_overlap': ('data.html#check_no_overlap', 'ucpcl/data.py'),
                             'ucpcl.data.convert_acdc': ('data.html#convert_acdc', 'ucpcl/data.py'),
                             'ucpcl.data.find_acdc_release': ('data.html#find_acdc_release', 'ucpcl/data.py'),
+                            'ucpcl.data.folder_class_names': ('data.html#folder_class_names', 'ucpcl/data.py'),
                             'ucpcl.data.isic_holdout': ('data.html#isic_holdout', 'ucpcl/data.py'),
                             'ucpcl.data.isic_index': ('data.html#isic_index', 'ucpcl/data.py'),
                             'ucpcl.data.isic_split': ('data.html#isic_split', 'ucpcl/data.py'),

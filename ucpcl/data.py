@@ -30,7 +30,8 @@ __all__ = ['MANIFEST', 'ACDC_LISTS', 'ACDC_PATIENTS_TO_SLICES', 'H5', 'ISIC_PART
            'toy_acdc_release', 'find_acdc_release', 'minmax', 'load_nifti_case', 'split_patients', 'convert_acdc',
            'H5Files', 'read_h5', 'ACDCSlices', 'ACDCVolumes', 'isic_index', 'read_image', 'read_binary_mask',
            'ISICImages', 'isic_val_count', 'isic_holdout', 'labeled_count', 'write_isic_split', 'isic_split',
-           'TwoStreamBatchSampler', 'seed_worker', 'SemiSupervisedSet', 'SemiSupervisedData', 'build_data']
+           'folder_class_names', 'TwoStreamBatchSampler', 'seed_worker', 'SemiSupervisedSet', 'SemiSupervisedData',
+           'build_data']
 
 # %% ../nbs/08_data.ipynb #4b7e14f4
 class DataError(ValueError):
@@ -885,6 +886,33 @@ def isic_split(
 DATASETS = ("acdc", "isic")
 CLASS_NAMES = {"acdc": ["background", "RV", "Myo", "LV"], "isic": ["background", "lesion"]}  # by class id
 
+# %% ../nbs/08_data.ipynb #846d38e3
+def folder_class_names(
+    dataset: str,  # "acdc" or "isic"
+    root: str | Path,  # the data folder
+) -> list[str]:
+    "The class names of a data folder, background first: its PHANTOM.json's `classes`, else `CLASS_NAMES`."
+    names, stamp = list(CLASS_NAMES[dataset]), Path(root) / "PHANTOM.json"
+    if not stamp.is_file():
+        return names
+    fix = "rewrite the folder with ucpcl.phantoms.write_phantom, or remove the file"
+    try:
+        meta = json.loads(stamp.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{stamp}: not readable as JSON ({e}); {fix}") from e
+    listed = meta.get("classes") if isinstance(meta, dict) else None
+    if listed is None:
+        return names
+    ok = (
+        isinstance(listed, list)
+        and len(listed) == len(names)
+        and all(isinstance(n, str) and n for n in listed)
+    )
+    if not ok:
+        need = f"{len(names)} non-empty names, background first, for the {dataset} layout"
+        raise DataError(f"{stamp}: 'classes' must list {need}, not {listed!r}; fix that entry, or {fix}")
+    return listed
+
 # %% ../nbs/08_data.ipynb #f72df8c8
 class TwoStreamBatchSampler(Sampler[list[int]]):
     "Batches of labeled_bs labeled indices then batch_size - labeled_bs unlabeled ones; labeled ones cycle."
@@ -1000,8 +1028,8 @@ class SemiSupervisedData:
 
     @property
     def class_names(self) -> list[str]:
-        "The name of each class id, background first."
-        return list(CLASS_NAMES[self.dataset])
+        "The name of each class id, background first (the folder's own, `folder_class_names`)."
+        return folder_class_names(self.dataset, self.root)
 
 # %% ../nbs/08_data.ipynb #d6ed4c7f
 @patch

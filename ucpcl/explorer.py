@@ -30,9 +30,10 @@ __all__ = ['MASKED', 'RIGHT', 'WRONG', 'UNKNOWN', 'ERROR_COLORS', 'ERROR_CMAP', 
 # %% ../nbs/15_explorer.ipynb #3e657ae9
 from .anchors import downsample_labels, sample_anchor_index
 from .core import scratch
+from .data import CLASS_NAMES
 from .models import STRIDES, UCPCLNet
 from .phantoms import write_phantom
-from .train import CLASS_NAMES, TrainConfig, Trainer
+from .train import TrainConfig, Trainer
 from .transforms import eval_transform
 from .uncertainty import THRESHOLD_MODES, ThresholdSchedule, entropy_map
 from .viz import CLASS_COLORS, IGNORE_COLOR, show_image, show_label, show_map
@@ -206,7 +207,9 @@ def _run_fields(source) -> dict:
     if not isinstance(cfg, TrainConfig):
         return {}
     schedule = ThresholdSchedule(cfg.threshold_mode, cfg.threshold)
-    return dict(schedule=schedule, max_iterations=cfg.iterations, class_names=CLASS_NAMES[cfg.dataset])
+    data = getattr(source, "data", None)  # a Trainer's: the folder's own class names
+    names = data.class_names if data is not None else CLASS_NAMES[cfg.dataset]
+    return dict(schedule=schedule, max_iterations=cfg.iterations, class_names=names)
 
 # %% ../nbs/15_explorer.ipynb #cb262c54
 @patch(cls_method=True)

@@ -1337,7 +1337,7 @@ def write_cardiac_phantom(
     lists, seeds = _write_acdc_patients(out, seed, num_patients, slices, numbered, volume)
     # the group, drawn first by `cardiac_volume`, goes to PHANTOM.json
     groups = {k: sample_heart(np.random.default_rng([s, 0]), difficulty)["group"] for k, s in seeds.items()}
-    return _finish_acdc(out, params, lists, ["background", "RV", "myocardium", "LV"], groups)
+    return _finish_acdc(out, params, lists, ["background", "RV", "Myo", "LV"], groups)
 
 # %% ../nbs/07_phantoms.ipynb #5121a4cf
 def write_abdomen_phantom(

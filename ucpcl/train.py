@@ -27,7 +27,6 @@ from ucpcl.models import (
     set_drop_path,
 )
 from ucpcl.data import (
-    CLASS_NAMES,
     DATASETS,
     SemiSupervisedData,
     TwoStreamBatchSampler,
@@ -466,7 +465,7 @@ def check_finite(self: Trainer, terms: dict, it: int):
 def evaluate_split(self: Trainer, split: str, hd95: bool = True) -> EvalResult:
     "Dice, Jaccard (and HD95) of the current weights on the 'val' or 'test' split."
     ds = {"val": self.data.val, "test": self.data.test}[split]
-    names, volume = CLASS_NAMES[self.cfg.dataset][1:], self.cfg.dataset == "acdc"
+    names, volume = self.data.class_names[1:], self.cfg.dataset == "acdc"
 
     def logits_fn(x):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
