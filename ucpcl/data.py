@@ -1148,6 +1148,9 @@ def build_data(
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}: valid ones are {list(DATASETS)}")
     root, acdc = Path(root).expanduser(), dataset == "acdc"
+    folder_class_names(
+        dataset, root
+    )  # a PHANTOM.json that cannot name the classes fails here, before any step
     if acdc:
         (train, val, test), split = _acdc_sets(root, size, labeled, verify, monitor, crop), None
     else:
