@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import __version__
+from .phantoms import STAMP
 from .transforms import eval_transform, train_transform
 
 # %% auto #0
@@ -892,7 +893,7 @@ def folder_class_names(
     root: str | Path,  # the data folder
 ) -> list[str]:
     "The class names of a data folder, background first: its PHANTOM.json's `classes`, else `CLASS_NAMES`."
-    names, stamp = list(CLASS_NAMES[dataset]), Path(root) / "PHANTOM.json"
+    names, stamp = list(CLASS_NAMES[dataset]), Path(root) / STAMP
     if not stamp.is_file():
         return names
     fix = "rewrite the folder with ucpcl.phantoms.write_phantom, or remove the file"
@@ -1148,9 +1149,8 @@ def build_data(
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}: valid ones are {list(DATASETS)}")
     root, acdc = Path(root).expanduser(), dataset == "acdc"
-    folder_class_names(
-        dataset, root
-    )  # a PHANTOM.json that cannot name the classes fails here, before any step
+    # a PHANTOM.json that cannot name the classes fails here, before any step
+    folder_class_names(dataset, root)
     if acdc:
         (train, val, test), split = _acdc_sets(root, size, labeled, verify, monitor, crop), None
     else:
